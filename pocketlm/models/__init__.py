@@ -1,0 +1,1 @@
+"""Models: the readable Transformer LM (Llama-compatible); fine-tuning modules live beside it."""

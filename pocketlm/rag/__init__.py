@@ -1,0 +1,1 @@
+"""RAG: FAISS index, retriever with a query adapter, generator LoRA, LangChain chain, tools and the REPL."""

@@ -1,0 +1,1 @@
+"""Training: the pretraining loop, the classifier trainer (AWP), callbacks and metrics."""

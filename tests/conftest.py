@@ -1,0 +1,80 @@
+"""Shared test setup: offline, artifacts in a temporary hub, and a tiny published LM other tests can load.
+
+Environment variables are set at import, before any test module imports transformers, datasets or gradio.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+_SESSION_TMP = Path(tempfile.mkdtemp(prefix="pocketlm-tests-"))
+os.environ.update(
+    {
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "TRANSFORMERS_OFFLINE": "1",
+        "GRADIO_ANALYTICS_ENABLED": "False",
+        "TOKENIZERS_PARALLELISM": "false",
+        "POCKETLM_HUB_DIR": str(_SESSION_TMP / "hub"),
+        "POCKETLM_RUNS_DIR": str(_SESSION_TMP / "runs"),
+    }
+)
+
+import pytest  # noqa: E402
+
+from pocketlm.data import corpus_folder  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def corpus_texts() -> list[str]:
+    """A dozen real WikiText-2 articles from the mirror (about 200 KB)."""
+    return [path.read_text(encoding="utf-8") for path in sorted(corpus_folder().glob("*.txt"))[:12]]
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(corpus_texts):
+    """A real byte-level BPE tokenizer (vocab 512) trained on the mirror's articles."""
+    from pocketlm.data.tokenizer import train_bpe_tokenizer
+
+    return train_bpe_tokenizer(corpus_texts, vocab_size=512, model_max_length=256)
+
+
+@pytest.fixture(scope="session")
+def tiny_lm_config(tiny_tokenizer):
+    from pocketlm.models.transformer_lm import TransformerLMConfig
+
+    return TransformerLMConfig(
+        vocab_size=len(tiny_tokenizer), d_model=64, n_layers=2, n_heads=2, d_ff=128, max_seq_len=256,
+        bos_token_id=tiny_tokenizer.eos_token_id, eos_token_id=tiny_tokenizer.eos_token_id,
+        pad_token_id=tiny_tokenizer.pad_token_id,
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_lm_repo(tiny_tokenizer, tiny_lm_config) -> str:
+    """Publish an untrained tiny LM (random weights, real tokenizer) as `pocketlm/tiny-lm` in the test hub.
+
+    Returns the repo id; `pocketlm.hub.resolve` finds it. Tests that need a trained model train their own.
+    """
+    import torch
+
+    from pocketlm import TINY_LM
+    from pocketlm.hub import ModelCardInfo, publish
+    from pocketlm.models.transformer_lm import TransformerLM
+
+    torch.manual_seed(0)
+    model = TransformerLM(tiny_lm_config)
+
+    def save(folder: Path) -> None:
+        model.save_pretrained(folder)
+        tiny_tokenizer.save_pretrained(folder)
+
+    card = ModelCardInfo(
+        title="tiny-lm (test fixture)", summary="Random weights, for tests.", how_to_load="",
+        pipeline_tag="text-generation", eval_dataset="wikitext", eval_dataset_name="WikiText-2",
+        eval_split="validation", metrics={},
+    )
+    publish(TINY_LM, save, card)
+    return TINY_LM
