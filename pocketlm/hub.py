@@ -16,12 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pocketlm import BASE_ENCODER
+from pocketlm.errors import PocketLMError
 from pocketlm.settings import REPO_ROOT, hub_dir, hub_offline
 
 MODEL_CARDS_DIR = REPO_ROOT / "model_cards"
 
 
-class ArtifactNotFoundError(FileNotFoundError):
+class ArtifactNotFoundError(PocketLMError, FileNotFoundError):
     """An id or path names nothing that can be loaded here (no local folder, and the Hub is offline)."""
 
 
@@ -192,7 +193,7 @@ def publish(
 def push(folder: Path, repo_id: str, *, token: str | None = None) -> str:
     """Upload a published folder to the Hugging Face Hub; returns the commit URL."""
     if hub_offline():
-        raise RuntimeError(f"cannot push {repo_id}: the Hub is offline (HF_HUB_OFFLINE=1)")
+        raise PocketLMError(f"cannot push {repo_id}: the Hub is offline (HF_HUB_OFFLINE=1)")
     from huggingface_hub import HfApi
 
     api = HfApi(token=token)

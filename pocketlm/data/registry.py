@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from pocketlm.errors import PocketLMError
 from pocketlm.settings import data_dir, hub_offline
 
 if TYPE_CHECKING:
@@ -24,11 +25,11 @@ if TYPE_CHECKING:
 SPLITS = ("train", "validation", "test")
 
 
-class DatasetNotFoundError(FileNotFoundError):
+class DatasetNotFoundError(PocketLMError, FileNotFoundError):
     """A data set is neither in the local mirror nor reachable on the Hub."""
 
 
-class DatasetFormatError(ValueError):
+class DatasetFormatError(PocketLMError, ValueError):
     """A data file exists but does not have the expected shape (a column, a field, a line)."""
 
 
@@ -134,7 +135,7 @@ def load_classification(name: str, split: str, label_column: str = "label") -> "
     import datasets
 
     if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
+        raise DatasetFormatError(f"unknown split {split!r}; expected one of {', '.join(SPLITS)}")
     as_path = Path(name).expanduser()
     if as_path.is_dir():
         folder = as_path

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
+
+from pocketlm.io import atomic_write, write_json
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -347,9 +348,8 @@ class TransformerLM(nn.Module):
         state = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
         if self.config.tie_embeddings:
             state.pop("lm_head.weight")  # transformers re-ties it from embed_tokens on load
-        _atomic_write(folder / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
-        config = json.dumps(self.config.to_llama_dict(), indent=2) + "\n"
-        _atomic_write(folder / CONFIG_NAME, lambda tmp: Path(tmp).write_text(config))
+        atomic_write(folder / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
+        write_json(folder / CONFIG_NAME, self.config.to_llama_dict())
 
     @classmethod
     def from_pretrained(cls, folder: str | Path) -> "TransformerLM":
@@ -363,11 +363,3 @@ class TransformerLM(nn.Module):
         model.load_state_dict(state, strict=True)
         return model
 
-
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(str(tmp))
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
