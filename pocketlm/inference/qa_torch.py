@@ -1,0 +1,34 @@
+"""The PyTorch backend of `QuestionAnswerer`: a transformers `AutoModelForQuestionAnswering` on CPU (or GPU)."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from pocketlm.hub import resolve
+from pocketlm.inference.qa_engine import QuestionAnswerer, window_settings
+
+
+class TorchQuestionAnswerer(QuestionAnswerer):
+    def __init__(self, model, tokenizer, **kwargs):
+        super().__init__(tokenizer, **kwargs)
+        self.model = model.eval()
+        forward_inputs = set(model.forward.__code__.co_varnames)
+        self.input_names = [name for name in ("input_ids", "attention_mask", "token_type_ids") if name in forward_inputs]
+
+    @classmethod
+    def from_pretrained(cls, model_id: str, **kwargs) -> "TorchQuestionAnswerer":
+        """Load a QA checkpoint by repo id or path (through `pocketlm.hub.resolve`)."""
+        from transformers import AutoModelForQuestionAnswering, AutoTokenizer
+
+        path = resolve(model_id)
+        for key, value in window_settings(path).items():
+            kwargs.setdefault(key, value)
+        model = AutoModelForQuestionAnswering.from_pretrained(path)
+        return cls(model, AutoTokenizer.from_pretrained(path), **kwargs)
+
+    @torch.inference_mode()
+    def logits(self, batch: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        device = self.model.device
+        output = self.model(**{name: torch.from_numpy(array).to(device) for name, array in batch.items()})
+        return output.start_logits.float().cpu().numpy(), output.end_logits.float().cpu().numpy()
