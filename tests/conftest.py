@@ -78,3 +78,62 @@ def tiny_lm_repo(tiny_tokenizer, tiny_lm_config) -> str:
     )
     publish(TINY_LM, save, card)
     return TINY_LM
+
+
+@pytest.fixture(scope="session")
+def tiny_lm_onnx_repo(tiny_lm_repo, tmp_path_factory) -> str:
+    """The tiny LM exported to ONNX (fp32 + int8, KV cache) and published as `pocketlm/tiny-lm-onnx` by
+    `training_scripts/export_lm_onnx.py`, as the real one is.
+
+    Its weights are first redrawn wider (std 0.2): at the fixture's init (std 0.02) an untrained model only
+    repeats its last token, and the batching and serving tests need continuations that a padding, position
+    or cache bug would change.
+    """
+    import runpy
+
+    import torch
+
+    from pocketlm import TINY_LM_ONNX
+    from pocketlm.hub import resolve
+    from pocketlm.models.transformer_lm import TransformerLM
+    from pocketlm.settings import REPO_ROOT
+
+    torch.manual_seed(0)
+    model = TransformerLM.from_pretrained(resolve(tiny_lm_repo))
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.dim() > 1:
+                param.normal_(0.0, 0.2)
+    folder = tmp_path_factory.mktemp("tiny-lm-wide")
+    model.save_pretrained(folder)
+    for file in Path(resolve(tiny_lm_repo)).glob("*token*"):
+        (folder / file.name).write_bytes(file.read_bytes())
+    export_main = runpy.run_path(str(REPO_ROOT / "training_scripts" / "export_lm_onnx.py"))["main"]
+    assert export_main(["--model_name_or_path", str(folder), "--check_prompts", "3", "--latency_runs", "3"]) == 0
+    return TINY_LM_ONNX
+
+
+@pytest.fixture(scope="session")
+def tiny_qa_onnx_repo(tmp_path_factory) -> str:
+    """A randomly initialised 2-layer BERT QA model with MiniLM's real tokenizer, exported with
+    `export_question_answering` (fp32 + int8) and published as `pocketlm/minilm-squad-onnx`."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForQuestionAnswering
+
+    from pocketlm import MINILM_SQUAD_ONNX
+    from pocketlm.hub import ModelCardInfo, publish, resolve
+    from pocketlm.inference.onnx_export import export_question_answering
+
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=30522, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=128, max_position_embeddings=512)
+    checkpoint = tmp_path_factory.mktemp("tiny-qa")
+    BertForQuestionAnswering(config).save_pretrained(checkpoint)
+    AutoTokenizer.from_pretrained(resolve("minilm")).save_pretrained(checkpoint)
+    card = ModelCardInfo(
+        title="tiny QA export (test fixture)", summary="Random weights, for tests.", how_to_load="",
+        pipeline_tag="question-answering", eval_dataset="squad", eval_dataset_name="SQuAD",
+        eval_split="validation", metrics={},
+    )
+    publish(MINILM_SQUAD_ONNX, lambda folder: export_question_answering(str(checkpoint), folder), card)
+    return MINILM_SQUAD_ONNX

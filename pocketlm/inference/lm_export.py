@@ -1,0 +1,173 @@
+"""Export a causal LM (pocketlm's tiny Llama, gpt2, any `AutoModelForCausalLM`) to ONNX with its KV cache.
+
+optimum's exporter does the tracing (`task="text-generation-with-past"`: one graph that takes the past keys
+and values and returns the present ones) and validates the graph against PyTorch; onnxruntime's dynamic
+quantisation writes an int8 twin beside it. `check_lm_export` then measures what the model card states:
+logit agreement and greedy agreement of the ONNX graphs with transformers' own `generate`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pocketlm.inference.onnx_lm import FP32_FILE, INT8_FILE, OnnxCausalLM, SamplingParams
+
+TASK = "text-generation-with-past"
+
+
+def export_causal_lm(model_name_or_path: str, output_dir: str | Path, *, quantize: bool = True) -> Path:
+    """Write `model.onnx` (fp32, KV cache), optionally `model_quantized.onnx`, config and tokenizer files.
+
+    The tokenizer goes along as `tokenizer.json`, which the `tokenizers` library reads without transformers.
+    """
+    from optimum.exporters.onnx import main_export
+
+    from pocketlm.hub import resolve
+
+    output_dir = Path(output_dir)
+    source = resolve(model_name_or_path)
+    main_export(source, output_dir, task=TASK, device="cpu", do_validation=True)
+    if not (output_dir / "tokenizer.json").is_file():
+        raise FileNotFoundError(f"{source} has no fast tokenizer (tokenizer.json); the torch-free runtime needs one")
+    if quantize:
+        from pocketlm.inference.onnx_export import quantize_dynamic_int8
+
+        quantize_dynamic_int8(output_dir)  # the QA export's quantiser: same dynamic int8 scheme for every graph
+    return output_dir
+
+
+def check_lm_export(
+    model_name_or_path: str, onnx_dir: str | Path, prompts: list[str], max_new_tokens: int = 32
+) -> dict[str, float]:
+    """Compare the ONNX graphs with the PyTorch model on `prompts`: logits and greedy continuations.
+
+    Returns `max_abs_logit_diff_fp32` / `_int8` (last-position logits after each prompt) and
+    `greedy_token_match_fp32` / `_int8` (fraction of the `max_new_tokens` greedy tokens, over all prompts,
+    equal to transformers' greedy `generate`).
+    """
+    import numpy as np
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from pocketlm.hub import resolve
+
+    model = AutoModelForCausalLM.from_pretrained(resolve(model_name_or_path)).eval()
+    metrics: dict[str, float] = {}
+    params = SamplingParams(max_new_tokens=max_new_tokens, stop_at_eos=False)
+    for label, quantized in (("fp32", False), ("int8", True)):
+        if not (Path(onnx_dir) / (INT8_FILE if quantized else FP32_FILE)).is_file():
+            continue
+        lm = OnnxCausalLM(onnx_dir, quantized=quantized)
+        max_diff, matched, total = 0.0, 0, 0
+        for text in prompts:
+            ids = lm.encode(text)
+            feed = {"input_ids": np.array([ids]), "attention_mask": np.ones((1, len(ids)), np.int64),
+                    **lm._empty_cache(1)}
+            if lm.uses_position_ids:
+                feed["position_ids"] = np.arange(len(ids))[None]
+            onnx_logits = lm.session.run(["logits"], feed)[0][0, -1]
+            with torch.no_grad():
+                input_ids = torch.tensor([ids])
+                torch_logits = model(input_ids).logits[0, -1].numpy()
+                reference = model.generate(
+                    input_ids, attention_mask=torch.ones_like(input_ids), do_sample=False,
+                    max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens, pad_token_id=lm.pad_token_id,
+                )[0, len(ids):].tolist()
+            max_diff = max(max_diff, float(np.abs(onnx_logits - torch_logits).max()))
+            ours = lm.generate_ids([ids], params)[0]
+            matched += sum(a == b for a, b in zip(ours, reference))
+            total += len(reference)
+        metrics[f"max_abs_logit_diff_{label}"] = max_diff
+        metrics[f"greedy_token_match_{label}"] = matched / max(total, 1)
+    return metrics
+
+
+def file_size_mb(path: str | Path) -> float:
+    return Path(path).stat().st_size / 2**20
+
+
+def time_generation(onnx_dir: str | Path, quantized: bool, prompt_tokens: int = 50, new_tokens: int = 32,
+                    runs: int = 20, threads: int | None = None) -> float:
+    """Median milliseconds to continue a `prompt_tokens` prompt by `new_tokens` greedy tokens (after one warm-up)."""
+    import statistics
+    import time
+
+    from pocketlm.inference.batching import corpus_prompts
+
+    lm = OnnxCausalLM(onnx_dir, quantized=quantized, intra_op_num_threads=threads)
+    prompt = corpus_prompts(lm, 1, prompt_tokens)[0]
+    params = SamplingParams(max_new_tokens=new_tokens, stop_at_eos=False)
+    lm.generate_ids([prompt], params)
+    timings = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        lm.generate_ids([prompt], params)
+        timings.append(1000 * (time.perf_counter() - started))
+    return statistics.median(timings)
+
+
+def publish_lm_onnx(
+    model_name_or_path: str,
+    repo_id: str,
+    *,
+    quantize: bool = True,
+    check_prompts: int = 8,
+    latency_runs: int = 20,
+    push_to_hub: bool = False,
+    token: str | None = None,
+) -> Path:
+    """Export, check against PyTorch, time, and publish the LM's ONNX export with a model card."""
+    import tempfile
+
+    from pocketlm.hub import ModelCardInfo, machine_description, publish
+    from pocketlm.inference.batching import corpus_texts
+
+    with tempfile.TemporaryDirectory(prefix="lm-onnx-") as scratch:
+        export_dir = export_causal_lm(model_name_or_path, Path(scratch) / "onnx", quantize=quantize)
+        texts = corpus_texts(check_prompts, max_chars=300)
+        metrics = check_lm_export(model_name_or_path, export_dir, texts)
+        for label, file in (("fp32", FP32_FILE), ("int8", INT8_FILE)):
+            if (export_dir / file).is_file():
+                metrics[f"size_mb_{label}"] = file_size_mb(export_dir / file)
+                if latency_runs:
+                    metrics[f"latency_ms_p50_{label}"] = time_generation(export_dir, label == "int8", runs=latency_runs)
+        card = ModelCardInfo(
+            title=f"{repo_id} — ONNX export with KV cache",
+            summary=(
+                f"`{model_name_or_path}` exported to ONNX by optimum (`{TASK}`: the graph takes and returns the "
+                "key/value cache, so each generated token costs one short step), plus a dynamically quantised int8 "
+                "twin (`model_quantized.onnx`). Served torch-free by `pocketlm.serving` with onnxruntime, "
+                "`tokenizers` and numpy."
+            ),
+            how_to_load=(
+                "from pocketlm.hub import resolve\n"
+                "from pocketlm.inference.onnx_lm import OnnxCausalLM, SamplingParams\n\n"
+                f"lm = OnnxCausalLM(resolve({repo_id!r}))  # quantized=True for the int8 graph\n"
+                "ids = lm.generate_ids([lm.encode('The history of the city')], SamplingParams(max_new_tokens=32))[0]\n"
+                "print(lm.decode(ids))"
+            ),
+            pipeline_tag="text-generation",
+            eval_dataset="Salesforce/wikitext",
+            eval_dataset_name="WikiText-2 (article openings)",
+            eval_split="validation",
+            metrics=metrics,
+            datasets=["Salesforce/wikitext"],
+            base_model=model_name_or_path if not Path(model_name_or_path).exists() else None,
+            library_name="onnx",
+            tags=["onnx", "onnxruntime", "int8", "kv-cache"],
+            sections={
+                "What the metrics mean": (
+                    f"`max_abs_logit_diff_*`: largest difference between ONNX and PyTorch next-token logits after "
+                    f"{len(texts)} WikiText-2 prompts. `greedy_token_match_*`: share of 32 greedy tokens per prompt "
+                    "equal to transformers' `generate`. `latency_ms_p50_*`: median time for a 50-token prompt plus 32 "
+                    f"new tokens, batch 1, on {machine_description()}."
+                ),
+            },
+        )
+        return publish(repo_id, lambda folder: _copy_export(export_dir, folder), card, push_to_hub=push_to_hub, token=token)
+
+
+def _copy_export(export_dir: Path, folder: Path) -> None:
+    import shutil
+
+    shutil.copytree(export_dir, folder, dirs_exist_ok=True)

@@ -1,0 +1,68 @@
+"""`python -m pocketlm.serving --host 127.0.0.1 --port 8000`: load the ONNX exports, then serve the REST API.
+
+Plain argparse, not the training scripts' HfArgumentParser: that would import transformers, which alone
+takes longer than the server's whole one-second start-up budget.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+from pocketlm import MINILM_SQUAD_ONNX, TINY_LM_ONNX
+from pocketlm.cli import run
+from pocketlm.serving.admission import Limits
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    defaults = Limits()
+    parser = argparse.ArgumentParser(prog="python -m pocketlm.serving", description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default: loopback only)")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--lm", default=TINY_LM_ONNX, help="Hub id or folder of the LM's ONNX export ('none' to skip)")
+    parser.add_argument("--qa", default=MINILM_SQUAD_ONNX, help="Hub id or folder of the QA ONNX export ('none' to skip)")
+    parser.add_argument("--lm-precision", choices=["fp32", "int8"], default="fp32",
+                        help="which LM graph to serve (default fp32: faster than int8 at batch 1 on this CPU, see README)")
+    parser.add_argument("--qa-precision", choices=["fp32", "int8"], default="int8")
+    parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: CPU count, at most 4)")
+    parser.add_argument("--max-active", type=int, default=defaults.max_active, help="model calls run at once")
+    parser.add_argument("--max-waiting", type=int, default=defaults.max_waiting,
+                        help="requests that may queue for the model; more are refused with 503")
+    parser.add_argument("--max-wait-s", type=float, default=defaults.max_wait_s,
+                        help="a queued request waiting longer than this gets 503")
+    parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    parser.add_argument("--access-log", action="store_true", help="log every request (off: it costs time under load)")
+    args = parser.parse_args(argv)
+    if not 0 < args.port < 65536:
+        parser.error(f"--port must be in 1..65535, got {args.port}")
+    for flag in ("max_active", "threads"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            parser.error(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
+    if args.max_waiting < 0 or args.max_wait_s <= 0:
+        parser.error("--max-waiting must be >= 0 and --max-wait-s > 0")
+    if args.lm == "none" and args.qa == "none":
+        parser.error("--lm and --qa are both 'none': nothing to serve")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    import uvicorn
+
+    from pocketlm.serving.app import create_app
+    from pocketlm.serving.models import load_models
+
+    models = load_models(
+        None if args.lm == "none" else args.lm, None if args.qa == "none" else args.qa,
+        lm_precision=args.lm_precision, qa_precision=args.qa_precision, threads=args.threads,
+    )
+    limits = Limits(max_active=args.max_active, max_waiting=args.max_waiting, max_wait_s=args.max_wait_s)
+    app = create_app(models, limits)
+    print(f"pocketlm REST API on http://{args.host}:{args.port} (docs: /docs), pid {os.getpid()}", flush=True)
+    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=args.access_log)
+    return 0
+
+
+if __name__ == "__main__":
+    run(main)

@@ -1,0 +1,295 @@
+"""The FastAPI app factory: `/health`, `/generate` (+ `/stream`, `/batch`) and `/qa` over ONNX Runtime.
+
+`create_app(models)` builds the app around already loaded models (`pocketlm.serving.models.load_models`),
+so the command line, the tests and the Gradio suite (which mounts its UI onto this same app with
+`gradio.mount_gradio_app`) share one code path; the runtimes stay reachable as `app.state.models`, the
+overload guard as `app.state.admission`. Nothing here imports torch or transformers.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator, Sequence
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
+
+import pocketlm
+from pocketlm.errors import ConfigError
+from pocketlm.inference.onnx_lm import OnnxCausalLM, SamplingParams
+from pocketlm.serving.admission import Admission, Limits, Overloaded, Ticket
+from pocketlm.serving.models import ServedModel, ServingModels
+from pocketlm.serving.schemas import (
+    BatchGenerateRequest,
+    BatchGenerateResponse,
+    ErrorResponse,
+    Generation,
+    GenerateRequest,
+    GenerateResponse,
+    HealthResponse,
+    QARequest,
+    QAResponse,
+    SamplingFields,
+    StreamEnd,
+    StreamToken,
+)
+
+SWAGGER_ASSETS = "/static/swagger-ui"
+
+DESCRIPTION = """
+Text generation with pocketlm's tiny Llama-architecture LM and extractive question answering with the
+SQuAD-tuned MiniLM — both served from their **ONNX exports with ONNX Runtime**, on CPU.
+
+### The ONNX path
+The server imports onnxruntime, `tokenizers` and numpy only — no torch, no transformers — so it is ready
+in well under a second and each request pays only for the model call. The LM runs from optimum's
+`text-generation-with-past` export: each decoding step feeds the new token plus the **KV cache** of all
+earlier ones, so a step costs the same at token 5 as at token 200. QA runs the int8 (dynamically
+quantised) export of the encoder; long contexts are read in overlapping windows (document stride) and the
+best span over all windows wins. `/health` names the exact graph and precision each endpoint serves.
+
+### Two batching schemes
+* **Token by token** — `POST /generate/stream`: one prompt, each token sent as a server-sent event the
+  moment it is produced. Lowest time to first token; the CPU runs batches of one.
+* **Full batch** — `POST /generate/batch`: up to 32 prompts decoded together, left-padded to the longest
+  prompt *of this request* (dynamic padding) with an attention mask, sharing every graph call. Several
+  times the tokens per second (see the README's batching benchmark).
+
+`POST /generate` is one prompt, answered whole. With greedy decoding (`do_sample: false`, the default)
+all three return the same tokens for the same prompt.
+
+### Limits and overload
+Bad input gets **422** naming the field. The two CPU cores run one model call at a time; a bounded number
+of requests may queue, beyond that a request is refused at once with **503** and `Retry-After`.
+"""
+
+TAGS = [
+    {"name": "generation", "description": "Text generation with the tiny LM (ONNX, KV cache)."},
+    {"name": "question answering", "description": "Extractive QA with the SQuAD-tuned MiniLM (ONNX int8)."},
+    {"name": "service", "description": "Liveness and what is being served."},
+]
+
+REFUSALS = {
+    422: {"description": "Invalid input; `detail[].loc` names the field."},
+    503: {"model": ErrorResponse, "description": "Overloaded (retry after `Retry-After` seconds), or model not loaded."},
+}
+
+SSE_EXAMPLE = (
+    'data: {"index": 0, "token_id": 262, "text": " the"}\n\n'
+    'data: {"index": 1, "token_id": 1204, "text": " city"}\n\n'
+    'event: end\ndata: {"text": " the city", "prompt_tokens": 12, "generated_tokens": 2, '
+    '"finish_reason": "length", "latency_ms": 3.1}\n\n'
+)
+
+
+class ModelNotLoaded(Exception):
+    pass
+
+
+class TicketedStreamingResponse(StreamingResponse):
+    """A stream that gives its in-flight place back however it ends — even if the body never starts."""
+
+    def __init__(self, content: AsyncIterator[str], ticket: Ticket, **kwargs):
+        super().__init__(content, **kwargs)
+        self.ticket = ticket
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.ticket.release()
+
+
+def create_app(models: ServingModels, limits: Limits | None = None) -> FastAPI:
+    """Build the REST app around loaded `models`; `limits` bounds the requests in flight (see `admission`)."""
+    app = FastAPI(
+        title="pocketlm REST API",
+        version=pocketlm.__version__,
+        description=DESCRIPTION,
+        openapi_tags=TAGS,
+        docs_url=None,  # served below from local assets: the default page pulls Swagger UI from a CDN
+        redoc_url=None,
+    )
+    app.state.models = models
+    app.state.admission = admission = Admission(limits or Limits())
+    app.state.started = time.monotonic()
+    _install_docs(app)
+
+    @app.exception_handler(Overloaded)
+    async def _overloaded(request: Request, err: Overloaded) -> JSONResponse:
+        return JSONResponse({"detail": str(err)}, 503, headers={"Retry-After": str(admission.limits.retry_after_s)})
+
+    @app.exception_handler(ModelNotLoaded)
+    async def _not_loaded(request: Request, err: ModelNotLoaded) -> JSONResponse:
+        return JSONResponse({"detail": str(err)}, 503)
+
+    @app.get("/health", tags=["service"], response_model=HealthResponse, summary="Liveness and the models served")
+    async def health() -> HealthResponse:
+        import onnxruntime
+
+        return HealthResponse(
+            status="ok", models=models.describe(), in_flight=admission.in_flight, capacity=admission.capacity,
+            onnxruntime=onnxruntime.__version__, uptime_s=time.monotonic() - app.state.started,
+        )
+
+    @app.post("/generate", tags=["generation"], response_model=GenerateResponse, responses=REFUSALS,
+              summary="Continue one prompt (answered whole)")
+    async def generate(body: GenerateRequest) -> GenerateResponse:
+        served = _require(models.lm, "lm")
+        lm: OnnxCausalLM = served.runtime
+        ids = _encode_prompts(lm, [body.prompt], body.max_new_tokens, ("body", "prompt"))[0]
+        params = _sampling(body)
+        with admission.admitted():
+            async with admission.compute_slot():
+                started = time.perf_counter()
+                tokens = (await run_in_threadpool(lm.generate_ids, [ids], params))[0]
+                latency = time.perf_counter() - started
+        generation = _generation(lm, ids, tokens, params)
+        return GenerateResponse(**generation.model_dump(), model=served.label, latency_ms=1000 * latency)
+
+    @app.post("/generate/stream", tags=["generation"], responses={
+        200: {"description": "Server-sent events: one `data:` event per token (StreamToken), then `event: end` "
+              "(StreamEnd); `event: error` if the server had to stop.",
+              "content": {"text/event-stream": {"schema": {"type": "string"}, "example": SSE_EXAMPLE}}},
+        **REFUSALS,
+    }, response_class=StreamingResponse, summary="Token by token: stream one prompt's tokens as they are produced")
+    async def generate_stream(body: GenerateRequest) -> StreamingResponse:
+        served = _require(models.lm, "lm")
+        lm: OnnxCausalLM = served.runtime
+        ids = _encode_prompts(lm, [body.prompt], body.max_new_tokens, ("body", "prompt"))[0]
+        ticket = admission.admit()
+        return TicketedStreamingResponse(
+            _token_events(lm, ids, _sampling(body), admission), ticket, media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+    @app.post("/generate/batch", tags=["generation"], response_model=BatchGenerateResponse, responses=REFUSALS,
+              summary="Full batch: continue many prompts in one dynamically padded batch")
+    async def generate_batch(body: BatchGenerateRequest) -> BatchGenerateResponse:
+        served = _require(models.lm, "lm")
+        lm: OnnxCausalLM = served.runtime
+        batch = _encode_prompts(lm, body.prompts, body.max_new_tokens, ("body", "prompts"))
+        params = _sampling(body)
+        with admission.admitted():
+            async with admission.compute_slot():
+                started = time.perf_counter()
+                outputs = await run_in_threadpool(lm.generate_ids, batch, params)
+                latency = time.perf_counter() - started
+        generations = [_generation(lm, ids, tokens, params) for ids, tokens in zip(batch, outputs, strict=True)]
+        return BatchGenerateResponse(
+            generations=generations, model=served.label, padded_shape=(len(batch), max(map(len, batch))),
+            latency_ms=1000 * latency, tokens_per_s=sum(g.generated_tokens for g in generations) / latency,
+        )
+
+    @app.post("/qa", tags=["question answering"], response_model=QAResponse, responses=REFUSALS,
+              summary="Find the answer to a question in a context")
+    async def qa(body: QARequest) -> QAResponse:
+        served = _require(models.qa, "qa")
+        with admission.admitted():
+            async with admission.compute_slot():
+                started = time.perf_counter()
+                try:
+                    answer = await run_in_threadpool(served.runtime.answer, body.question, body.context)
+                except ConfigError as err:  # the question leaves no room for the context in a window
+                    raise _field_error(("body", "question"), str(err), body.question) from None
+                latency = time.perf_counter() - started
+        return QAResponse(answer=answer.text, start=answer.start, end=answer.end, score=answer.score,
+                          model=served.label, latency_ms=1000 * latency)
+
+    return app
+
+
+def _install_docs(app: FastAPI) -> None:
+    """Swagger UI from the `swagger-ui-bundle-v2` wheel's files, so /docs works with no internet."""
+    from swagger_ui_bundle import swagger_ui_path
+
+    app.mount(SWAGGER_ASSETS, StaticFiles(directory=str(swagger_ui_path)), name="swagger-ui")
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs(request: Request) -> HTMLResponse:
+        root = request.scope.get("root_path", "").rstrip("/")
+        return get_swagger_ui_html(
+            openapi_url=f"{root}{app.openapi_url}", title=f"{app.title} — docs",
+            swagger_js_url=f"{root}{SWAGGER_ASSETS}/swagger-ui-bundle.js",
+            swagger_css_url=f"{root}{SWAGGER_ASSETS}/swagger-ui.css",
+            swagger_favicon_url=f"{root}{SWAGGER_ASSETS}/favicon-32x32.png",
+        )
+
+
+def _require(model: ServedModel | None, name: str) -> ServedModel:
+    if model is None:
+        raise ModelNotLoaded(f"no {name} model is loaded on this server (start it with --{name} ID)")
+    return model
+
+
+def _field_error(loc: tuple, message: str, value) -> RequestValidationError:
+    """A 422 in FastAPI's own format, for checks that need the model (token counts) and so cannot live in the schema."""
+    return RequestValidationError([{"type": "value_error", "loc": loc, "msg": message, "input": value}])
+
+
+def _encode_prompts(lm: OnnxCausalLM, prompts: Sequence[str], max_new_tokens: int, loc: tuple) -> list[list[int]]:
+    """Tokenise; a prompt that leaves no room for `max_new_tokens` in the context window is a 422 on its field."""
+    encoded = []
+    limit = lm.max_prompt_tokens(max_new_tokens)
+    for index, prompt in enumerate(prompts):
+        ids = lm.encode(prompt)
+        where = loc if len(prompts) == 1 and loc[-1] == "prompt" else (*loc, index)
+        if not ids:
+            raise _field_error(where, "the prompt encodes to no token", prompt)
+        if len(ids) > limit:
+            raise _field_error(
+                where, f"the prompt is {len(ids)} tokens; with max_new_tokens={max_new_tokens} at most {limit} fit "
+                f"the model's {lm.max_positions}-token context", prompt,
+            )
+        encoded.append(ids)
+    return encoded
+
+
+def _sampling(body: SamplingFields) -> SamplingParams:
+    return SamplingParams(
+        max_new_tokens=body.max_new_tokens, do_sample=body.do_sample, temperature=body.temperature,
+        top_k=body.top_k, seed=body.seed, stop_at_eos=not body.ignore_eos,
+    )
+
+
+def _generation(lm: OnnxCausalLM, prompt: list[int], tokens: list[int], params: SamplingParams) -> Generation:
+    ended = params.stop_at_eos and bool(tokens) and tokens[-1] == lm.eos_token_id
+    return Generation(
+        text=lm.decode(tokens), prompt_tokens=len(prompt), generated_tokens=len(tokens),
+        finish_reason="eos" if ended else "length",
+    )
+
+
+def _sse(data: dict, event: str | None = None) -> str:
+    head = f"event: {event}\n" if event else ""
+    return f"{head}data: {json.dumps(data)}\n\n"
+
+
+async def _token_events(lm: OnnxCausalLM, ids: list[int], params: SamplingParams, admission: Admission) -> AsyncIterator[str]:
+    """Server-sent events for the token-by-token scheme: each decoding step takes a compute slot of its own,
+    so concurrent streams and requests interleave step by step instead of waiting for whole generations."""
+    steps = lm.stream_text(ids, params)
+    tokens: list[int] = []
+    model_time = 0.0
+    while True:
+        try:
+            async with admission.compute_slot():
+                step_started = time.perf_counter()
+                item = await run_in_threadpool(next, steps, None)
+                model_time += time.perf_counter() - step_started
+        except Overloaded as err:
+            yield _sse({"detail": str(err)}, event="error")
+            return
+        if item is None:
+            break
+        token, text = item
+        tokens.append(token)
+        yield _sse(StreamToken(index=len(tokens) - 1, token_id=token, text=text).model_dump())
+    end = _generation(lm, ids, tokens, params)
+    yield _sse(StreamEnd(**end.model_dump(), latency_ms=1000 * model_time).model_dump(), event="end")
+

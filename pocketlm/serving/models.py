@@ -1,0 +1,75 @@
+"""The models the REST API serves: ONNX exports resolved by Hub id, loaded once, before the first request.
+
+Only onnxruntime, `tokenizers` and numpy are imported here — never torch or transformers (DESIGN.md: those
+two imports alone take 4 s on this CPU, four times the server's whole start-up budget).
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from pocketlm import MINILM_SQUAD_ONNX, TINY_LM_ONNX
+from pocketlm.hub import resolve
+from pocketlm.inference.onnx_lm import OnnxCausalLM, SamplingParams
+from pocketlm.inference.qa_engine import OnnxQuestionAnswerer
+
+Precision = Literal["fp32", "int8"]
+
+
+@dataclass
+class ServedModel:
+    id: str
+    precision: Precision
+    runtime: Any
+    """`OnnxCausalLM` for `lm`, `OnnxQuestionAnswerer` for `qa`."""
+    file: Path
+
+    def describe(self) -> dict[str, str]:
+        return {"id": self.id, "file": self.file.name, "precision": self.precision}
+
+    @property
+    def label(self) -> str:
+        return f"{self.id} ({self.file.name}, {self.precision})"
+
+
+@dataclass
+class ServingModels:
+    lm: ServedModel | None = None
+    qa: ServedModel | None = None
+
+    def describe(self) -> dict[str, dict[str, str]]:
+        return {name: model.describe() for name, model in (("lm", self.lm), ("qa", self.qa)) if model is not None}
+
+
+def load_lm(repo_id: str = TINY_LM_ONNX, precision: Precision = "fp32", threads: int | None = None) -> ServedModel:
+    lm = OnnxCausalLM(resolve(repo_id), quantized=precision == "int8", intra_op_num_threads=threads)
+    lm.generate_ids([lm.encode("Warm up")], SamplingParams(max_new_tokens=2))  # first-call allocations, not at request time
+    return ServedModel(repo_id, precision, lm, lm.onnx_path)
+
+
+def load_qa(repo_id: str = MINILM_SQUAD_ONNX, precision: Precision = "int8", threads: int | None = None) -> ServedModel:
+    qa = OnnxQuestionAnswerer.from_pretrained(resolve(repo_id), quantized=precision == "int8", threads=threads)
+    qa.answer("Who?", "Warm up.")
+    return ServedModel(repo_id, precision, qa, qa.model_path)
+
+
+def load_models(
+    lm: str | None = TINY_LM_ONNX,
+    qa: str | None = MINILM_SQUAD_ONNX,
+    *,
+    lm_precision: Precision = "fp32",
+    qa_precision: Precision = "int8",
+    threads: int | None = None,
+) -> ServingModels:
+    """Resolve and load both exports (None skips one). They load side by side: session creation is native code
+    that releases the GIL, so the two overlap and start-up costs the slower of the two, not their sum."""
+    with ThreadPoolExecutor(2) as pool:
+        lm_future = pool.submit(load_lm, lm, lm_precision, threads) if lm else None
+        qa_future = pool.submit(load_qa, qa, qa_precision, threads) if qa else None
+        return ServingModels(
+            lm=lm_future.result() if lm_future else None,
+            qa=qa_future.result() if qa_future else None,
+        )
