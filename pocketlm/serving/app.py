@@ -13,11 +13,13 @@ import time
 from collections.abc import AsyncIterator, Sequence
 
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import pocketlm
 from pocketlm.errors import ConfigError
@@ -79,6 +81,19 @@ REFUSALS = {
     503: {"model": ErrorResponse, "description": "Overloaded (retry after `Retry-After` seconds), or model not loaded."},
 }
 
+SSE_EVENT_SCHEMA = {
+    "description": "One server-sent event (OpenAPI 3.1: the schema of an `text/event-stream` entry describes each event).",
+    "type": "object",
+    "required": ["data"],
+    "properties": {
+        "event": {"type": "string", "enum": ["message", "end", "error"],
+                  "description": "`message` (default): one token; `end`: the last event; `error`: the server stopped."},
+        "data": {"type": "string", "contentMediaType": "application/json",
+                 "contentSchema": {"oneOf": [StreamToken.model_json_schema(), StreamEnd.model_json_schema(),
+                                             ErrorResponse.model_json_schema()]}},
+    },
+}
+
 SSE_EXAMPLE = (
     'data: {"index": 0, "token_id": 262, "text": " the"}\n\n'
     'data: {"index": 1, "token_id": 1204, "text": " city"}\n\n'
@@ -124,6 +139,14 @@ def create_app(models: ServingModels, limits: Limits | None = None) -> FastAPI:
     async def _overloaded(request: Request, err: Overloaded) -> JSONResponse:
         return JSONResponse({"detail": str(err)}, 503, headers={"Retry-After": str(admission.limits.retry_after_s)})
 
+    @app.exception_handler(StarletteHTTPException)
+    async def _unparsable_body(request: Request, err: StarletteHTTPException) -> JSONResponse:
+        # FastAPI answers 400 for a body it cannot even decode (bytes that are not UTF-8); malformed JSON is
+        # a 422 there, so make both a 422 naming the body. No route here raises 400 itself.
+        if err.status_code == 400:
+            return JSONResponse({"detail": [{"type": "json_invalid", "loc": ["body"], "msg": str(err.detail)}]}, 422)
+        return await http_exception_handler(request, err)
+
     @app.exception_handler(ModelNotLoaded)
     async def _not_loaded(request: Request, err: ModelNotLoaded) -> JSONResponse:
         return JSONResponse({"detail": str(err)}, 503)
@@ -155,7 +178,7 @@ def create_app(models: ServingModels, limits: Limits | None = None) -> FastAPI:
     @app.post("/generate/stream", tags=["generation"], responses={
         200: {"description": "Server-sent events: one `data:` event per token (StreamToken), then `event: end` "
               "(StreamEnd); `event: error` if the server had to stop.",
-              "content": {"text/event-stream": {"schema": {"type": "string"}, "example": SSE_EXAMPLE}}},
+              "content": {"text/event-stream": {"schema": SSE_EVENT_SCHEMA, "example": SSE_EXAMPLE}}},
         **REFUSALS,
     }, response_class=StreamingResponse, summary="Token by token: stream one prompt's tokens as they are produced")
     async def generate_stream(body: GenerateRequest) -> StreamingResponse:
