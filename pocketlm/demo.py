@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from pocketlm import TINY_LM
+from pocketlm import TINY_LM, TINY_LM_ONNX
 from pocketlm.settings import REPO_ROOT, hub_dir
 
 ACCELERATE = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", "accelerate_configs/cpu.yaml"]
@@ -35,6 +35,7 @@ def published(repo_id: str) -> Callable[[], Path]:
 
 STEPS: list[Step] = [
     Step("Pretrain the tiny LM (quick preset)", [*ACCELERATE, "training_scripts/pretrain.py", "--preset", "quick"], published(TINY_LM)),
+    Step("Export the tiny LM to ONNX with its KV cache (fp32 + int8)", [sys.executable, "training_scripts/export_lm_onnx.py"], published(TINY_LM_ONNX)),
 ]
 
 

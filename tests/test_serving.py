@@ -188,7 +188,7 @@ def test_schemathesis_finds_no_server_error(server, tmp_path):
     command = [
         sys.executable, "-m", "schemathesis.cli", "run", f"{server.base_url}/openapi.json",
         "--checks", "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance",
-        "--max-examples", "25", "--seed", "1", "--workers", "1", "--request-timeout", "20",
+        "--max-examples", "20", "--seed", "1", "--workers", "1", "--request-timeout", "20",
         "--phases", "examples,coverage,fuzzing", "--generation-database", "none", "--no-color",
         "--report-dir", str(tmp_path),
     ]

@@ -66,7 +66,8 @@ class OnnxCausalLM:
     only the new token and the cache of everything before it, so a step costs O(1) in the sequence length.
     """
 
-    def __init__(self, folder: str | Path, *, quantized: bool = False, intra_op_num_threads: int | None = None):
+    def __init__(self, folder: str | Path, *, quantized: bool = False, intra_op_num_threads: int | None = None,
+                 prepend_bos: bool = True):
         import onnxruntime as ort
         from tokenizers import Tokenizer
 
@@ -77,6 +78,7 @@ class OnnxCausalLM:
         self.max_positions = config.get("max_position_embeddings", 2048)
         eos = config.get("eos_token_id")
         self.eos_token_id = eos[0] if isinstance(eos, list) else eos
+        self.bos_token_id = config.get("bos_token_id") if prepend_bos else None
         pad = config.get("pad_token_id")
         self.pad_token_id = pad if pad is not None else (self.eos_token_id or 0)
         self.tokenizer = Tokenizer.from_file(str(self.folder / "tokenizer.json"))
@@ -94,8 +96,16 @@ class OnnxCausalLM:
 
     # -- tokenisation -------------------------------------------------------------------------------------
     def encode(self, text: str) -> list[int]:
-        """Token ids exactly as the exported tokenizer (and so transformers' pipeline) produces them."""
-        return self.tokenizer.encode(text).ids
+        """Token ids of `text` as the exported tokenizer produces them, after the BOS token.
+
+        pocketlm's LM is trained on documents joined by `<|endoftext|>` (its BOS and EOS), so a prompt that
+        follows one is read as the start of a document, as the pretraining samples are generated. The
+        tokenizer itself adds nothing; `prepend_bos=False` gives transformers' pipeline behaviour.
+        """
+        ids = self.tokenizer.encode(text).ids
+        if self.bos_token_id is not None and ids[:1] != [self.bos_token_id]:
+            ids = [self.bos_token_id, *ids]
+        return ids
 
     def decode(self, ids: Sequence[int]) -> str:
         return self.tokenizer.decode(list(ids), skip_special_tokens=True)

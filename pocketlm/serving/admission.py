@@ -4,12 +4,15 @@ Two CPU cores can run one model call at a time at full speed (each ONNX Runtime 
 running more in parallel only makes every one of them slower. So model work takes turns on `max_active`
 compute slots, at most `max_waiting` requests queue for one, and the next request is refused immediately —
 a fast 503 with `Retry-After` is something a client can act on; an ever-growing queue only times out.
-A request that still waits longer than `max_wait_s` for a slot also gets 503 rather than hanging.
+A request is also refused at once when the queue ahead of it would take longer than `max_wait_s` to drain
+at the recent service time (a slow machine gets a shorter queue), and one that still waits longer than
+`max_wait_s` for a slot gets 503 rather than hanging.
 """
 
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
@@ -33,9 +36,14 @@ class Limits:
 class Admission:
     """Counts requests in flight and hands out compute slots in arrival order (asyncio.Semaphore is FIFO)."""
 
+    SMOOTHING = 0.2
+    """Weight of the newest model call in the running mean of service times."""
+
     def __init__(self, limits: Limits):
         self.limits = limits
         self.in_flight = 0
+        self.service_s = 0.0
+        """Running mean of how long a model call holds a compute slot (0 until the first call)."""
         self._slots = asyncio.Semaphore(limits.max_active)
 
     @property
@@ -46,6 +54,9 @@ class Admission:
         """Take a place in flight, or raise `Overloaded` when all are taken. Never waits."""
         if self.in_flight >= self.capacity:
             raise Overloaded(f"server busy: {self.in_flight} model requests in flight (capacity {self.capacity})")
+        expected_wait = self.in_flight * self.service_s / self.limits.max_active
+        if expected_wait > self.limits.max_wait_s:
+            raise Overloaded(f"server busy: the {self.in_flight} requests ahead would take about {expected_wait:.1f} s")
         self.in_flight += 1
         return Ticket(self)
 
@@ -64,10 +75,13 @@ class Admission:
             await asyncio.wait_for(self._slots.acquire(), self.limits.max_wait_s)
         except TimeoutError:
             raise Overloaded(f"server busy: no compute slot within {self.limits.max_wait_s:g} s") from None
+        started = time.perf_counter()
         try:
             yield
         finally:
             self._slots.release()
+            held = time.perf_counter() - started
+            self.service_s = held if self.service_s == 0 else (1 - self.SMOOTHING) * self.service_s + self.SMOOTHING * held
 
 
 class Ticket:

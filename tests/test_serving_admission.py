@@ -1,0 +1,42 @@
+"""Overload protection in isolation: refusal by capacity, by expected wait, by waiting too long — never a hang."""
+
+import asyncio
+
+import pytest
+
+from pocketlm.serving.admission import Admission, Limits, Overloaded
+
+
+def test_capacity_is_active_plus_waiting_and_tickets_release_once():
+    admission = Admission(Limits(max_active=1, max_waiting=2))
+    tickets = [admission.admit() for _ in range(3)]
+    with pytest.raises(Overloaded, match="capacity 3"):
+        admission.admit()
+    tickets[0].release()
+    tickets[0].release()  # idempotent: every exit path may call it
+    assert admission.in_flight == 2
+    admission.admit()
+    assert admission.in_flight == 3
+
+
+def test_slow_service_shortens_the_queue():
+    admission = Admission(Limits(max_active=1, max_waiting=100, max_wait_s=1.0))
+    admission.service_s = 0.3  # recent model calls took 0.3 s
+    for _ in range(4):  # 0, 0.3, 0.6, 0.9 s of work ahead: accepted
+        admission.admit()
+    with pytest.raises(Overloaded, match="would take about 1.2 s"):
+        admission.admit()
+
+
+def test_waiting_longer_than_max_wait_is_refused():
+    async def scenario():
+        admission = Admission(Limits(max_active=1, max_waiting=5, max_wait_s=0.05))
+        async with admission.compute_slot():
+            with pytest.raises(Overloaded, match="no compute slot within"):
+                async with admission.compute_slot():
+                    pass
+        async with admission.compute_slot():  # free again afterwards
+            pass
+        assert admission.service_s > 0
+
+    asyncio.run(scenario())
