@@ -1,6 +1,7 @@
 """The REST API over real HTTP: a real `python -m pocketlm.serving` process on a free loopback port."""
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -13,6 +14,7 @@ from pocketlm.hub import resolve
 from pocketlm.inference.onnx_lm import OnnxCausalLM, SamplingParams
 from pocketlm.inference.qa_engine import OnnxQuestionAnswerer
 from pocketlm.serving.launch import running_server
+from pocketlm.settings import REPO_ROOT
 
 PROMPTS = ["The history of the city begins", "In 1905", "Rakie Ayola is a Welsh actress, best known for"]
 CONTEXT = "Rakie Olufunmilayo Ayola (born May 1968) is a Welsh actress, best known for her role in Holby City."
@@ -194,3 +196,11 @@ def test_schemathesis_finds_no_server_error(server, tmp_path):
     ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=150)
     assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-2000:]
+
+
+def test_a_missing_export_is_a_one_line_error_naming_the_flag(tmp_path):
+    env = {**os.environ, "POCKETLM_HUB_DIR": str(tmp_path)}
+    done = subprocess.run([sys.executable, "-m", "pocketlm.serving", "--port", "8000"], capture_output=True, text=True,
+                          timeout=60, env=env, cwd=REPO_ROOT)
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: --lm pocketlm/tiny-lm-onnx") and "Traceback" not in done.stderr

@@ -48,15 +48,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    import uvicorn
+    from concurrent.futures import ThreadPoolExecutor
 
-    from pocketlm.serving.app import create_app
+    from pocketlm.hub import ArtifactNotFoundError, resolve
     from pocketlm.serving.models import load_models
 
-    models = load_models(
-        None if args.lm == "none" else args.lm, None if args.qa == "none" else args.qa,
-        lm_precision=args.lm_precision, qa_precision=args.qa_precision, threads=args.threads,
-    )
+    for flag, repo_id in (("--lm", args.lm), ("--qa", args.qa)):
+        if repo_id != "none":
+            try:
+                resolve(repo_id)
+            except ArtifactNotFoundError as err:
+                raise ArtifactNotFoundError(f"{flag} {repo_id}: {err} (or pass {flag} none)") from None
+
+    # Load the models while the web stack imports: ONNX Runtime builds its sessions in native code that
+    # releases the GIL, so on two cores the ~0.3 s of FastAPI/uvicorn imports overlap with them.
+    with ThreadPoolExecutor(1) as pool:
+        loading = pool.submit(
+            load_models, None if args.lm == "none" else args.lm, None if args.qa == "none" else args.qa,
+            lm_precision=args.lm_precision, qa_precision=args.qa_precision, threads=args.threads,
+        )
+        import uvicorn
+
+        from pocketlm.serving.app import create_app
+
+        models = loading.result()
     limits = Limits(max_active=args.max_active, max_waiting=args.max_waiting, max_wait_s=args.max_wait_s)
     app = create_app(models, limits)
     print(f"pocketlm REST API on http://{args.host}:{args.port} (docs: /docs), pid {os.getpid()}", flush=True)
