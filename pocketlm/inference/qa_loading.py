@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tempfile
+from functools import lru_cache
 from pathlib import Path
 
 from pocketlm.hub import resolve
@@ -12,14 +13,20 @@ BACKENDS = ("pytorch", "onnxruntime-fp32", "onnxruntime-int8")
 
 
 def onnx_folder(model: str) -> Path:
-    """The ONNX export of `model`: the folder itself when it holds `model.onnx`, else a fresh export of the
-    PyTorch checkpoint it names (into a temporary folder that lives as long as the process)."""
+    """The ONNX export of `model`: the folder itself when it holds `model.onnx`, else an export of the
+    PyTorch checkpoint it names into a temporary folder (made once per process and checkpoint version)."""
     path = Path(resolve(model))
     if (path / FP32_FILE).is_file():
         return path
+    weights = sorted(path.glob("*.safetensors"))
+    return _export_once(str(path), tuple(w.stat().st_mtime_ns for w in weights))
+
+
+@lru_cache(maxsize=4)
+def _export_once(path: str, version: tuple) -> Path:
     from pocketlm.inference.onnx_export import export_question_answering
 
-    return export_question_answering(str(path), Path(tempfile.mkdtemp(prefix="pocketlm-qa-onnx-")))
+    return export_question_answering(path, Path(tempfile.mkdtemp(prefix="pocketlm-qa-onnx-")))
 
 
 def load_question_answerer(model: str, backend: str, threads: int | None = None, **kwargs) -> QuestionAnswerer:
