@@ -70,3 +70,79 @@ def _keep_window_settings(source: str, output_dir: Path) -> None:
     if extra and any(config.get(k) != v for k, v in extra.items()):
         config.update(extra)
         config_file.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+
+
+def compare_backends(model: str, onnx_dir: str | Path, records: list[dict], threads: int | None = None) -> dict[str, dict]:
+    """EM/F1 of the PyTorch model and of its fp32 and int8 exports on the same questions (the int8 check)."""
+    from pocketlm.inference.qa_engine import OnnxQuestionAnswerer, evaluate_squad
+    from pocketlm.inference.qa_loading import load_question_answerer
+
+    answerers = {
+        "pytorch": lambda: load_question_answerer(model, "pytorch", threads=threads, batch_size=32),
+        "onnxruntime-fp32": lambda: OnnxQuestionAnswerer.from_pretrained(onnx_dir, threads=threads, batch_size=32),
+        "onnxruntime-int8": lambda: OnnxQuestionAnswerer.from_pretrained(onnx_dir, quantized=True, threads=threads, batch_size=32),
+    }
+    scores = {}
+    for backend, load in answerers.items():
+        print(f"scoring {backend} on {len(records)} questions", flush=True)
+        scores[backend] = evaluate_squad(load(), records)
+    return scores
+
+
+def publish_question_answering_onnx(model: str, repo_id: str, records: list[dict], work_dir: str | Path,
+                                    threads: int | None = None, push_to_hub: bool = False, token: str | None = None) -> dict:
+    """Export `model` (fp32 + int8), score all three backends on `records`, publish the export with a model card."""
+    import shutil
+
+    from pocketlm.hub import ModelCardInfo, machine_description, publish
+
+    work_dir = Path(work_dir)
+    shutil.rmtree(work_dir, ignore_errors=True)
+    export_question_answering(model, work_dir, quantize=True)
+    scores = compare_backends(model, work_dir, records, threads=threads)
+    sizes = {name: (work_dir / name).stat().st_size / 2**20 for name in (FP32_FILE, INT8_FILE)}
+    rows = "\n".join(
+        f"| {backend} | {s['exact_match']:.2f} | {s['f1']:.2f} |" for backend, s in scores.items()
+    )
+    metrics = {
+        "exact_match": round(scores["onnxruntime-fp32"]["exact_match"], 2),
+        "f1": round(scores["onnxruntime-fp32"]["f1"], 2),
+        "int8_exact_match": round(scores["onnxruntime-int8"]["exact_match"], 2),
+        "int8_f1": round(scores["onnxruntime-int8"]["f1"], 2),
+    }
+    card = ModelCardInfo(
+        title=repo_id.split("/")[-1],
+        summary=f"`{model}` exported to ONNX by optimum (`question-answering` task, dynamic batch and sequence axes): "
+        f"`{FP32_FILE}` (fp32, {sizes[FP32_FILE]:.1f} MB) and `{INT8_FILE}` (ONNX Runtime dynamic int8, "
+        f"{sizes[INT8_FILE]:.1f} MB), with `tokenizer.json` so that onnxruntime + `tokenizers` serve it without torch.",
+        how_to_load=(
+            "from pocketlm.inference.qa_engine import OnnxQuestionAnswerer\n"
+            f"qa = OnnxQuestionAnswerer.from_pretrained(\"{repo_id}\", quantized=True)  # a local folder\n"
+            "qa.answer(\"Where is the Eiffel Tower?\", \"The Eiffel Tower is in Paris.\").text\n"
+            "# or with optimum: ORTModelForQuestionAnswering.from_pretrained(folder, file_name=\"model_quantized.onnx\")"
+        ),
+        pipeline_tag="question-answering",
+        eval_dataset="rajpurkar/squad",
+        eval_dataset_name="SQuAD v1.1 (validation, pocketlm mirror)",
+        eval_split="validation",
+        metrics=metrics,
+        datasets=["rajpurkar/squad"],
+        base_model=model,
+        library_name="onnx",
+        tags=["onnx", "int8", "question-answering", "squad"],
+        sections={
+            "EM/F1 of each runtime": (
+                f"The same {len(records):,} validation questions, official SQuAD v1.1 normalisation, the same "
+                "windows and span selection for every runtime "
+                f"(`training_scripts/export_qa_onnx.py --model {model}`):\n\n| runtime | EM | F1 |\n| --- | --- | --- |\n{rows}\n\n"
+                f"Measured with {threads or 'all'} threads on {machine_description()}. Latencies: "
+                "`benchmarks/qa_latency.py` (see the pocketlm README)."
+            )
+        },
+    )
+
+    def save(folder: Path) -> None:
+        shutil.copytree(work_dir, folder, dirs_exist_ok=True)
+
+    publish(repo_id, save, card, push_to_hub=push_to_hub, token=token)
+    return {"scores": scores, "sizes_mb": sizes}

@@ -85,14 +85,15 @@ class OnnxQuestionAnswerer(QuestionAnswerer):
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, quantized: bool = False, threads: int | None = None, **kwargs) -> "OnnxQuestionAnswerer":
-        """Load `model.onnx` (or `model_quantized.onnx`) and `tokenizer.json` from an export folder."""
+        """Load `model.onnx` (or `model_quantized.onnx`) and `tokenizer.json` from an export folder or repo id
+        (through `pocketlm.hub.resolve`: the local hub folder first)."""
         from tokenizers import Tokenizer
 
-        folder = Path(folder)
+        from pocketlm.hub import ArtifactNotFoundError, resolve
+
+        folder = Path(resolve(str(folder)))
         model_file = folder / (INT8_FILE if quantized else FP32_FILE)
         if not model_file.is_file():
-            from pocketlm.hub import ArtifactNotFoundError
-
             raise ArtifactNotFoundError(f"no {model_file.name} in {folder} (export it with training_scripts/export_qa_onnx.py)")
         for key, value in window_settings(folder).items():
             kwargs.setdefault(key, value)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import torch
 
-from pocketlm.hub import resolve
+from pocketlm.hub import ArtifactNotFoundError, resolve
 from pocketlm.inference.qa_engine import QuestionAnswerer, window_settings
 
 
@@ -22,6 +24,8 @@ class TorchQuestionAnswerer(QuestionAnswerer):
         from transformers import AutoModelForQuestionAnswering, AutoTokenizer
 
         path = resolve(model_id)
+        if Path(path).is_dir() and not any(Path(path).glob("*.safetensors")) and any(Path(path).glob("*.onnx")):
+            raise ArtifactNotFoundError(f"{model_id} is an ONNX export without PyTorch weights: run it with --onnx")
         for key, value in window_settings(path).items():
             kwargs.setdefault(key, value)
         model = AutoModelForQuestionAnswering.from_pretrained(path)

@@ -1,0 +1,109 @@
+"""QA latency: PyTorch CPU vs ONNX Runtime fp32 vs ONNX Runtime int8 on the fine-tuned MiniLM.
+
+    flock /work/heavy.lock python benchmarks/qa_latency.py          # writes benchmarks/results/qa_latency/
+
+Each runtime answers the same `--requests` validation questions one at a time (batch 1, end to end:
+tokenise, model, span selection) after `--warmup` untimed requests, with the same intra-op thread count;
+p50/p95 in ms, model file size in MB, and EM/F1 on `--eval_samples` validation questions (the same for all).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from pocketlm import MINILM_SQUAD, MINILM_SQUAD_ONNX
+from pocketlm.cli import run
+
+BACKEND_LABELS = {"pytorch": "PyTorch fp32", "onnxruntime-fp32": "ONNX Runtime fp32", "onnxruntime-int8": "ONNX Runtime int8"}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=MINILM_SQUAD, help="PyTorch QA checkpoint (default: %(default)s)")
+    parser.add_argument("--onnx_model", default=MINILM_SQUAD_ONNX,
+                        help="its ONNX export; a PyTorch checkpoint is exported first (default: %(default)s)")
+    parser.add_argument("--requests", type=int, default=100, help="timed requests per runtime (default: %(default)s)")
+    parser.add_argument("--warmup", type=int, default=10, help="untimed requests first (default: %(default)s)")
+    parser.add_argument("--threads", type=int, default=2, help="intra-op threads, the same for every runtime (default: %(default)s)")
+    parser.add_argument("--eval_samples", type=int, default=1000, help="validation questions for EM/F1; 0 skips (default: %(default)s)")
+    parser.add_argument("--output_dir", type=Path, default=None, help="default: benchmarks/results/qa_latency")
+    args = parser.parse_args(argv)
+    if args.requests < 1 or args.warmup < 0 or args.threads < 1 or args.eval_samples < 0:
+        parser.error("--requests and --threads must be positive, --warmup and --eval_samples not negative")
+
+    from pocketlm.data import load_squad
+    from pocketlm.hub import resolve
+    from pocketlm.inference.latency import markdown_table, summarise, time_requests, write_results
+    from pocketlm.inference.qa_engine import FP32_FILE, INT8_FILE, evaluate_squad
+    from pocketlm.inference.qa_loading import BACKENDS, load_question_answerer, onnx_folder
+
+    validation = load_squad("validation").to_list()
+    # Requests: one question per paragraph, so that the contexts (and their lengths) vary like real traffic.
+    seen, requests = set(), []
+    for record in validation:
+        if record["context"] not in seen:
+            seen.add(record["context"])
+            requests.append(record)
+    requests = requests[: args.requests]
+    onnx_dir = onnx_folder(args.onnx_model)
+    sizes = {
+        "pytorch": sum(p.stat().st_size for p in Path(resolve(args.model)).glob("*.safetensors")),
+        "onnxruntime-fp32": (onnx_dir / FP32_FILE).stat().st_size,
+        "onnxruntime-int8": (onnx_dir / INT8_FILE).stat().st_size,
+    }
+    rows = []
+    for backend in BACKENDS:
+        model = args.model if backend == "pytorch" else str(onnx_dir)
+        answerer = load_question_answerer(model, backend, threads=args.threads, batch_size=1)
+        print(f"{BACKEND_LABELS[backend]}: {args.requests} requests after {args.warmup} warm-up", flush=True)
+        timings = time_requests(lambda r: answerer.answer(r["question"], r["context"]), requests, args.warmup)
+        row = {"backend": backend, "runtime": BACKEND_LABELS[backend], **summarise(timings), "size_mb": round(sizes[backend] / 2**20, 1)}
+        if args.eval_samples:
+            answerer.batch_size = 32  # EM/F1 in batches: the same windows and spans as batch 1, faster
+            scores = evaluate_squad(answerer, validation[: args.eval_samples])
+            row.update(exact_match=round(scores["exact_match"], 2), f1=round(scores["f1"], 2))
+        rows.append(row)
+        del answerer
+    baseline = rows[0]["p50_ms"]
+    for row in rows:
+        row["speedup_p50"] = round(baseline / row["p50_ms"], 2)
+
+    columns = [("runtime", "runtime"), ("p50_ms", "p50 ms"), ("p95_ms", "p95 ms"), ("speedup_p50", "speed-up (p50)"), ("size_mb", "size MB")]
+    if args.eval_samples:
+        columns += [("exact_match", "EM"), ("f1", "F1")]
+    table = markdown_table(rows, columns)
+    settings = {
+        "model": args.model, "onnx_model": str(args.onnx_model), "requests": args.requests, "warmup": args.warmup,
+        "threads": args.threads, "batch_size": 1, "eval_samples": args.eval_samples,
+    }
+    folder = write_results("qa_latency", {"settings": settings, "rows": rows}, table, lambda path: _plot(rows, args, path), args.output_dir)
+    print(table)
+    print(f"results in {folder}")
+    return 0
+
+
+def _plot(rows: list[dict], args, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [row["runtime"] for row in rows]
+    x = range(len(rows))
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.bar([i - 0.2 for i in x], [row["p50_ms"] for row in rows], width=0.4, label="p50")
+    ax.bar([i + 0.2 for i in x], [row["p95_ms"] for row in rows], width=0.4, label="p95")
+    for i, row in zip(x, rows):
+        ax.annotate(f"{row['speedup_p50']:.2f}x", (i - 0.2, row["p50_ms"]), ha="center", va="bottom")
+    ax.set_xticks(list(x), labels)
+    ax.set_ylabel("latency per question (ms)")
+    ax.set_title(f"QA latency, batch 1, {args.threads} threads, {args.requests} requests")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    run(main)

@@ -1,0 +1,74 @@
+"""Time single requests and summarise them (p50/p95), and write a benchmark's results the project's way.
+
+Every benchmark writes, under `benchmarks/results/<name>/`: `results.json` (numbers, settings, command,
+machine), `results.md` (a Markdown table) and a PNG plot.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pocketlm.io import atomic_write_text, write_json
+from pocketlm.settings import REPO_ROOT
+
+RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
+
+
+def time_requests(call: Callable[[Any], object], requests: Sequence[Any], warmup: int) -> list[float]:
+    """Milliseconds of `call(request)` for each request, after `warmup` untimed calls (on the first requests)."""
+    for request in list(requests)[:warmup]:
+        call(request)
+    timings = []
+    for request in requests:
+        started = time.perf_counter()
+        call(request)
+        timings.append((time.perf_counter() - started) * 1000)
+    return timings
+
+
+def summarise(milliseconds: Iterable[float]) -> dict[str, float]:
+    values = np.asarray(list(milliseconds), dtype=np.float64)
+    return {
+        "p50_ms": round(float(np.percentile(values, 50)), 2),
+        "p95_ms": round(float(np.percentile(values, 95)), 2),
+        "mean_ms": round(float(values.mean()), 2),
+        "requests": int(values.size),
+    }
+
+
+def markdown_table(rows: Sequence[dict], columns: Sequence[tuple[str, str]]) -> str:
+    """A Markdown table of `rows`; `columns` are (key, header) pairs; floats get 2 decimals."""
+    def cell(value):
+        return f"{value:.2f}" if isinstance(value, float) else str(value)
+
+    lines = ["| " + " | ".join(header for _, header in columns) + " |", "|" + " --- |" * len(columns)]
+    lines += ["| " + " | ".join(cell(row.get(key, "")) for key, _ in columns) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def command_line() -> str:
+    """The command that is running, as a user would type it from the repo root."""
+    return " ".join(shlex.quote(a) for a in ["python", *sys.argv])
+
+
+def write_results(name: str, results: dict, table: str, plot: Callable[[Path], None], output_dir: Path | None = None) -> Path:
+    """Write results.json, results.md and (through `plot(path)`) the PNG of benchmark `name`; returns the folder."""
+    from pocketlm.hub import machine_description
+
+    folder = output_dir or RESULTS_DIR / name
+    folder.mkdir(parents=True, exist_ok=True)
+    results = {**results, "machine": machine_description(), "command": command_line()}
+    write_json(folder / "results.json", results)
+    atomic_write_text(
+        folder / "results.md",
+        f"# {name}\n\n{table}\n\nMachine: {results['machine']}.\nCommand: `{results['command']}`\n",
+    )
+    plot(folder / f"{name}.png")
+    return folder

@@ -1,0 +1,142 @@
+"""The QA fine-tune script (smoke preset), the evaluation script, and the pipelines on the published models."""
+
+import json
+import os
+import runpy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pocketlm import MINILM_SQUAD, TINY_LM
+from pocketlm.cli import run
+from pocketlm.settings import REPO_ROOT, hub_dir
+
+SCRIPTS = REPO_ROOT / "training_scripts"
+
+
+def _script(name):
+    return runpy.run_path(str(SCRIPTS / name), run_name=name.removesuffix(".py"))["main"]
+
+
+def _run_script(*args, timeout=300):
+    return subprocess.run(
+        [sys.executable, *map(str, args)], capture_output=True, text=True, cwd=REPO_ROOT, timeout=timeout,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+    )
+
+
+@pytest.fixture(scope="module")
+def smoke_qa(tmp_path_factory):
+    """Fine-tune the real MiniLM for 2 steps (smoke preset) and publish it as `pocketlm/minilm-squad` in the test hub."""
+    output_dir = tmp_path_factory.mktemp("qa-run")
+    assert _script("finetune_qa.py")(["--preset", "smoke", "--output_dir", str(output_dir)]) == 0
+    return output_dir
+
+
+def test_finetune_publishes_a_model_with_card_metrics_and_window_settings(smoke_qa):
+    folder = hub_dir() / MINILM_SQUAD
+    names = {p.name for p in folder.iterdir()}
+    assert {"model.safetensors", "config.json", "tokenizer.json", "README.md", "metrics.json", "curves.png", "training_args.json"} <= names
+    assert not any(name.endswith((".bin", ".pt", ".pth")) for name in names)  # nothing pickled
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert set(metrics) == {"exact_match", "f1"} and all(0 <= v <= 100 for v in metrics.values())
+    card = (folder / "README.md").read_text()
+    assert "pipeline_tag: question-answering" in card and "name: f1" in card and "Training took" in card
+    config = json.loads((folder / "config.json").read_text())
+    assert (config["qa_max_length"], config["qa_doc_stride"]) == (128, 32)
+    history = json.loads((smoke_qa / "metrics.json").read_text())
+    assert any("eval_loss" in r for r in history) and any("eval_f1" in r for r in history)
+
+
+def test_finetune_resumes_from_its_last_checkpoint(smoke_qa, capsys):
+    assert (smoke_qa / "checkpoint-2").is_dir()
+    _script("finetune_qa.py")(["--preset", "smoke", "--output_dir", str(smoke_qa), "--max_steps", "3", "--output_repo", "pocketlm/qa-resumed"])
+    assert f"resuming from {smoke_qa / 'checkpoint-2'}" in capsys.readouterr().out
+    state = json.loads((smoke_qa / "checkpoint-3" / "trainer_state.json").read_text())
+    assert state["global_step"] == 3 and [r["step"] for r in state["log_history"] if "loss" in r] == [1, 2, 3]
+
+
+def test_finetune_rejects_bad_arguments_in_one_line(capsys):
+    main = _script("finetune_qa.py")
+    with pytest.raises(SystemExit) as exit_:
+        run(lambda: main(["--preset", "smoke", "--max_length", "128", "--doc_stride", "100"]))
+    assert exit_.value.code == 2 and capsys.readouterr().err.startswith("error: --doc_stride must be in [0, max_length/2)")
+
+
+@pytest.fixture(scope="module")
+def squad_file(tmp_path_factory):
+    from pocketlm.data import squad_json_path
+
+    data = json.loads(squad_json_path("validation").read_text())
+    article = data["data"][0]
+    article["paragraphs"] = article["paragraphs"][:2]
+    path = tmp_path_factory.mktemp("squad") / "two-paragraphs.json"
+    path.write_text(json.dumps({"version": "1.1", "data": [article]}))
+    return path, sum(len(p["qas"]) for p in article["paragraphs"])
+
+
+@pytest.mark.parametrize("flags", [[], ["--onnx", "--int8"]], ids=["pytorch", "onnx-int8"])
+def test_evaluate_script_prints_em_f1_json(smoke_qa, squad_file, flags, capsys):
+    path, questions = squad_file
+    assert _script("evaluate_qa.py")([str(path), "--model", MINILM_SQUAD, *flags]) == 0
+    scores = json.loads(capsys.readouterr().out)
+    assert scores["questions"] == questions and 0 <= scores["exact_match"] <= scores["f1"] <= 100
+    assert scores["backend"] == ("onnxruntime-int8" if flags else "pytorch")
+
+
+def test_evaluate_script_errors_name_the_problem(tmp_path):
+    evaluate = _script("evaluate_qa.py")
+    with pytest.raises(SystemExit):
+        evaluate([str(tmp_path / "x.json"), "--int8"])
+    (tmp_path / "bad.json").write_text('{"data": [{"title": "t"}]}')
+    result = _run_script(SCRIPTS / "evaluate_qa.py", tmp_path / "bad.json")
+    assert result.returncode == 2 and "not in SQuAD format" in result.stderr and "Traceback" not in result.stderr
+
+
+# ---------------------------------------------------------------- pipelines
+
+
+def test_generate_text_samples_reproducibly_with_a_seed(tiny_lm_repo):
+    from pocketlm.inference.pipelines import generate_text, text_generator
+
+    first = generate_text("The history of the city", max_new_tokens=12, seed=3)
+    assert first == generate_text("The history of the city", max_new_tokens=12, seed=3)
+    assert first.startswith("The history of the city") and len(first) > len("The history of the city")
+    assert generate_text("The history of the city", max_new_tokens=12, seed=4) != first
+    assert text_generator(TINY_LM).model.config.model_type == "llama"  # the project's LM, through the hub
+
+
+def test_answer_question_returns_a_span_of_the_context(smoke_qa):
+    from pocketlm.inference.pipelines import answer_question
+
+    context = "The Eiffel Tower was designed by the company of Gustave Eiffel and built from 1887 to 1889 in Paris."
+    answer = answer_question(context=context, question="Who designed the Eiffel Tower?")
+    assert answer and answer in context
+
+
+def test_readme_examples_reproduce_across_processes(smoke_qa, tiny_lm_repo, tmp_path):
+    from pocketlm.inference.readme_examples import END, START, render_examples
+
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# title\n\n{START}\nold\n{END}\n\ntail\n")
+    script = SCRIPTS / "pipeline_examples.py"
+    assert _run_script(script, "--write", readme).returncode == 0
+    text = readme.read_text()
+    assert text.startswith("# title\n\n") and text.endswith("\n\ntail\n") and ">>> generate_text(" in text
+    assert render_examples() in text  # this process reproduces what another process wrote
+    readme.write_text(text.replace(">>> answer_question", ">>> answer_question ", 1))
+    assert _script("pipeline_examples.py")(["--check", str(readme)]) == 1
+
+
+def test_latency_benchmark_writes_json_markdown_and_plot(smoke_qa, tmp_path):
+    main = runpy.run_path(str(REPO_ROOT / "benchmarks" / "qa_latency.py"), run_name="qa_latency")["main"]
+    args = ["--onnx_model", MINILM_SQUAD, "--requests", "3", "--warmup", "1", "--eval_samples", "4", "--threads", "1", "--output_dir", str(tmp_path)]
+    assert main(args) == 0
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert [row["backend"] for row in results["rows"]] == ["pytorch", "onnxruntime-fp32", "onnxruntime-int8"]
+    assert all(row["requests"] == 3 and 0 < row["p50_ms"] <= row["p95_ms"] and "f1" in row for row in results["rows"])
+    assert results["rows"][2]["size_mb"] < results["rows"][1]["size_mb"] / 2
+    assert "| ONNX Runtime int8 |" in (tmp_path / "results.md").read_text() and results["machine"]
+    assert (tmp_path / "qa_latency.png").read_bytes()[:4] == b"\x89PNG"
