@@ -28,8 +28,10 @@ class CustomDataCollator:
 
     Modes, and the memory-versus-variety-of-contexts trade-off between them:
 
-    * `"dynamic"` — every batch draws a fresh `mlm_probability` (15 %) of the maskable tokens, from the
-      global torch RNG (seeded and checkpointed with the run). Each epoch therefore shows the model a new
+    * `"dynamic"` — every batch draws a fresh `mlm_probability` (15 %) of the maskable tokens. By default
+      from the global torch RNG (which `Trainer` seeds); with `dynamic_seed`, batch number n draws from a
+      generator seeded by (dynamic_seed, n), so a resumed run that sets `batches_drawn` back to the batches
+      it consumed masks exactly as an uninterrupted one (a loader's prefetching cannot shift the stream). Each epoch therefore shows the model a new
       noisy version of every chunk: the most variety of contexts. It costs no memory, only a random draw
       per batch.
     * `"static"` — a fixed `static_chunk_fraction` (10 %) of whole chunks is masked, each always at the
@@ -55,6 +57,7 @@ class CustomDataCollator:
         pad_token_id: int | None = None,
         special_token_ids: Iterable[int] | None = None,
         id_key: str = "id",
+        dynamic_seed: int | None = None,
     ):
         if mode not in MODES:
             raise ValueError(f"masking mode must be one of {', '.join(MODES)}, got {mode!r}")
@@ -65,6 +68,9 @@ class CustomDataCollator:
         self.static_chunk_fraction = static_chunk_fraction
         self.seed = seed
         self.id_key = id_key
+        self.dynamic_seed = dynamic_seed
+        self.batches_drawn = 0
+        """Batches collated so far; with `dynamic_seed`, the number that seeds the next batch's masks."""
         self.mask_token_id = mask_token_id if mask_token_id is not None else getattr(tokenizer, "mask_token_id", None)
         self.pad_token_id = pad_token_id if pad_token_id is not None else getattr(tokenizer, "pad_token_id", None)
         if mode != "none" and self.mask_token_id is None:
@@ -89,11 +95,17 @@ class CustomDataCollator:
         if self.mode != "none":
             maskable = attention_mask.bool() & ~torch.isin(input_ids, self.special_token_ids)
             if self.mode == "dynamic":
-                chosen = torch.rand(input_ids.shape) < self.mlm_probability
+                chosen = torch.rand(input_ids.shape, generator=self._batch_generator()) < self.mlm_probability
             else:
                 chosen = torch.stack([self._static_mask(self._chunk_id(f), longest) for f in features])
             input_ids = input_ids.masked_fill(chosen & maskable, self.mask_token_id)
+        self.batches_drawn += 1
         return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+    def _batch_generator(self) -> torch.Generator | None:
+        if self.dynamic_seed is None:
+            return None
+        return torch.Generator().manual_seed(_hash64(f"dynamic:{self.dynamic_seed}:{self.batches_drawn}"))
 
     def _chunk_id(self, feature: dict[str, Any]):
         if self.id_key not in feature:
@@ -109,8 +121,12 @@ class CustomDataCollator:
         A generator seeded by a hash of (seed, id) draws the choice and the positions, so they are identical
         in every epoch, every process and every run, and nothing is stored.
         """
-        digest = hashlib.blake2b(f"{self.seed}:{chunk_id}".encode(), digest_size=8).digest()
-        generator = torch.Generator().manual_seed(int.from_bytes(digest, "big") & (2**63 - 1))
+        generator = torch.Generator().manual_seed(_hash64(f"{self.seed}:{chunk_id}"))
         if torch.rand((), generator=generator) >= self.static_chunk_fraction:
             return torch.zeros(length, dtype=torch.bool)
         return torch.rand(length, generator=generator) < self.mlm_probability
+
+
+def _hash64(key: str) -> int:
+    """A stable 63-bit seed from a string (Python's `hash()` changes between processes)."""
+    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big") & (2**63 - 1)

@@ -289,7 +289,11 @@ class _Dispatcher:
 
 
 def save_checkpoint(accelerator, output_dir: Path, state, progress: dict) -> None:
-    """Write the full training state to `<output_dir>/last` atomically (staging folder, then swap)."""
+    """Write the full training state to `<output_dir>/last` atomically (staging folder, then swap).
+
+    Model, optimizer and RNG states via `accelerator.save_state` (safetensors for the weights, and
+    `torch.load(weights_only=True)` on the way back); the step counters and history as JSON.
+    """
     staging = output_dir / f".{LAST_CHECKPOINT}.staging"
     if accelerator.is_main_process:
         shutil.rmtree(staging, ignore_errors=True)
@@ -359,9 +363,12 @@ def train(args: PretrainArguments, callbacks=(), log=print) -> PretrainResult:
         parameter_groups(model, args.weight_decay), lr=args.learning_rate,
         betas=(args.adam_beta1, args.adam_beta2), fused=args.fused_optimizer or None,
     )
+    # Dynamic masks are seeded per batch number, not drawn from the global RNG: creating a DataLoader iterator
+    # draws from that, and the loader prefetches a batch, so a resumed run would mask differently.
     collator = CustomDataCollator(
         tokenizer, mode=args.masking, mlm_probability=args.mlm_probability,
         static_chunk_fraction=args.static_chunk_fraction, seed=args.seed,
+        dynamic_seed=args.seed * 1000 + accelerator.process_index,
     )
     train_loader = DataLoader(train_rows, batch_size=args.per_device_train_batch_size, shuffle=True,
                               collate_fn=collator, drop_last=len(train_rows) >= args.per_device_train_batch_size)
@@ -380,7 +387,7 @@ def train(args: PretrainArguments, callbacks=(), log=print) -> PretrainResult:
                          num_train_epochs=math.ceil(total_steps / steps_per_epoch), train_batch_size=args.per_device_train_batch_size)
     state.is_world_process_zero = accelerator.is_main_process
     state.is_local_process_zero = accelerator.is_local_main_process
-    progress = {"epoch": 0, "batches_done": 0, "elapsed_s": 0.0, "train_seconds": 0.0, "tokens": 0, "done": False,
+    progress = {"epoch": 0, "batches_done": 0, "batches_total": 0, "elapsed_s": 0.0, "train_seconds": 0.0, "tokens": 0, "done": False,
                 "precision": precision, **probe_info}
     if args.resume and (restored := load_checkpoint(accelerator, output_dir)):
         state, progress = restored
@@ -454,6 +461,7 @@ def train(args: PretrainArguments, callbacks=(), log=print) -> PretrainResult:
     while not progress["done"]:
         epoch = progress["epoch"]
         train_loader.set_epoch(epoch)
+        collator.batches_drawn = progress["batches_total"]
         loader = accelerator.skip_first_batches(train_loader, progress["batches_done"]) if progress["batches_done"] else train_loader
         dispatch("on_epoch_begin")
         step_started = time.perf_counter()
@@ -467,6 +475,7 @@ def train(args: PretrainArguments, callbacks=(), log=print) -> PretrainResult:
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
             progress["batches_done"] += 1
+            progress["batches_total"] += 1
             window_losses.append(loss.item())
             if not accelerator.sync_gradients:
                 continue
