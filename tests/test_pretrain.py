@@ -1,0 +1,133 @@
+"""The pretraining loop: schedule, precision choice, metrics, best checkpoint, and resuming after a kill."""
+
+import json
+import os
+import runpy
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from pocketlm.data.corpus import Document, clean_text, prepare_corpus
+from pocketlm.training.lm_metrics import distinct_n, perplexity
+from pocketlm.training.pretrain import PretrainArguments, choose_precision, learning_rate_at
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def prepared_corpus(tmp_path_factory, corpus_texts) -> Path:
+    """A real prepared corpus, small: 12 WikiText-2 articles, vocab 320, 64-token chunks."""
+    folder = tmp_path_factory.mktemp("corpus")
+    documents = [Document(f"a{i}", clean_text(text)) for i, text in enumerate(corpus_texts)]
+    prepare_corpus(documents, folder, vocab_size=320, chunk_length=64, validation_ratio=0.1)
+    return folder
+
+
+def test_distinct_n_and_perplexity():
+    assert distinct_n(["a b a b a b"], 1) == pytest.approx(2 / 6)
+    assert distinct_n(["a b a b a b"], 2) == pytest.approx(2 / 5)
+    assert distinct_n(["a b c", "a b d"], 2) == pytest.approx(3 / 4)  # pooled over texts
+    assert distinct_n([""], 2) == 0.0
+    assert perplexity(2 * 10, 10) == pytest.approx(torch.e**2)
+
+
+def test_learning_rate_warms_up_then_decays_by_steps_or_time():
+    args = PretrainArguments(learning_rate=1e-3, warmup_steps=10, min_lr_ratio=0.1)
+    assert learning_rate_at(args, 0, 0.0) == pytest.approx(1e-4)
+    assert learning_rate_at(args, 10, 0.0) == pytest.approx(1e-3)
+    assert learning_rate_at(args, 50, 0.5) == pytest.approx(0.55e-3)
+    assert learning_rate_at(args, 50, 1.0) == pytest.approx(1e-4) == learning_rate_at(args, 50, 3.0)
+
+
+def test_bad_arguments_are_config_errors():
+    from pocketlm.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--masking"):
+        PretrainArguments(masking="sometimes")
+    with pytest.raises(ConfigError, match="--per_device_train_batch_size"):
+        PretrainArguments(per_device_train_batch_size=0)
+
+
+def test_auto_precision_is_measured_on_cpu(monkeypatch, tiny_lm_config):
+    from pocketlm.models.transformer_lm import TransformerLM
+
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
+    sample = torch.randint(3, tiny_lm_config.vocab_size, (2, 32))
+    choice, info = choose_precision("auto", lambda: TransformerLM(tiny_lm_config), sample)
+    assert info["probe_fp32_step_s"] > 0 and info["probe_bf16_step_s"] > 0
+    assert choice == ("bf16" if info["probe_bf16_step_s"] < info["probe_fp32_step_s"] else "no")
+    assert choose_precision("no", None, sample) == ("no", {})
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "fp16")  # what `accelerate launch` sets from a GPU config
+    assert choose_precision("auto", None, sample) == ("fp16", {})
+
+
+def test_script_errors_are_one_line(monkeypatch, capsys, tmp_path):
+    def run_script(*args):
+        monkeypatch.setattr(sys, "argv", ["pretrain.py", *args])
+        with pytest.raises(SystemExit) as exit_:
+            runpy.run_path(str(REPO / "training_scripts/pretrain.py"), run_name="__main__")
+        return exit_.value.code, capsys.readouterr().err
+
+    code, err = run_script("--preset", "fastest")
+    assert code == 2 and "argument --preset: invalid choice: 'fastest'" in err
+    code, err = run_script("--preset", "smoke", "--data_dir", str(tmp_path / "nothing"))
+    assert code == 2 and err.startswith("error: prepared corpus not found") and err.count("\n") == 1
+    code, err = run_script("--preset", "smoke", "--masking", "often")
+    assert code == 2 and err == "error: --masking must be one of dynamic, static, none, got 'often'\n"
+
+
+def _pretrain_command(data_dir: Path, output_dir: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable, str(REPO / "training_scripts/pretrain.py"), "--preset", "smoke", "--data_dir", str(data_dir),
+        "--output_dir", str(output_dir), "--publish", "false", "--masking", "dynamic", *extra,
+    ]
+
+
+def _env() -> dict:
+    return {**os.environ, "PYTHONPATH": str(REPO)}
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_from_its_checkpoint_and_matches_an_uninterrupted_one(prepared_corpus, tmp_path):
+    """Kill -9 mid-run, start again: it continues from the last checkpoint and ends where a clean run ends."""
+    steps = ["--max_steps", "30", "--save_steps", "5", "--logging_steps", "5", "--generation_prompts", "1"]
+    interrupted = tmp_path / "interrupted"
+    process = subprocess.Popen(_pretrain_command(prepared_corpus, interrupted, *steps), env=_env(),
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    progress = interrupted / "last" / "progress.json"
+    deadline = time.monotonic() + 120
+    while not progress.is_file() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    output = process.communicate()[0]
+    killed_at = json.loads((interrupted / "last" / "trainer_state.json").read_text())["global_step"]
+    assert 5 <= killed_at < 30, output
+
+    resumed = subprocess.run(_pretrain_command(prepared_corpus, interrupted, *steps), env=_env(),
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"resuming from {interrupted / 'last'}: step {killed_at}" in resumed.stdout
+
+    clean = tmp_path / "clean"
+    straight = subprocess.run(_pretrain_command(prepared_corpus, clean, *steps), env=_env(),
+                              capture_output=True, text=True, timeout=300)
+    assert straight.returncode == 0, straight.stderr[-3000:]
+    history = json.loads((interrupted / "metrics.json").read_text())
+    reference = json.loads((clean / "metrics.json").read_text())
+    assert [r["step"] for r in history] == [r["step"] for r in reference]  # no step lost or repeated
+    logged = [r["loss"] for r in history if "loss" in r and r["step"] > killed_at]
+    expected = [r["loss"] for r in reference if "loss" in r and r["step"] > killed_at]
+    assert logged and logged == pytest.approx(expected, rel=1e-4)  # same data order, masks and updates after the resume
+    final, final_reference = history[-1], reference[-1]
+    assert final["step"] == 30 and final["eval_ppl"] == pytest.approx(final_reference["eval_ppl"], rel=1e-4)
+
+    # The best checkpoint (chosen by the callback) is a loadable Llama model, and the run wrote its curves.
+    best = json.loads((interrupted / "best" / "best_metrics.json").read_text())
+    assert best["eval_ppl"] == min(r["eval_ppl"] for r in history if "eval_ppl" in r)
+    assert (interrupted / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert {"gen_distinct_1", "gen_distinct_2", "eval_ppl", "train_loss"} <= set(final)

@@ -1,0 +1,40 @@
+"""Pretrain pocketlm's tiny causal LM on the prepared corpus and publish the best checkpoint as `pocketlm/tiny-lm`.
+
+    python training_scripts/prepare_corpus.py          # once: tokenizer + chunks in $POCKETLM_RUNS_DIR/corpus
+    accelerate launch --config_file accelerate_configs/cpu.yaml training_scripts/pretrain.py --preset quick
+
+Presets: `smoke` (seconds; a tiny model, for tests), `demo` (a few CPU-minutes, used by `make demo`), `quick`
+(the real run: ≤ 15 minutes on a 2-core CPU), `full` (longer, for a GPU or a patient CPU). Any flag overrides
+its preset. An interrupted run resumes from `<output_dir>/last` when started again with the same flags.
+"""
+
+from __future__ import annotations
+
+from pocketlm.cli import parse_args_with_presets, run
+from pocketlm.training.pretrain import PretrainArguments, publish_best, train
+
+PRESETS = {
+    "smoke": {
+        "d_model": 64, "n_layers": 2, "n_heads": 2, "d_ff": 128, "max_steps": 12, "per_device_train_batch_size": 4,
+        "per_device_eval_batch_size": 4, "learning_rate": 3e-3, "warmup_steps": 2, "logging_steps": 2,
+        "save_steps": 4, "eval_max_chunks": 8, "generation_tokens": 16, "generation_prompts": 2,
+        "mixed_precision": "no",
+    },
+    "demo": {"num_train_epochs": 1.0, "time_budget_minutes": 3.0, "warmup_steps": 20},
+    "quick": {"num_train_epochs": 4.0, "time_budget_minutes": 13.0},
+    "full": {"num_train_epochs": 20.0, "learning_rate": 1.5e-3, "warmup_steps": 100},
+}
+
+
+def main() -> None:
+    (args,) = parse_args_with_presets([PretrainArguments], PRESETS, "quick", description=__doc__.splitlines()[0])
+    result = train(args)
+    print(f"best validation perplexity {result.summary['best_eval_ppl']:.2f} at step {result.summary['best_step']} "
+          f"({result.summary['tokens_per_second']:,.0f} tokens/s); checkpoint in {result.best_dir}")
+    if args.publish:
+        folder = publish_best(args, result)
+        print(f"published {args.repo_id} -> {folder}")
+
+
+if __name__ == "__main__":
+    run(main)
