@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pocketlm import TINY_LM
-from pocketlm.settings import REPO_ROOT, hub_dir
+from pocketlm.settings import REPO_ROOT, hub_dir, runs_dir
 
 ACCELERATE = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", "accelerate_configs/cpu.yaml"]
 
@@ -33,8 +33,19 @@ def published(repo_id: str) -> Callable[[], Path]:
     return lambda: hub_dir() / repo_id
 
 
+def in_runs(*parts: str) -> Callable[[], Path]:
+    return lambda: runs_dir().joinpath(*parts)
+
+
 STEPS: list[Step] = [
-    Step("Pretrain the tiny LM (quick preset)", [*ACCELERATE, "training_scripts/pretrain.py", "--preset", "quick"], published(TINY_LM)),
+    # Pretraining lab: corpus → tokenizer + chunks → tiny LM (demo preset: ~4 CPU-minutes; `--preset quick` is
+    # the real run) → published pocketlm/tiny-lm with its model card → generation report.
+    Step("Prepare the corpus (clean, BPE tokenizer, 512-token chunks)", [sys.executable, "training_scripts/prepare_corpus.py"],
+         in_runs("corpus", "stats.json")),
+    Step("Pretrain the tiny LM and publish pocketlm/tiny-lm (demo preset)",
+         [*ACCELERATE, "training_scripts/pretrain.py", "--preset", "demo"], published(TINY_LM)),
+    Step("Generation report of pocketlm/tiny-lm", [sys.executable, "training_scripts/generation_report.py"],
+         in_runs("generation_report", "report.md")),
 ]
 
 
