@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pocketlm import MINILM_SQUAD, MINILM_SQUAD_ONNX, TINY_LM, TINY_LM_ONNX
-from pocketlm.settings import REPO_ROOT, hub_dir
+from pocketlm.settings import REPO_ROOT, hub_dir, runs_dir
 
 ACCELERATE = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", "accelerate_configs/cpu.yaml"]
 
@@ -33,8 +33,19 @@ def published(repo_id: str) -> Callable[[], Path]:
     return lambda: hub_dir() / repo_id
 
 
+def in_runs(*parts: str) -> Callable[[], Path]:
+    return lambda: runs_dir().joinpath(*parts)
+
+
 STEPS: list[Step] = [
-    Step("Pretrain the tiny LM (quick preset)", [*ACCELERATE, "training_scripts/pretrain.py", "--preset", "quick"], published(TINY_LM)),
+    # Pretraining lab: corpus → tokenizer + chunks → tiny LM (demo preset: ~4 CPU-minutes; `--preset quick` is
+    # the real run) → published pocketlm/tiny-lm with its model card → generation report.
+    Step("Prepare the corpus (clean, BPE tokenizer, 512-token chunks)", [sys.executable, "training_scripts/prepare_corpus.py"],
+         in_runs("corpus", "stats.json")),
+    Step("Pretrain the tiny LM and publish pocketlm/tiny-lm (demo preset)",
+         [*ACCELERATE, "training_scripts/pretrain.py", "--preset", "demo"], published(TINY_LM)),
+    Step("Generation report of pocketlm/tiny-lm", [sys.executable, "training_scripts/generation_report.py"],
+         in_runs("generation_report", "report.md")),
     Step("Export the tiny LM to ONNX with its KV cache (fp32 + int8)", [sys.executable, "training_scripts/export_lm_onnx.py"], published(TINY_LM_ONNX)),
     Step("Fine-tune the QA model on SQuAD (demo preset)", [*ACCELERATE, "training_scripts/finetune_qa.py", "--preset", "demo"], published(MINILM_SQUAD)),
     Step("Export the QA model to ONNX + int8 (demo preset)", [sys.executable, "training_scripts/export_qa_onnx.py", "--preset", "demo"], published(MINILM_SQUAD_ONNX)),

@@ -53,6 +53,18 @@ def test_bad_arguments_are_config_errors():
         PretrainArguments(per_device_train_batch_size=0)
 
 
+def test_a_checkpoint_resumes_only_under_the_same_training_arguments(tmp_path):
+    from pocketlm.errors import ConfigError
+    from pocketlm.training.pretrain import load_checkpoint
+
+    args = PretrainArguments(output_dir=str(tmp_path), learning_rate=1e-3)
+    (tmp_path / "last").mkdir()
+    (tmp_path / "last" / "progress.json").write_text(json.dumps({"args": args.training_fields()}))
+    other = PretrainArguments(output_dir=str(tmp_path), learning_rate=2e-3, logging_steps=3)  # logging does not count
+    with pytest.raises(ConfigError, match=r"last was written with other arguments \(--learning_rate 0.001\)"):
+        load_checkpoint(None, tmp_path, other)
+
+
 def test_auto_precision_is_measured_on_cpu(monkeypatch, tiny_lm_config):
     from pocketlm.models.transformer_lm import TransformerLM
 

@@ -50,6 +50,9 @@ STATE_FILE = "trainer_state.json"
 class PretrainArguments:
     data_dir: str | None = field(default=None, metadata={"help": "prepared corpus (prepare_corpus.py); default: $POCKETLM_RUNS_DIR/corpus"})
     output_dir: str | None = field(default=None, metadata={"help": "checkpoints and metrics; default: $POCKETLM_RUNS_DIR/pretrain"})
+    init_from: str | None = field(
+        default=None, metadata={"help": "start from these weights (a Llama folder or hub id) instead of a random init"}
+    )
     d_model: int = 256
     n_layers: int = 4
     n_heads: int = 4
@@ -101,6 +104,13 @@ class PretrainArguments:
                 raise ConfigError(f"--{name} must be at least 1, got {getattr(self, name)}")
         if self.max_steps <= 0 and self.num_train_epochs <= 0:
             raise ConfigError("set --num_train_epochs or --max_steps to a positive value")
+
+    def training_fields(self) -> dict:
+        """The arguments that shape the trained model; a checkpoint resumes only under the same ones."""
+        ignored = {"resume", "publish", "repo_id", "push_to_hub", "hub_token", "logging_steps", "save_steps",
+                   "generation_tokens", "generation_prompts", "output_dir"}
+        fields = {k: v for k, v in asdict(self).items() if k not in ignored}
+        return {**fields, "data_dir": str(self.data_path.resolve())}
 
     @property
     def data_path(self) -> Path:
@@ -306,13 +316,24 @@ def save_checkpoint(accelerator, output_dir: Path, state, progress: dict) -> Non
     accelerator.wait_for_everyone()
 
 
-def load_checkpoint(accelerator, output_dir: Path):
-    """Restore `<output_dir>/last`: returns (TrainerState, progress dict), or None when there is none."""
+def load_checkpoint(accelerator, output_dir: Path, args: PretrainArguments):
+    """Restore `<output_dir>/last`: returns (TrainerState, progress dict), or None when there is none.
+
+    Refuses (one-line error) a checkpoint written under other training arguments: resuming it would
+    silently train something else than asked.
+    """
     from transformers import TrainerState
 
     folder = output_dir / LAST_CHECKPOINT
     if not (folder / PROGRESS_FILE).is_file():
         return None
+    saved = json.loads((folder / PROGRESS_FILE).read_text()).get("args", {})
+    changed = sorted(k for k, v in args.training_fields().items() if k in saved and saved[k] != v)
+    if changed:
+        raise ConfigError(
+            f"{folder} was written with other arguments ({', '.join(f'--{k} {saved[k]}' for k in changed)}); "
+            "pass another --output_dir, or --resume false to start over"
+        )
     accelerator.load_state(str(folder))
     return TrainerState.load_from_json(str(folder / STATE_FILE)), json.loads((folder / PROGRESS_FILE).read_text())
 
@@ -344,9 +365,17 @@ def train(args: PretrainArguments, callbacks=(), log=print) -> PretrainResult:
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
     )
 
+    if args.init_from:
+        from pocketlm.hub import resolve
+
+        init_dir = resolve(args.init_from)
+        config = TransformerLM.from_pretrained(init_dir).config
+        if config.vocab_size != len(tokenizer):
+            raise ConfigError(f"--init_from {args.init_from} has vocab {config.vocab_size}, the corpus tokenizer {len(tokenizer)}")
+
     def fresh_model():
         set_seed(args.seed)
-        return TransformerLM(config)
+        return TransformerLM.from_pretrained(init_dir) if args.init_from else TransformerLM(config)
 
     probe = torch.tensor([row["input_ids"] for row in train_rows[: min(2, len(train_rows))]])
     precision, probe_info = choose_precision(args.mixed_precision, fresh_model, probe)
@@ -387,9 +416,9 @@ def train(args: PretrainArguments, callbacks=(), log=print) -> PretrainResult:
                          num_train_epochs=math.ceil(total_steps / steps_per_epoch), train_batch_size=args.per_device_train_batch_size)
     state.is_world_process_zero = accelerator.is_main_process
     state.is_local_process_zero = accelerator.is_local_main_process
-    progress = {"epoch": 0, "batches_done": 0, "batches_total": 0, "elapsed_s": 0.0, "train_seconds": 0.0, "tokens": 0, "done": False,
+    progress = {"args": args.training_fields(), "epoch": 0, "batches_done": 0, "batches_total": 0, "elapsed_s": 0.0, "train_seconds": 0.0, "tokens": 0, "done": False,
                 "precision": precision, **probe_info}
-    if args.resume and (restored := load_checkpoint(accelerator, output_dir)):
+    if args.resume and (restored := load_checkpoint(accelerator, output_dir, args)):
         state, progress = restored
         state.is_world_process_zero = accelerator.is_main_process
         state.is_local_process_zero = accelerator.is_local_main_process

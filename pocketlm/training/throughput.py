@@ -1,0 +1,289 @@
+"""Training-throughput measurement: pocketlm's loop against transformers' `Trainer`, tokens/s and MFU.
+
+Every variant trains the same Llama configuration from the same initial weights on the same chunks for
+the same number of optimizer steps (batch 8 unless the variant changes it), each in its own process so
+precision settings, compiled graphs and allocator state never leak between them. A `TrainerCallback`
+stamps the time at every optimizer step in both loops; tokens/s counts the steps after `warmup_steps`
+(compilation and first-touch allocations excluded). MFU = achieved model FLOP/s over the matmul peak
+measured in the same run for the variant's precision.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from pocketlm.data.corpus import read_chunks_jsonl, write_chunks_jsonl
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    loop: str  # "trainer" | "pocketlm"
+    label: str
+    bf16: bool = False
+    batch_size: int = 8
+    fused_optimizer: bool = False
+    torch_compile: bool = False
+    sdpa_math: bool = False
+    """Force PyTorch's unfused "math" attention backend, to measure what the fused SDPA kernel gives."""
+
+
+VARIANTS = [
+    Variant("trainer_fp32", "trainer", "Trainer fp32"),
+    Variant("trainer_bf16", "trainer", "Trainer bf16 autocast", bf16=True),
+    Variant("ours_sdpa_math", "pocketlm", "ours, math attention (no fused SDPA)", sdpa_math=True),
+    Variant("ours_base", "pocketlm", "ours fp32"),
+    Variant("ours_fused", "pocketlm", "ours fp32 + fused AdamW", fused_optimizer=True),
+    Variant("ours_bf16", "pocketlm", "ours bf16 autocast + fused AdamW", bf16=True, fused_optimizer=True),
+    Variant("ours_compile", "pocketlm", "ours fp32 + fused AdamW + torch.compile", fused_optimizer=True, torch_compile=True),
+    Variant("ours_batch16", "pocketlm", "ours fp32 + fused AdamW, batch 16", batch_size=16, fused_optimizer=True),
+    Variant("ours_batch4", "pocketlm", "ours fp32 + fused AdamW, batch 4", batch_size=4, fused_optimizer=True),
+]
+VARIANTS_BY_NAME = {v.name: v for v in VARIANTS}
+
+
+@dataclass
+class BenchSettings:
+    data_dir: Path
+    work_dir: Path
+    steps: int = 30
+    warmup_steps: int = 5
+    threads: int = 2
+    learning_rate: float = 3e-3
+    seed: int = 0
+    model: dict = field(default_factory=lambda: {"d_model": 256, "n_layers": 4, "n_heads": 4, "d_ff": 688})
+
+
+def matmul_peak(dtype: torch.dtype, size: int = 2048, repeats: int = 5) -> float:
+    """Median GFLOP/s of a square matmul at the current thread count: the practical peak for that dtype."""
+    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
+    a @ b
+    timings = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        a @ b
+        timings.append(time.perf_counter() - started)
+    return 2 * size**3 / sorted(timings)[len(timings) // 2] / 1e9
+
+
+def flops_per_token(config, seq_len: int) -> float:
+    """Training FLOPs per token: 6 × matmul parameters (forward 2, backward 4) + causal attention scores.
+
+    Matmul parameters are every linear layer including the output projection (tied or not: the product is
+    computed either way), not the embedding lookup. Attention adds QKᵀ and AV: 2 × 2 × T × d per token per
+    layer forward, halved by causality, tripled for forward + backward → 6 × T × d per layer.
+    """
+    per_layer = 4 * config.d_model * config.d_model + 3 * config.d_model * config.d_ff
+    matmul_params = config.n_layers * per_layer + config.d_model * config.vocab_size
+    return 6 * matmul_params + 6 * config.n_layers * seq_len * config.d_model
+
+
+def step_timer():
+    """A TrainerCallback that records `time.perf_counter()` and the loss at each optimizer step (both loops)."""
+    from transformers import TrainerCallback
+
+    class StepTimer(TrainerCallback):
+        def __init__(self):
+            self.times: list[float] = []
+            self.losses: dict[int, float] = {}
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.times.append(time.perf_counter())
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "loss" in logs:
+                self.losses[state.global_step] = logs["loss"]
+
+    return StepTimer()
+
+
+def prepare_subset(settings: BenchSettings, batch_size: int) -> Path:
+    """A prepared-corpus folder holding exactly the chunks the run consumes (and one validation chunk)."""
+    folder = settings.work_dir / f"data-b{batch_size}"
+    if not (folder / "train.jsonl").is_file():
+        chunks = read_chunks_jsonl(settings.data_dir / "train.jsonl")[: settings.steps * batch_size]
+        if len(chunks) < settings.steps * batch_size:
+            raise ValueError(f"{settings.data_dir} has {len(chunks)} chunks, fewer than steps × batch")
+        shutil.copytree(settings.data_dir / "tokenizer", folder / "tokenizer", dirs_exist_ok=True)
+        write_chunks_jsonl(folder / "train.jsonl", [c["input_ids"] for c in chunks])
+        write_chunks_jsonl(folder / "validation.jsonl", [read_chunks_jsonl(settings.data_dir / "validation.jsonl")[0]["input_ids"]])
+    return folder
+
+
+def initial_weights(settings: BenchSettings, vocab_size: int, tokenizer) -> Path:
+    """Save one randomly initialised model that every variant starts from (Llama format)."""
+    from pocketlm.models.transformer_lm import TransformerLM, TransformerLMConfig
+
+    folder = settings.work_dir / "init"
+    if not (folder / "model.safetensors").is_file():
+        torch.manual_seed(settings.seed)
+        config = TransformerLMConfig(vocab_size=vocab_size, bos_token_id=tokenizer.eos_token_id,
+                                     eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, **settings.model)
+        TransformerLM(config).save_pretrained(folder)
+    return folder
+
+
+def run_variant(variant: Variant, settings: BenchSettings) -> dict:
+    """Train one variant for `settings.steps` steps in this process; returns timings, loss and FLOP counts."""
+    from transformers import AutoTokenizer
+
+    from pocketlm.models.transformer_lm import TransformerLMConfig
+
+    torch.set_num_threads(settings.threads)
+    data = prepare_subset(settings, variant.batch_size)
+    tokenizer = AutoTokenizer.from_pretrained(data / "tokenizer")
+    init = initial_weights(settings, len(tokenizer), tokenizer)
+    config = TransformerLMConfig.from_llama_dict(json.loads((init / "config.json").read_text()))
+    seq_len = len(read_chunks_jsonl(data / "validation.jsonl")[0]["input_ids"])
+    timer = step_timer()
+    context = torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.MATH) if variant.sdpa_math else nullcontext()
+    started = time.perf_counter()
+    with context:
+        if variant.loop == "trainer":
+            _train_with_trainer(variant, settings, data, init, tokenizer, timer)
+        else:
+            _train_with_pocketlm(variant, settings, data, init, timer)
+    wall = time.perf_counter() - started
+    timed_steps = settings.steps - settings.warmup_steps
+    seconds = timer.times[-1] - timer.times[settings.warmup_steps - 1]
+    tokens = timed_steps * variant.batch_size * seq_len
+    losses = [timer.losses[s] for s in sorted(timer.losses)]
+    return {
+        "name": variant.name, "label": variant.label, "loop": variant.loop, "bf16": variant.bf16,
+        "batch_size": variant.batch_size, "fused_optimizer": variant.fused_optimizer,
+        "torch_compile": variant.torch_compile, "sdpa": "math" if variant.sdpa_math else "fused (is_causal)",
+        "steps": settings.steps, "timed_steps": timed_steps, "seq_len": seq_len,
+        "tokens_per_second": tokens / seconds, "seconds_per_step": seconds / timed_steps,
+        "first_steps_seconds": timer.times[settings.warmup_steps - 1] - started, "wall_seconds": wall,
+        "final_loss": sum(losses[-5:]) / len(losses[-5:]), "losses": losses,
+        "flops_per_token": flops_per_token(config, seq_len), "threads": settings.threads,
+    }
+
+
+def _train_with_trainer(variant, settings, data, init, tokenizer, timer) -> None:
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, DataCollatorForLanguageModeling, Trainer, TrainingArguments
+
+    model = AutoModelForCausalLM.from_pretrained(init, attn_implementation="sdpa")
+    chunks = Dataset.from_list([{"input_ids": c["input_ids"]} for c in read_chunks_jsonl(data / "train.jsonl")])
+    args = TrainingArguments(
+        output_dir=str(settings.work_dir / f"out-{variant.name}"), max_steps=settings.steps,
+        per_device_train_batch_size=variant.batch_size, learning_rate=settings.learning_rate, warmup_steps=5,
+        lr_scheduler_type="cosine", weight_decay=0.1, adam_beta2=0.95, max_grad_norm=1.0,
+        bf16=variant.bf16, use_cpu=True, logging_steps=1, save_strategy="no", report_to=[], seed=settings.seed,
+        dataloader_num_workers=0, disable_tqdm=True, optim="adamw_torch_fused" if variant.fused_optimizer else "adamw_torch",
+    )
+    collator = DataCollatorForLanguageModeling(tokenizer, mlm=False)
+    Trainer(model=model, args=args, train_dataset=chunks, data_collator=collator, callbacks=[timer]).train()
+
+
+def _train_with_pocketlm(variant, settings, data, init, timer) -> None:
+    from pocketlm.training.pretrain import PretrainArguments, train
+
+    args = PretrainArguments(
+        data_dir=str(data), output_dir=str(settings.work_dir / f"out-{variant.name}"), resume=False, publish=False,
+        max_steps=settings.steps, per_device_train_batch_size=variant.batch_size, learning_rate=settings.learning_rate,
+        warmup_steps=5, masking="none", mixed_precision="bf16" if variant.bf16 else "no",
+        fused_optimizer=variant.fused_optimizer, torch_compile=variant.torch_compile, logging_steps=1,
+        save_steps=10**9, generation_prompts=0, seed=settings.seed, init_from=str(init), **settings.model,
+    )
+    train(args, callbacks=[timer], log=lambda *a, **k: None)
+
+
+def add_derived(rows: list[dict], peaks: dict) -> None:
+    """Model FLOP/s, MFU against the measured peak of each row's precision, and speed-ups against the Trainer."""
+    by_name = {r["name"]: r for r in rows}
+    for row in rows:
+        row["model_gflops"] = row["tokens_per_second"] * row["flops_per_token"] / 1e9
+        row["peak_gflops"] = peaks["bf16_gflops"] if row["bf16"] else peaks["fp32_gflops"]
+        row["mfu"] = row["model_gflops"] / row["peak_gflops"]
+        for ref in ("trainer_fp32", "trainer_bf16"):
+            if ref in by_name:
+                row[f"speedup_vs_{ref}"] = row["tokens_per_second"] / by_name[ref]["tokens_per_second"]
+
+
+def markdown_table(rows: list[dict], peaks: dict) -> str:
+    lines = [
+        "| variant | batch | tokens/s | s/step | final loss | model GFLOP/s | MFU | × Trainer fp32 | × Trainer bf16 |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['label']} | {r['batch_size']} | {r['tokens_per_second']:,.0f} | {r['seconds_per_step']:.2f} | "
+            f"{r['final_loss']:.3f} | {r['model_gflops']:.0f} | {r['mfu']:.1%} | "
+            f"{r.get('speedup_vs_trainer_fp32', float('nan')):.2f} | {r.get('speedup_vs_trainer_bf16', float('nan')):.2f} |"
+        )
+    lines.append("")
+    lines.append(
+        f"Matmul peak measured in the same run ({peaks['threads']} threads, 2048² matmul): fp32 "
+        f"{peaks['fp32_gflops']:.0f} GFLOP/s, bf16 {peaks['bf16_gflops']:.0f} GFLOP/s. MFU uses the peak of the "
+        "variant's precision."
+    )
+    return "\n".join(lines)
+
+
+def target_verdict(rows: list[dict]) -> str:
+    """The issue's target: the best pocketlm variant at ≥ 1.5× the Trainer-with-bf16 tokens/s."""
+    ours = [r for r in rows if r["loop"] == "pocketlm"]
+    if not ours or not any(r["name"] == "trainer_bf16" for r in rows):
+        return "target not evaluated (needs trainer_bf16 and a pocketlm variant)"
+    best = max(ours, key=lambda r: r["tokens_per_second"])
+    ratio = best["speedup_vs_trainer_bf16"]
+    verdict = "met" if ratio >= 1.5 else "NOT met"
+    vs_fp32 = best.get("speedup_vs_trainer_fp32")
+    return (f"Target (≥ 1.5× Trainer bf16): {verdict} — best loop variant '{best['label']}' at "
+            f"{best['tokens_per_second']:,.0f} tokens/s = {ratio:.2f}× Trainer bf16"
+            + (f", {vs_fp32:.2f}× Trainer fp32." if vs_fp32 else "."))
+
+
+def plot(rows: list[dict], path: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from pocketlm.io import atomic_write
+
+    fig, ax = plt.subplots(figsize=(9, 0.5 * len(rows) + 1.5))
+    labels = [r["label"] for r in rows]
+    values = [r["tokens_per_second"] for r in rows]
+    colors = ["#999999" if r["loop"] == "trainer" else "#2a7ab0" for r in rows]
+    ax.barh(labels, values, color=colors)
+    for y, (value, row) in enumerate(zip(values, rows)):
+        ax.text(value, y, f" {value:,.0f}  (MFU {row['mfu']:.0%})", va="center", fontsize=8)
+    trainer_bf16 = next((r["tokens_per_second"] for r in rows if r["name"] == "trainer_bf16"), None)
+    if trainer_bf16:
+        ax.axvline(1.5 * trainer_bf16, color="#c0392b", linestyle="--", label="target: 1.5 × Trainer bf16")
+        ax.legend(loc="lower right")
+    ax.invert_yaxis()
+    ax.set_xlabel("training tokens / s (higher is better)")
+    ax.set_title(title)
+    ax.set_xlim(0, max(values) * 1.35)
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
+    plt.close(fig)
+
+
+def write_throughput_results(folder: Path, rows: list[dict], peaks: dict, settings: dict, machine: str) -> Path:
+    """results.json (everything), results.md (table + verdict + machine), throughput.png."""
+    from pocketlm.io import atomic_write_text, write_json
+
+    folder.mkdir(parents=True, exist_ok=True)
+    verdict = target_verdict(rows)
+    write_json(folder / "results.json", {"machine": machine, "settings": settings, "peaks": peaks, "rows": rows, "verdict": verdict})
+    markdown = "\n".join([
+        "# Pretraining throughput: pocketlm loop vs transformers Trainer", "",
+        f"Machine: {machine}. Command: `python benchmarks/pretrain_throughput.py "
+        f"--steps {settings['steps']} --warmup_steps {settings['warmup_steps']} --threads {settings['threads']}`.", "",
+        markdown_table(rows, peaks), "", verdict, "",
+    ])
+    atomic_write_text(folder / "results.md", markdown)
+    plot(rows, folder / "throughput.png", f"Pretraining throughput ({peaks['threads']} threads)")
+    return folder
