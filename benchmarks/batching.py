@@ -125,9 +125,8 @@ def main(argv=None) -> int:
         axis.legend()
         axis.grid(alpha=0.3)
 
-    folder = write_results(args.output_dir, "batching", results, markdown, plot)
+    write_results(args.output_dir, "batching", results, markdown, plot)
     print(summary)
-    print(f"wrote {folder}/batching.{{json,md,png}}")
     return 0
 
 

@@ -2,13 +2,13 @@
 
     flock /work/heavy.lock python benchmarks/serving.py
 
-Each phase starts `python -m pocketlm.serving` as its own process (`pocketlm.serving.launch`):
-1. start-up: launch → first 200 on /health, `--starts` cold starts;
+It starts `python -m pocketlm.serving` as its own process (`pocketlm.serving.launch`), as a user would:
+1. start-up: launch → first 200 on /health, over `--starts` cold starts (the last one serves the phases below);
 2. latency: `--requests` sequential requests per endpoint after `--warmup`: /generate with a 50-token
    WikiText-2 prompt and exactly 32 new tokens (`ignore_eos`), /qa on SQuAD validation questions;
    plus time to first token of /generate/stream;
 3. load: `--clients` closed-loop clients alternating /generate and /qa for `--duration` s; every non-200 is an error;
-4. overload: `--overload_clients` closed-loop clients for `--overload_duration` s against the default
+4. overload: then `--overload_clients` closed-loop clients for `--overload_duration` s against the default
    limits: how fast the refused requests (503) come back, and /health latency meanwhile.
 Targets: start-up < 1 s, p95 < 200 ms on both endpoints, 0 errors under load.
 Writes benchmarks/results/serving/serving.{json,md,png}.
@@ -176,20 +176,18 @@ def main(argv=None) -> int:
     workload = Workload(fifty_token_prompts(resolve(args.lm)), squad_questions())
 
     starts = []
-    for _ in range(args.starts):
+    for _ in range(args.starts - 1):  # extra cold starts; the measuring server below is the last one
         with running_server(server_args) as server:
             starts.append(server.ready_s)
-    print(f"start-up: {[round(s, 3) for s in starts]} s", flush=True)
-
     with running_server(server_args) as server:
+        starts.append(server.ready_s)
+        print(f"start-up: {[round(s, 3) for s in starts]} s", flush=True)
         latency = sequential_latency(server.base_url, workload, args.warmup, args.requests)
         print({k: round(percentiles_ms(v)["p95"], 1) for k, v in latency["timings"].items()}, "ms p95", flush=True)
         load = closed_loop(server.base_url, workload, args.clients, args.duration, ("generate", "qa"))
         health = httpx.get(f"{server.base_url}/health").json()
-    errors = [r for r in load if r["status"] != 200]
-    print(f"load: {len(load)} requests, {len(errors)} errors", flush=True)
-
-    with running_server(server_args) as server:
+        errors = [r for r in load if r["status"] != 200]
+        print(f"load: {len(load)} requests, {len(errors)} errors", flush=True)
         stop, health_timings = threading.Event(), []
         probe = threading.Thread(target=health_probe, args=(server.base_url, stop, health_timings))
         probe.start()
@@ -253,9 +251,8 @@ def main(argv=None) -> int:
         right.axhline(1000, color="red", linestyle=":")
         right.set(xlabel="cold start", ylabel="ms to first 200 on /health", title="start-up")
 
-    folder = write_results(args.output_dir, "serving", results, markdown, plot)
+    write_results(args.output_dir, "serving", results, markdown, plot)
     print(markdown)
-    print(f"wrote {folder}/serving.{{json,md,png}}")
     return 0
 
 

@@ -62,4 +62,5 @@ def write_results(output_dir: str | Path, name: str, results: dict[str, Any], ma
         figure.tight_layout()
         atomic_write(output_dir / f"{name}.png", lambda tmp: figure.savefig(tmp, format="png", dpi=110))
         plt.close(figure)
+    print(f"wrote {output_dir}/{name}.{{json,md{',png' if plot else ''}}}", flush=True)
     return output_dir

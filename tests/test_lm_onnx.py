@@ -143,3 +143,17 @@ print(json.dumps({"statuses": statuses, "heavy": sorted(m for m in sys.modules i
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert result["statuses"] == [200] * 7
     assert result["heavy"] == []
+
+
+def test_batching_benchmark_writes_its_results(tiny_lm_onnx_repo, tmp_path):
+    import runpy
+
+    main = runpy.run_path(str(REPO_ROOT / "benchmarks" / "batching.py"))["main"]
+    assert main(["--prompts", "6", "--new_tokens", "4", "--batch_sizes", "1,3,6", "--repeats", "1",
+                 "--output_dir", str(tmp_path)]) == 0
+    results = json.loads((tmp_path / "batching.json").read_text())
+    assert results["greedy_outputs_identical"]["fp32"] is True
+    assert {r["scheme"] for r in results["runs"]} == {"token_by_token", "full_batch", "full_batch_sorted"}
+    assert results["headline"]["fp32"]["speedup_full_batch_vs_token_by_token"] > 0 and results["machine"]
+    assert (tmp_path / "batching.png").stat().st_size > 10_000
+    assert "× token by token" in (tmp_path / "batching.md").read_text()

@@ -204,3 +204,16 @@ def test_a_missing_export_is_a_one_line_error_naming_the_flag(tmp_path):
                           timeout=60, env=env, cwd=REPO_ROOT)
     assert done.returncode == 2
     assert done.stderr.startswith("error: --lm pocketlm/tiny-lm-onnx") and "Traceback" not in done.stderr
+
+
+def test_serving_benchmark_writes_its_results(tiny_lm_onnx_repo, tiny_qa_onnx_repo, tmp_path):
+    import runpy
+
+    main = runpy.run_path(str(REPO_ROOT / "benchmarks" / "serving.py"))["main"]
+    assert main(["--starts", "1", "--warmup", "1", "--requests", "3", "--duration", "1", "--overload_clients", "6",
+                 "--overload_duration", "0.5", "--output_dir", str(tmp_path)]) == 0
+    results = json.loads((tmp_path / "serving.json").read_text())
+    assert results["load"]["errors"] == 0 and results["load"]["requests"] > 0
+    assert results["sequential_ms"]["generate"]["n"] == 3 and results["startup_s"]["runs"]
+    assert set(results["targets"]) >= {"startup_below_1s", "generate_p95_below_200ms", "zero_errors_under_load"}
+    assert (tmp_path / "serving.png").is_file() and "p95" in (tmp_path / "serving.md").read_text()
