@@ -14,6 +14,12 @@ export TRANSFORMERS_OFFLINE ?= $(HF_HUB_OFFLINE)
 export GRADIO_ANALYTICS_ENABLED ?= False
 export TOKENIZERS_PARALLELISM ?= false
 
+# The browser test drives the Gradio suite in the system Chromium (Playwright with executable_path): a bare
+# CI machine gets it from apt (as root, or through sudo) the first time.
+CHROMIUM ?= /usr/bin/chromium
+export POCKETLM_CHROMIUM := $(CHROMIUM)
+SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
 .PHONY: install demo test clean-artifacts
 
 $(STAMP): pyproject.toml requirements-lock.txt
@@ -27,8 +33,12 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m pocketlm.demo
 
-test: $(STAMP)
+test: $(STAMP) $(CHROMIUM)
 	$(BIN)/python -m pytest -q
+
+$(CHROMIUM):
+	$(SUDO) apt-get update -qq
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium
 
 clean-artifacts:
 	rm -rf hub runs

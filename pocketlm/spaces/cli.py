@@ -155,7 +155,9 @@ def suite_main(argv: list[str] | None = None) -> int:
 
         rag = rag_chat.LazyAgent(args.rag_index, args.rag_generator)
     app = create_suite_app(models, backends, rag)
-    server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", access_log=False))
+    # Open event streams (a browser tab, a streaming client) would hold a graceful shutdown forever: cap it.
+    server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", access_log=False,
+                                           timeout_graceful_shutdown=2))
     background = [loader.load for loader in (backends, rag) if loader is not None]
     threading.Thread(target=_load_when_serving, args=(server, background, started), daemon=True).start()
     server.run()
@@ -175,5 +177,4 @@ def _load_when_serving(server, loaders: list[Callable[[], object]], started: flo
             load()
         except Exception as err:  # the tab reports it on use; the rest of the suite keeps serving
             print(f"warning: background loading failed: {err}", file=sys.stderr, flush=True)
-    if loaders:
-        print(f"all tabs loaded ({time.perf_counter() - started:.1f} s after start)", flush=True)
+    print(f"all tabs loaded ({time.perf_counter() - started:.1f} s after start)", flush=True)

@@ -8,6 +8,7 @@ they live).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -95,6 +96,42 @@ class ComputeGuard:
                 yield item
         finally:
             ticket.release()
+
+
+async def in_batches(items: AsyncIterator[T]) -> AsyncIterator[list[T]]:
+    """Consume `items` at their own pace in a task, and yield everything that arrived since the last batch.
+
+    A Gradio update costs ~20 ms (postprocess, diff, an event to the page), several times a decoding step of
+    the tiny LM; yielding token by token would let the page's pace throttle generation. Here generation runs
+    at full speed and each update carries every token produced since the previous one — still as they are
+    generated, and never more than one update behind.
+    """
+    queue: asyncio.Queue = asyncio.Queue()
+
+    async def produce() -> None:
+        try:
+            async for item in items:
+                queue.put_nowait(item)
+            queue.put_nowait(_DONE)
+        except BaseException as err:  # handed to the consumer, which re-raises it in the request
+            queue.put_nowait(err)
+
+    task = asyncio.create_task(produce())
+    try:
+        while True:
+            batch = [await queue.get()]
+            while not queue.empty():
+                batch.append(queue.get_nowait())
+            done = batch[-1] is _DONE or isinstance(batch[-1], BaseException)
+            items_only = batch[:-1] if done else batch
+            if items_only:
+                yield items_only
+            if isinstance(batch[-1], BaseException):
+                raise batch[-1]
+            if done:
+                return
+    finally:
+        task.cancel()
 
 
 def user_errors(fn: Callable[..., T]) -> Callable[..., T]:

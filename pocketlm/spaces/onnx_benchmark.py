@@ -29,6 +29,7 @@ RUNTIME_LABELS = {"pytorch": "PyTorch fp32", "onnxruntime-fp32": "ONNX Runtime f
 TABLE_HEADERS = ["runtime", "p50 ms", "p95 ms", "speed-up (p50)", "answer", "score"]
 RECORDED_RESULTS = RESULTS_DIR / "qa_latency"
 MAX_RUNS = 50
+DEFAULT_RUNS = 10
 
 
 class QABackends:
@@ -128,7 +129,7 @@ def render(backends: QABackends, guard: ComputeGuard | None = None, recorded: Pa
         with gr.Column():
             question = gr.Textbox(label=LABELS["question"], value=EXAMPLES[0][0], elem_id="bench-question")
             context = gr.Textbox(label=LABELS["context"], lines=6, value=EXAMPLES[0][1], elem_id="bench-context")
-            runs = gr.Slider(3, MAX_RUNS, value=10, step=1, label="Timed runs per runtime (after 1 warm-up)")
+            runs = gr.Slider(3, MAX_RUNS, value=DEFAULT_RUNS, step=1, label="Timed runs per runtime (after 1 warm-up)")
             button = gr.Button("Run the comparison", variant="primary", elem_id="bench-submit")
         with gr.Column():
             table = gr.Dataframe(headers=TABLE_HEADERS, label="Live latency on your input", interactive=False,

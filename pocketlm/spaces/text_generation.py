@@ -16,7 +16,7 @@ from pocketlm.inference.onnx_lm import OnnxCausalLM, SamplingParams
 from pocketlm.serving.models import ServedModel
 from pocketlm.serving.schemas import EXAMPLE_PROMPT, MAX_NEW_TOKENS, GenerateRequest
 from pocketlm.spaces import SPACE_TITLES
-from pocketlm.spaces.common import ComputeGuard, standalone, validated
+from pocketlm.spaces.common import ComputeGuard, in_batches, standalone, validated
 
 TITLE = SPACE_TITLES["text_generation"]
 LABELS = {"prompt": "Prompt", "top_k": "Top-k", "temperature": "Temperature", "max_new_tokens": "Max new tokens",
@@ -68,10 +68,10 @@ def render(lm: ServedModel, guard: ComputeGuard | None = None) -> None:
                                 top_k=request.top_k, seed=request.seed)
         text, count, started, first = "", 0, time.perf_counter(), None
         yield "", "_generating…_"
-        async for _, piece in guard.stream(runtime.stream_text(ids, params)):
-            count += 1
+        async for batch in in_batches(guard.stream(runtime.stream_text(ids, params))):
+            count += len(batch)
             first = first or time.perf_counter() - started
-            text += piece
+            text += "".join(piece for _, piece in batch)
             yield text, f"_{count} tokens…_"
         elapsed = time.perf_counter() - started
         yield text, (

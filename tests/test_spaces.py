@@ -1,0 +1,266 @@
+"""The Gradio Spaces and the suite: real processes on loopback, driven through `gradio_client`, plain HTTP and a
+headless Chromium, on tiny published exports (random weights, real tokenizers).
+
+One suite process serves everything here (REST routes, the four tabs, the browser); it starts with a
+`sitecustomize` that refuses and records every non-loopback connection, so "no outbound network" is checked,
+not assumed. One standalone Space runs through its own `app.py`.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import httpx
+import pytest
+
+from pocketlm.hub import ModelCardInfo, publish, resolve
+from pocketlm.inference.onnx_lm import OnnxCausalLM, SamplingParams
+from pocketlm.inference.qa_engine import OnnxQuestionAnswerer
+from pocketlm.serving.schemas import MAX_CONTEXT_CHARS
+from pocketlm.settings import REPO_ROOT
+from pocketlm.spaces import SPACE_NAMES
+from pocketlm.spaces.launch import SPACES_DIR, running_app, running_suite
+from pocketlm.spaces.question_answering import EXAMPLE_CONTEXT, EXAMPLES
+
+QA_REPO, QA_ONNX_REPO = "pocketlm-tests/spaces-qa", "pocketlm-tests/spaces-qa-onnx"
+QUESTION = EXAMPLES[0][0]
+PROMPT = "The history of the city begins"
+
+# Refuses and records any connection (or name lookup) that leaves the machine, in the process it is loaded in.
+NETWORK_GUARD = textwrap.dedent('''
+    import ipaddress, os, socket
+
+    _LOG = os.environ["POCKETLM_TEST_NETWORK_LOG"]
+    open(_LOG + ".armed", "w").close()
+
+    def _local(host):
+        if host in ("localhost", "", None):
+            return True
+        try:
+            return ipaddress.ip_address(host).is_loopback
+        except ValueError:
+            return False
+
+    def _refuse(what):
+        with open(_LOG, "a") as log:
+            log.write(what + "\\n")
+        raise OSError(f"test network guard: {what} refused")
+
+    _connect, _getaddrinfo = socket.socket.connect, socket.getaddrinfo
+
+    def connect(self, address):
+        if self.family in (socket.AF_INET, socket.AF_INET6) and not _local(address[0]):
+            _refuse(f"connect {address}")
+        return _connect(self, address)
+
+    def getaddrinfo(host, *args, **kwargs):
+        if isinstance(host, bytes):
+            host = host.decode()
+        if not _local(host):
+            _refuse(f"getaddrinfo {host}")
+        return _getaddrinfo(host, *args, **kwargs)
+
+    socket.socket.connect, socket.getaddrinfo = connect, getaddrinfo
+''')
+
+
+@pytest.fixture(scope="module")
+def qa_pair(tmp_path_factory) -> tuple[str, str]:
+    """A 2-layer BERT QA model (random weights, MiniLM's tokenizer) published as a PyTorch checkpoint and as its
+    ONNX export (fp32 + int8): the benchmark tab compares these two forms of one model."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForQuestionAnswering
+
+    from pocketlm.inference.onnx_export import export_question_answering
+
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=30522, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
+                        intermediate_size=128, max_position_embeddings=512)
+    model, tokenizer = BertForQuestionAnswering(config), AutoTokenizer.from_pretrained(resolve("minilm"))
+    card = ModelCardInfo(title="tiny QA (test fixture)", summary="Random weights, for tests.", how_to_load="",
+                         pipeline_tag="question-answering", eval_dataset="squad", eval_dataset_name="SQuAD",
+                         eval_split="validation", metrics={})
+
+    def save(folder: Path) -> None:
+        model.save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+
+    publish(QA_REPO, save, card)
+    publish(QA_ONNX_REPO, lambda folder: export_question_answering(resolve(QA_REPO), folder), card)
+    return QA_REPO, QA_ONNX_REPO
+
+
+@pytest.fixture(scope="module")
+def suite(tiny_lm_onnx_repo, qa_pair, tmp_path_factory):
+    guard_dir = tmp_path_factory.mktemp("network-guard")
+    (guard_dir / "sitecustomize.py").write_text(NETWORK_GUARD)
+    network_log = guard_dir / "outbound.log"
+    env = {"PYTHONPATH": f"{guard_dir}:{REPO_ROOT}", "POCKETLM_TEST_NETWORK_LOG": str(network_log)}
+    args = ["--qa", qa_pair[1], "--qa-pytorch", qa_pair[0], "--rag-index", "none"]
+    with running_suite(args, env=env) as process:
+        process.network_log = network_log
+        yield process
+
+
+@pytest.fixture(scope="module")
+def http(suite):
+    with httpx.Client(base_url=suite.base_url, timeout=60) as client:
+        yield client
+
+
+@pytest.fixture(scope="module")
+def gradio(suite):
+    from gradio_client import Client
+
+    return Client(suite.base_url + "/", verbose=False)
+
+
+@pytest.fixture(scope="module")
+def local_lm(tiny_lm_onnx_repo) -> OnnxCausalLM:
+    return OnnxCausalLM(resolve(tiny_lm_onnx_repo))
+
+
+@pytest.fixture(scope="module")
+def local_qa(qa_pair) -> OnnxQuestionAnswerer:
+    return OnnxQuestionAnswerer.from_pretrained(qa_pair[1], quantized=True)
+
+
+# -- the REST API on the suite's app -----------------------------------------------------------------------------
+def test_rest_routes_are_served_by_the_suite_process(http, local_lm, local_qa):
+    health = http.get("/health").json()
+    assert set(health["models"]) == {"lm", "qa"} and health["models"]["qa"]["id"] == QA_ONNX_REPO
+
+    generated = http.post("/generate", json={"prompt": PROMPT, "max_new_tokens": 8, "ignore_eos": True}).json()
+    ids = local_lm.encode(PROMPT)
+    expected = local_lm.generate_ids([ids], SamplingParams(max_new_tokens=8, stop_at_eos=False))[0]
+    assert generated["text"] == local_lm.decode(expected) and generated["generated_tokens"] == 8
+
+    answered = http.post("/qa", json={"question": QUESTION, "context": EXAMPLE_CONTEXT}).json()
+    expected_answer = local_qa.answer(QUESTION, EXAMPLE_CONTEXT)
+    assert (answered["answer"], answered["start"]) == (expected_answer.text, expected_answer.start)
+
+    refused = http.post("/qa", json={"question": "", "context": EXAMPLE_CONTEXT})
+    assert refused.status_code == 422 and refused.json()["detail"][0]["loc"] == ["body", "question"]
+
+
+def test_docs_openapi_and_the_page_share_one_app(http):
+    paths = http.get("/openapi.json").json()["paths"]
+    assert {"/generate", "/generate/stream", "/generate/batch", "/qa", "/health"} <= set(paths)
+    docs = http.get("/docs")
+    assert docs.status_code == 200 and "/static/swagger-ui/swagger-ui-bundle.js" in docs.text
+    assert http.get("/static/swagger-ui/swagger-ui-bundle.js").status_code == 200
+    page = http.get("/")
+    assert page.status_code == 200 and "gradio" in page.text.lower()
+    config = http.get("/config").json()
+    tabs = [c["props"]["label"] for c in config["components"] if c["type"] == "tabitem"]
+    assert tabs == ["Text generation", "Question answering", "ONNX vs PyTorch"]
+
+
+# -- each Space's endpoint through gradio_client -----------------------------------------------------------------
+def test_text_generation_streams_the_onnx_runtime_tokens(gradio, local_lm):
+    job = gradio.submit(PROMPT, 20, 0.7, 64, 7, api_name="/generate_text")
+    updates = [text for text, _ in job]
+    final_text, stats = job.result()
+    ids = local_lm.encode(PROMPT)
+    params = SamplingParams(max_new_tokens=64, do_sample=True, temperature=0.7, top_k=20, seed=7)
+    pieces = [text for _, text in local_lm.stream_text(ids, params)]
+    assert final_text == "".join(pieces)  # the same sampled tokens: the page passes every setting through
+    assert f"{len(pieces)} tokens in" in stats and f"prompt {len(ids)} tokens" in stats
+    growing = [text for text in dict.fromkeys(updates) if text]
+    assert len(growing) >= 3, "the continuation arrived in one piece, not streamed"
+    assert all(final_text.startswith(text) for text in growing)
+
+
+def test_question_answering_highlights_the_answer_with_its_score(gradio, local_qa):
+    question, context = EXAMPLES[1]
+    answer, score, highlighted, details = gradio.predict(question, context, api_name="/answer_question")
+    expected = local_qa.answer(question, context)
+    assert answer == expected.text and score == pytest.approx(expected.score, abs=1e-4)
+    segments = highlighted if isinstance(highlighted, list) else highlighted["value"]
+    assert "".join(s["token"] for s in segments) == context
+    assert [s["token"] for s in segments if s["class_or_confidence"] == "answer"] == [answer]
+    assert f"characters {expected.start}–{expected.end}" in details
+
+
+def test_benchmark_times_three_runtimes_of_one_model(gradio):
+    table, plot = gradio.predict(QUESTION, EXAMPLE_CONTEXT, 3, api_name="/compare_runtimes")
+    rows = {row[0]: row for row in table["data"]}
+    assert list(rows) == ["PyTorch fp32", "ONNX Runtime fp32", "ONNX Runtime int8"]
+    assert all(0 < row[1] <= row[2] for row in rows.values())  # p50 <= p95
+    assert rows["PyTorch fp32"][3] == 1.0
+    assert rows["ONNX Runtime fp32"][4] == rows["PyTorch fp32"][4]  # fp32 export: the same answer as PyTorch
+    assert plot["type"] == "matplotlib" and plot["plot"].startswith("data:image/")
+
+
+@pytest.mark.parametrize("endpoint, args, message", [
+    ("/answer_question", ("", EXAMPLE_CONTEXT), "Question: must not be empty"),
+    ("/answer_question", ("   ", EXAMPLE_CONTEXT), "Question: question must contain some non-whitespace text"),
+    ("/answer_question", (QUESTION, "x" * (MAX_CONTEXT_CHARS + 1)), f"Context: String should have at most {MAX_CONTEXT_CHARS} characters"),
+    ("/compare_runtimes", (QUESTION, "", 3), "Context: must not be empty"),
+    ("/generate_text", ("", 50, 0.8, 8, 0), "Prompt: must not be empty"),
+    ("/generate_text", ("word " * 600, 50, 0.8, 8, 0), "Prompt: "),
+    ("/generate_text", (PROMPT, 50, 0.8, 8, -1), "Seed: Input should be greater than or equal to 0"),
+])
+def test_bad_input_is_a_readable_message(gradio, endpoint, args, message):
+    from gradio_client.exceptions import AppError
+
+    with pytest.raises(AppError) as raised:
+        gradio.predict(*args, api_name=endpoint)
+    assert message in str(raised.value) and "Traceback" not in str(raised.value)
+
+
+# -- the page in a browser ---------------------------------------------------------------------------------------
+def test_browser_runs_every_tab_and_shows_real_answers(suite, local_qa, tmp_path):
+    from pocketlm.spaces.browser import visit_suite
+
+    tabs = ["text_generation", "question_answering", "onnx_benchmark"]
+    visit = visit_suite(suite.base_url, tmp_path, tabs)
+    assert visit.tabs["text_generation"].answer.strip()
+    assert visit.tabs["question_answering"].answer == local_qa.answer(QUESTION, EXAMPLE_CONTEXT).text
+    assert "ONNX Runtime int8" in visit.tabs["onnx_benchmark"].answer
+    assert "Question: must not be empty" in visit.error_message and "Traceback" not in visit.error_message
+    assert visit.outside_requests == []
+    for tab in tabs:
+        assert visit.tabs[tab].screenshot.stat().st_size > 20_000
+
+
+def test_the_suite_made_no_outbound_connection(suite):
+    """Run last in this module: everything above has started, loaded and used every tab."""
+    assert suite.process.poll() is None
+    assert Path(f"{suite.network_log}.armed").exists()  # the guard was loaded in the suite process
+    assert not suite.network_log.exists(), suite.network_log.read_text()
+
+
+# -- standalone Spaces -------------------------------------------------------------------------------------------
+def test_a_standalone_space_serves_its_endpoint(qa_pair, local_qa):
+    from gradio_client import Client
+
+    with running_app(SPACES_DIR / "question_answering" / "app.py", ["--qa", qa_pair[1]], ready_path="/config") as app:
+        answer, score, _, _ = Client(app.base_url + "/", verbose=False).predict(*EXAMPLES[2], api_name="/answer_question")
+    assert answer == local_qa.answer(*EXAMPLES[2]).text
+
+
+@pytest.mark.parametrize("space", SPACE_NAMES)
+def test_each_space_folder_runs_on_its_own_as_staged_for_the_hub(space, tmp_path):
+    from pocketlm.spaces.stage import stage
+
+    folder = stage(space, tmp_path / space)
+    front_matter = (folder / "README.md").read_text().split("---")[1]
+    assert "sdk: gradio" in front_matter and "sdk_version: 6.17.3" in front_matter and "app_file: app.py" in front_matter
+    assert "models:\n  - pocketlm/" in front_matter and "onnxruntime==" in (folder / "requirements.txt").read_text()
+    # No PYTHONPATH, run from the staged folder: app.py finds pocketlm beside it, as on the Hub.
+    result = subprocess.run([sys.executable, "app.py", "--help"], capture_output=True, text=True, cwd=folder,
+                            env={"PATH": os.environ.get("PATH", "")}, timeout=60)
+    assert result.returncode == 0 and "--port" in result.stdout, result.stderr
+
+
+def test_a_missing_model_is_a_one_line_error_naming_the_flag():
+    result = subprocess.run([sys.executable, str(SPACES_DIR / "suite" / "app.py"), "--lm", "pocketlm/not-built"],
+                            capture_output=True, text=True, cwd=REPO_ROOT, timeout=60,
+                            env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+    assert result.returncode == 2
+    assert result.stderr.startswith("error: --lm pocketlm/not-built:") and "Traceback" not in result.stderr
