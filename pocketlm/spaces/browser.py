@@ -111,9 +111,10 @@ def _rag_chat(page, messages: list[str]) -> str:
     for index, message in enumerate(messages, start=1):
         page.locator("#rag-message textarea").fill(message)
         page.locator("#rag-message textarea").press("Enter")
-        bot = page.locator("#rag-chatbot .bot")
+        bot = page.locator('#rag-chatbot [data-testid="bot"]')
         page.wait_for_function(
-            """n => document.querySelectorAll('#rag-chatbot .bot').length >= n""", arg=index, timeout=ANSWER_TIMEOUT_MS,
+            """n => document.querySelectorAll('#rag-chatbot [data-testid="bot"]').length >= n""", arg=index,
+            timeout=ANSWER_TIMEOUT_MS,
         )
         replies.append(bot.nth(index - 1).inner_text())
     return "\n---\n".join(replies)

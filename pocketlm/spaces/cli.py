@@ -117,7 +117,9 @@ def _build_space(space: str, args: argparse.Namespace):
         return onnx_benchmark.build(backends)
     from pocketlm.spaces import rag_chat
 
-    return rag_chat.build(rag_chat.load_agent(args.rag_index, args.rag_generator))
+    chat = rag_chat.RagChat(args.rag_index, args.rag_generator)
+    chat.load()
+    return rag_chat.build(chat)
 
 
 def suite_main(argv: list[str] | None = None) -> int:
@@ -153,7 +155,7 @@ def suite_main(argv: list[str] | None = None) -> int:
     if _rag_enabled(args):
         from pocketlm.spaces import rag_chat
 
-        rag = rag_chat.LazyAgent(args.rag_index, args.rag_generator)
+        rag = rag_chat.RagChat(args.rag_index, args.rag_generator)
     app = create_suite_app(models, backends, rag)
     # Open event streams (a browser tab, a streaming client) would hold a graceful shutdown forever: cap it.
     server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", access_log=False,

@@ -9,9 +9,10 @@ they live).
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 import gradio as gr
 from pydantic import BaseModel, ValidationError
@@ -132,6 +133,34 @@ async def in_batches(items: AsyncIterator[T]) -> AsyncIterator[list[T]]:
                 return
     finally:
         task.cancel()
+
+
+class LoadOnce(Generic[T]):
+    """`load()` builds the value on first call (thread-safe) and returns the same one after: for the parts of
+    a Space that take seconds to load (torch-based models), so the suite can start without them and load
+    them in the background (`spaces/suite/app.py`) or on first use."""
+
+    def __init__(self, factory: Callable[[], T]):
+        self._factory = factory
+        self._value: T | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def loaded(self) -> bool:
+        return self._value is not None
+
+    def load(self) -> T:
+        with self._lock:
+            if self._value is None:
+                self._value = self._factory()
+            return self._value
+
+    async def loaded_value(self, what: str) -> T:
+        """The value, loading it in a worker thread (with a note in the page) if needed. No compute slot is
+        taken: a one-off load must not hold up REST requests."""
+        if not self.loaded:
+            gr.Info(f"Loading {what} (first use only)…", duration=4)
+        return await run_in_threadpool(user_errors(self.load))
 
 
 def user_errors(fn: Callable[..., T]) -> Callable[..., T]:

@@ -11,17 +11,15 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 from pathlib import Path
 
 import gradio as gr
-from starlette.concurrency import run_in_threadpool
 
 from pocketlm import MINILM_SQUAD, MINILM_SQUAD_ONNX
 from pocketlm.inference.latency import RESULTS_DIR, markdown_table, summarise, time_requests
 from pocketlm.serving.schemas import QARequest
 from pocketlm.spaces import SPACE_TITLES
-from pocketlm.spaces.common import ComputeGuard, local_folder, standalone, user_errors, validated
+from pocketlm.spaces.common import ComputeGuard, LoadOnce, local_folder, standalone, validated
 from pocketlm.spaces.question_answering import EXAMPLES, LABELS
 
 TITLE = SPACE_TITLES["onnx_benchmark"]
@@ -32,33 +30,21 @@ MAX_RUNS = 50
 DEFAULT_RUNS = 10
 
 
-class QABackends:
-    """The QA model in the three runtimes, loaded once (thread-safe) with the same intra-op thread count."""
+class QABackends(LoadOnce[dict]):
+    """The QA model in the three runtimes ({backend: QuestionAnswerer}), loaded once with one thread count."""
 
     def __init__(self, pytorch_model: str = MINILM_SQUAD, onnx_model: str = MINILM_SQUAD_ONNX, threads: int | None = None):
+        super().__init__(self._load_all)
         self.pytorch_model, self.onnx_model = pytorch_model, onnx_model
         self.threads = threads or min(os.cpu_count() or 1, 4)
-        self._answerers: dict | None = None
-        self._lock = threading.Lock()
 
-    def load(self) -> dict:
-        """{backend: QuestionAnswerer}; the first call loads (seconds), later ones return at once."""
-        with self._lock:
-            if self._answerers is None:
-                from pocketlm.inference.qa_loading import BACKENDS, load_question_answerer
+    def _load_all(self) -> dict:
+        from pocketlm.inference.qa_loading import BACKENDS, load_question_answerer
 
-                models = {"pytorch": local_folder(self.pytorch_model)}
-                onnx = local_folder(self.onnx_model)
-                models.update({backend: onnx for backend in BACKENDS if backend != "pytorch"})
-                self._answerers = {
-                    backend: load_question_answerer(models[backend], backend, threads=self.threads, batch_size=1)
-                    for backend in BACKENDS
-                }
-            return self._answerers
-
-    @property
-    def loaded(self) -> bool:
-        return self._answerers is not None
+        onnx = local_folder(self.onnx_model)
+        models = {backend: onnx for backend in BACKENDS} | {"pytorch": local_folder(self.pytorch_model)}
+        return {backend: load_question_answerer(models[backend], backend, threads=self.threads, batch_size=1)
+                for backend in BACKENDS}
 
     def time(self, backend: str, question: str, context: str, runs: int) -> tuple[dict, object]:
         """p50/p95 of `runs` answers after one warm-up, and the answer itself."""
@@ -100,11 +86,11 @@ def latency_figure(rows: list[list], title: str):
 
 def recorded_results(folder: Path = RECORDED_RESULTS) -> tuple[str, str | None]:
     """The recorded benchmark as Markdown (table, settings, machine) and its plot, or how to produce them."""
-    results_file = folder / "results.json"
-    if not results_file.is_file():
+    found = [folder / name for name in ("results.json", "qa_latency.json") if (folder / name).is_file()]
+    if not found:
         return ("_No recorded results yet: run `flock /work/heavy.lock python benchmarks/qa_latency.py` "
                 "(writes `benchmarks/results/qa_latency/`)._", None)
-    results = json.loads(results_file.read_text())
+    results = json.loads(found[0].read_text())
     columns = [("runtime", "runtime"), ("p50_ms", "p50 ms"), ("p95_ms", "p95 ms"), ("speedup_p50", "speed-up (p50)"),
                ("size_mb", "size MB"), ("exact_match", "EM"), ("f1", "F1")]
     settings = results.get("settings", {})
@@ -147,9 +133,7 @@ def render(backends: QABackends, guard: ComputeGuard | None = None, recorded: Pa
         runs = int(runs)
         if not 1 <= runs <= MAX_RUNS:
             raise gr.Error(f"Timed runs: between 1 and {MAX_RUNS}, got {runs}", title="Please check the input")
-        if not backends.loaded:
-            gr.Info("Loading the three runtimes (first run only)…", duration=4)
-            await run_in_threadpool(user_errors(backends.load))  # no compute slot: loading must not block REST calls
+        await backends.loaded_value("the three runtimes")
         from pocketlm.inference.qa_loading import BACKENDS
 
         # One compute slot per runtime: REST requests and other users interleave between them.

@@ -1,0 +1,148 @@
+"""RAG chat Space: a chat over the FAISS-indexed passages that shows the fragments each answer cites, sends
+`!search term` to the MOCK web_search tool, and remembers the last 3 exchanges — per browser session.
+
+It drives `pocketlm.rag.chain.RagAgent` (retriever with its query adapter → modular prompt → LoRA-tuned
+generator, a LangChain LCEL chain), the agent the REPL (`python -m pocketlm.rag`) runs. The models are loaded
+once and shared; each session has its own conversation memory (a `WindowedChatHistory` in `gr.State`),
+handed to the agent for the duration of its request.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import gradio as gr
+
+from pocketlm import RAG_INDEX, TINY_LM_RAG_LORA
+from pocketlm.serving.schemas import MAX_QUESTION_CHARS
+from pocketlm.spaces import SPACE_TITLES
+from pocketlm.spaces.common import ComputeGuard, LoadOnce, local_folder, standalone
+
+TITLE = SPACE_TITLES["rag_chat"]
+EXAMPLES = [
+    "Who produced the first geological map of the U.S.?",
+    "What is the axis of Warsaw which divides it into two parts?",
+    "!search Valkyria Chronicles",
+]
+HELP = (
+    "Ask a question in plain words: the agent retrieves fragments from the index, answers with the tiny "
+    "LoRA-tuned LM and cites the ids of the fragments the answer comes from.\n\n"
+    "* `!search <term>` runs the **MOCK** web_search tool (offline and deterministic: a fixed local page set, "
+    "not the internet)\n* `!reset` forgets the conversation (the agent keeps the last 3 exchanges)\n* `!help` this help"
+)
+
+
+class RagChat(LoadOnce[Any]):
+    """The RAG agent, loaded once (torch, transformers, FAISS, LangChain: seconds) and shared by all sessions."""
+
+    def __init__(self, index: str = RAG_INDEX, generator: str = TINY_LM_RAG_LORA):
+        super().__init__(lambda: self._load())
+        self.index, self.generator = index, generator
+        self._turn = threading.Lock()
+
+    def _load(self):
+        from pocketlm.rag.chain import RagAgent
+
+        return RagAgent.from_pretrained(local_folder(self.index), lora=local_folder(self.generator))
+
+    def new_memory(self):
+        from pocketlm.rag.chain import WindowedChatHistory
+
+        return WindowedChatHistory()
+
+    def ask(self, memory, question: str):
+        """`agent.ask` with this session's memory (the agent's own object is swapped for the call)."""
+        agent = self.load()
+        with self._turn:
+            agent.memory = memory
+            return agent.ask(question)
+
+    def search(self, term: str):
+        return self.load().search(term)
+
+
+def fragments_markdown(fragments, cited: list[str], heading: str) -> str:
+    if not fragments:
+        return f"**{heading}:** none"
+    lines = [f"**{heading}** (✅ = the answer is found in it):"]
+    for fragment in fragments:
+        mark = "✅" if fragment.id in cited else "▫️"
+        lines.append(f"{mark} **[{fragment.id}]** *{fragment.title}* · score {fragment.score:.2f}  \n{fragment.text}")
+    return "\n\n".join(lines)
+
+
+def memory_markdown(memory) -> str:
+    exchanges = memory.exchanges() if memory is not None else []
+    if not exchanges:
+        return "_Memory: empty._"
+    lines = [f"**Memory** ({len(exchanges)} of at most 3 exchanges, oldest first):"]
+    lines += [f"{i}. Q: {q} → A: {a}" for i, (q, a) in enumerate(exchanges, 1)]
+    return "\n".join(lines)
+
+
+def render(chat: RagChat, guard: ComputeGuard | None = None) -> None:
+    """Lay the Space out in the current Blocks context; its event is the API endpoint `/chat`."""
+    guard = guard or ComputeGuard()
+    gr.Markdown(
+        f"Chat with the RAG agent over `{chat.index}` (generator `{chat.generator}`). Answers cite fragment ids; "
+        "`!search term` calls the **MOCK** web_search tool; the last 3 exchanges are remembered. `!help` for more."
+    )
+    memory = gr.State(None)
+    with gr.Row():
+        with gr.Column(scale=3):
+            chatbot = gr.Chatbot(label="Chat", height=430, elem_id="rag-chatbot")
+            message = gr.Textbox(label="Message", placeholder="Ask a question, or !search a term — Enter sends",
+                                 elem_id="rag-message")
+            with gr.Row():
+                send = gr.Button("Send", variant="primary", elem_id="rag-submit")
+                reset = gr.Button("Reset the conversation")
+        with gr.Column(scale=2):
+            fragments = gr.Markdown("_The fragments of the last answer appear here._", elem_id="rag-fragments")
+            remembered = gr.Markdown("_Memory: empty._", elem_id="rag-memory")
+    gr.Examples([[example] for example in EXAMPLES], [message])
+
+    async def respond(text: str, history: list, session_memory):
+        text = (text or "").strip()
+        if not text:
+            raise gr.Error("Message: must not be empty", title="Please check the input")
+        if len(text) > MAX_QUESTION_CHARS:
+            raise gr.Error(f"Message: at most {MAX_QUESTION_CHARS} characters (got {len(text)})", title="Please check the input")
+        await chat.loaded_value("the RAG agent")
+        session_memory = session_memory if session_memory is not None else chat.new_memory()
+        command, _, argument = text.partition(" ")
+        shown = gr.update()
+        if command == "!search":
+            if not argument.strip():
+                raise gr.Error("Usage: !search <term>", title="Please check the input")
+            response = await guard.call(chat.search, argument.strip())
+            reply = response.to_text()
+            shown = fragments_markdown(response.fragments(), [], "MOCK web_search results")
+        elif command == "!reset":
+            session_memory.clear()
+            reply = "Conversation forgotten."
+        elif command == "!help":
+            reply = HELP
+        elif command.startswith("!"):
+            raise gr.Error(f"Unknown command {command}; type !help", title="Please check the input")
+        else:
+            answer = await guard.call(chat.ask, session_memory, text)
+            reply = answer.to_text()
+            heading = "MOCK web_search results used" if answer.web_search else "Retrieved fragments"
+            shown = fragments_markdown(answer.fragments, answer.cited, heading)
+        history = [*(history or []), {"role": "user", "content": text}, {"role": "assistant", "content": reply}]
+        return "", history, session_memory, shown, memory_markdown(session_memory)
+
+    outputs = [message, chatbot, memory, fragments, remembered]
+    gr.on([send.click, message.submit], respond, [message, chatbot, memory], outputs, api_name="chat")
+
+    def forget(session_memory):
+        if session_memory is not None:
+            session_memory.clear()
+        return [], session_memory, "_The fragments of the last answer appear here._", memory_markdown(session_memory)
+
+    reset.click(forget, [memory], [chatbot, memory, fragments, remembered], api_name="reset_chat")
+
+
+def build(chat: RagChat, guard: ComputeGuard | None = None) -> gr.Blocks:
+    return standalone(TITLE, render, chat, guard)
