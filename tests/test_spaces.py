@@ -196,6 +196,22 @@ def test_benchmark_times_three_runtimes_of_one_model(gradio):
     assert plot["type"] == "matplotlib" and plot["plot"].startswith("data:image/")
 
 
+def test_benchmark_tab_shows_the_recorded_benchmark_results(qa_pair, tmp_path):
+    """What `benchmarks/qa_latency.py` writes is what the tab shows beside the live run."""
+    import runpy
+
+    from pocketlm.spaces.onnx_benchmark import recorded_results
+
+    text, image = recorded_results(tmp_path)
+    assert "No recorded results yet" in text and image is None
+    benchmark = runpy.run_path(str(REPO_ROOT / "benchmarks" / "qa_latency.py"), run_name="qa_latency")["main"]
+    assert benchmark(["--model", qa_pair[0], "--onnx_model", qa_pair[1], "--requests", "3", "--warmup", "1",
+                      "--eval_samples", "0", "--output_dir", str(tmp_path)]) == 0
+    text, image = recorded_results(tmp_path)
+    assert all(runtime in text for runtime in ("PyTorch fp32", "ONNX Runtime fp32", "ONNX Runtime int8"))
+    assert "3 SQuAD validation questions per runtime" in text and image and Path(image).is_file()
+
+
 @pytest.mark.parametrize("endpoint, args, message", [
     ("/answer_question", ("", EXAMPLE_CONTEXT), "Question: must not be empty"),
     ("/answer_question", ("   ", EXAMPLE_CONTEXT), "Question: question must contain some non-whitespace text"),
