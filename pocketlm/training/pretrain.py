@@ -486,6 +486,13 @@ def train(args: PretrainArguments, callbacks=(), log=print) -> PretrainResult:
         progress["elapsed_s"] += now - clock
         clock = now
 
+    def set_learning_rate() -> float:
+        lr = learning_rate_at(args, state.global_step, current_progress())
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        return lr
+
+    set_learning_rate()  # the first step warms up too (and a resumed one continues the schedule)
     model.train()
     while not progress["done"]:
         epoch = progress["epoch"]
@@ -513,9 +520,7 @@ def train(args: PretrainArguments, callbacks=(), log=print) -> PretrainResult:
             progress["tokens"] += tokens_per_step
             tick()
             progress["train_seconds"] += time.perf_counter() - step_started
-            lr = learning_rate_at(args, state.global_step, current_progress())
-            for group in optimizer.param_groups:
-                group["lr"] = lr
+            lr = set_learning_rate()
             bar.update(1)
             if state.global_step % args.logging_steps == 0:
                 mean_loss = sum(window_losses) / len(window_losses)
