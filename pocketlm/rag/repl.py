@@ -1,0 +1,97 @@
+"""The RAG agent's command-line REPL: `python -m pocketlm.rag`.
+
+Type a question: the agent retrieves fragments, the LoRA-tuned LM answers, and the answer cites fragment
+ids. Commands: `!search term` (the MOCK web_search tool), `!help`, `!reset` (forget the conversation),
+`!quit`. End of input (Ctrl-D) and Ctrl-C leave cleanly.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+
+from rich.console import Console
+from rich.markup import escape
+
+from pocketlm import RAG_INDEX, TINY_LM_RAG_LORA
+
+PROMPT = "rag> "
+HELP = """\
+Ask a question in plain words; the answer cites the ids of the fragments it comes from.
+  !search <term>   run the MOCK web_search tool (offline, deterministic — not the internet)
+  !reset           forget the conversation (the agent remembers the last 3 exchanges)
+  !help            this help
+  !quit            leave (Ctrl-D and Ctrl-C work too)
+A question such as "search the web for <term>" answers from the mock search results instead of the index."""
+
+
+def show_answer(console: Console, result) -> None:
+    console.print(f"[bold green]answer:[/] {escape(result.to_text())}")
+    if result.web_search is not None:
+        console.print("[dim]" + escape(f"(from {len(result.fragments)} MOCK web_search results)") + "[/]")
+    for fragment in result.fragments:
+        preview = " ".join(fragment.text.split()[:14])
+        console.print(f"  [cyan]\\[{escape(fragment.id)}][/] [dim]{escape(fragment.title)} ({fragment.score:.2f}):[/] {escape(preview)}…")
+
+
+def repl(agent, console: Console, read: Callable[[str], str] = input) -> int:
+    """Read-answer loop over `agent` (a `RagAgent`); returns the exit status."""
+    console.print("Type a question, or !help. [dim](!quit, Ctrl-D or Ctrl-C to leave)[/]")
+    while True:
+        try:
+            line = read(PROMPT).strip()
+        except (EOFError, KeyboardInterrupt):
+            console.print("\nbye")
+            return 0
+        if not line:
+            continue
+        command, _, argument = line.partition(" ")
+        try:
+            if command in {"!quit", "!exit", "!q"}:
+                console.print("bye")
+                return 0
+            elif command == "!help":
+                console.print(escape(HELP))
+            elif command == "!reset":
+                agent.reset()
+                console.print("conversation forgotten.")
+            elif command == "!search":
+                if not argument.strip():
+                    console.print("usage: !search <term>")
+                    continue
+                console.print(escape(agent.search(argument.strip()).to_text()))
+            elif command.startswith("!"):
+                console.print(f"unknown command {escape(command)}; type !help")
+            else:
+                show_answer(console, agent.ask(line))
+        except KeyboardInterrupt:  # Ctrl-C while the model is answering: leave, as at the prompt
+            console.print("\nbye")
+            return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pocketlm.rag", description=__doc__.splitlines()[0])
+    parser.add_argument("--index", default=RAG_INDEX, help=f"published index id or folder (default {RAG_INDEX})")
+    parser.add_argument("--index_type", choices=["flat", "opq"], default="flat", help="which FAISS index to search")
+    parser.add_argument("--no_adapter", action="store_true", help="search with the stock encoder, without the query adapter")
+    parser.add_argument("--lora", default=TINY_LM_RAG_LORA, help=f"generator LoRA id or folder (default {TINY_LM_RAG_LORA}; optional)")
+    parser.add_argument("--base", default=None, help="base causal LM (default: the one the LoRA was trained from)")
+    parser.add_argument("--k", type=int, default=3, help="fragments per answer")
+    args = parser.parse_args(argv)
+    if args.k < 1:
+        parser.error("--k must be at least 1")
+    console = Console(highlight=False)
+    console.print("[dim]loading the retriever and the generator…[/]")
+    from pocketlm.rag.chain import RagAgent
+
+    agent = RagAgent.from_pretrained(
+        args.index, lora=args.lora, base=args.base, index_type=args.index_type, use_adapter=not args.no_adapter, k=args.k
+    )
+    adapter = "with" if agent.retriever.adapter is not None else "without"
+    console.print(
+        f"[dim]index: {agent.retriever.index.config.get('factory', '?')} over {len(agent.retriever.index.passages)} passages, "
+        f"{adapter} query adapter; generator: {escape(agent.description)}[/]"
+    )
+    return repl(agent, console)
+
+

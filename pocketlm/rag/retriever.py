@@ -1,0 +1,81 @@
+"""`RagRetriever`: a question in, the top-k fragments (id, title, text, score) out.
+
+The published `pocketlm/rag-index` folder holds everything it needs: the flat and OPQ FAISS indexes, the
+passages, the encoder's id and the query adapter.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from pocketlm import RAG_INDEX
+from pocketlm.errors import ConfigError
+from pocketlm.hub import resolve
+from pocketlm.rag.embeddings import encode, load_encoder
+from pocketlm.rag.index import PassageIndex
+from pocketlm.rag.prompt import Fragment
+from pocketlm.rag.query_adapter import QueryAdapter
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
+
+INDEX_FILES = {"flat": "flat.faiss", "opq": "opq.faiss"}
+ADAPTER_FOLDER = "query_adapter"
+
+
+def embed_queries(encoder: "SentenceTransformer", adapter: QueryAdapter | None, queries: list[str]) -> np.ndarray:
+    """Unit-length query vectors: the frozen encoder's, through the query adapter when there is one."""
+    if adapter is None:
+        return encode(encoder, queries)
+    return adapter.embed(encoder, queries)
+
+
+class RagRetriever:
+    """Embed the question (frozen encoder, then the query adapter if any), search FAISS, return fragments."""
+
+    def __init__(self, encoder: "SentenceTransformer", index: PassageIndex, adapter: QueryAdapter | None = None):
+        if adapter is not None and adapter.dim != index.dim:
+            raise ConfigError(f"the query adapter is {adapter.dim}-d but the index is {index.dim}-d")
+        self.encoder = encoder
+        self.index = index
+        self.adapter = adapter
+
+    @classmethod
+    def from_pretrained(
+        cls, repo_id_or_path: str = RAG_INDEX, index_type: str = "flat", use_adapter: bool = True,
+        encoder: "SentenceTransformer | None" = None,
+    ) -> RagRetriever:
+        """Load a published index folder; `index_type` is `flat` or `opq`."""
+        if index_type not in INDEX_FILES:
+            raise ConfigError(f"index_type must be one of {', '.join(INDEX_FILES)}, not {index_type!r}")
+        folder = Path(resolve(repo_id_or_path))
+        index = PassageIndex.load(folder, INDEX_FILES[index_type])
+        adapter_folder = folder / ADAPTER_FOLDER
+        adapter = QueryAdapter.load(adapter_folder) if use_adapter and QueryAdapter.exists(adapter_folder) else None
+        return cls(encoder or load_encoder(index.config["encoder"]), index, adapter)
+
+    def embed_queries(self, queries: list[str]) -> np.ndarray:
+        return embed_queries(self.encoder, self.adapter, queries)
+
+    def search(self, queries: list[str], k: int) -> tuple[np.ndarray, np.ndarray]:
+        """FAISS scores and passage rows of the top-k for each query."""
+        return self.index.search(self.embed_queries(queries), k)
+
+    def retrieve_batch(self, queries: list[str], k: int = 5) -> list[list[Fragment]]:
+        scores, rows = self.search(queries, k)
+        passages = self.index.passages
+        return [
+            [Fragment(passages[r].id, passages[r].title, passages[r].text, float(s)) for s, r in zip(srow, rrow) if r >= 0]
+            for srow, rrow in zip(scores, rows)
+        ]
+
+    def retrieve(self, query: str, k: int = 5) -> list[Fragment]:
+        """The top-k fragments for one query, best first."""
+        return self.retrieve_batch([query], k)[0]
+
+    def ranked_ids(self, queries: list[str], k: int = 10) -> list[list[str]]:
+        _, rows = self.search(queries, k)
+        return [[self.index.passages[r].id for r in row if r >= 0] for row in rows]

@@ -1,0 +1,68 @@
+"""Fixtures of the RAG tests: a few dozen real passages and questions, the real MiniLM, a published index.
+
+Everything is real (FAISS, sentence-transformers, peft, LangChain) and small: 50 dev passages of two
+articles plus 10 WikiText distractors, 19 questions, an index published into the session's test hub.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pocketlm import RAG_INDEX
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def rag_files(tmp_path_factory) -> tuple[Path, Path]:
+    """passages.jsonl (50 passages: Super Bowl 50 and Toyota paragraphs) and qa.jsonl (their 19 questions)."""
+    from pocketlm.rag.corpus import rag_dev
+
+    passages, questions = rag_dev()
+    keep = [p for p in passages if p.id < "val-00-030" or "val-05" <= p.id < "val-05-020"]
+    ids = {p.id for p in keep}
+    folder = tmp_path_factory.mktemp("rag-data")
+    passages_path = _write_jsonl(folder / "passages.jsonl", [p.to_dict() for p in keep])
+    qa_path = _write_jsonl(
+        folder / "qa.jsonl",
+        [{"id": q.id, "question": q.question, "answers": list(q.answers), "passage_id": q.passage_id} for q in questions if q.passage_id in ids],
+    )
+    return passages_path, qa_path
+
+
+@pytest.fixture(scope="session")
+def rag_encoder():
+    from pocketlm.rag.embeddings import load_encoder
+
+    return load_encoder("minilm")
+
+
+@pytest.fixture(scope="session")
+def query_adapter_dir(tmp_path_factory) -> Path:
+    """A query adapter trained for 3 epochs on 2 SQuAD-train articles (one of them held out): real data, real training."""
+    from pocketlm.rag.adapter_training import AdapterExperimentConfig, train_and_save_adapter
+
+    folder = tmp_path_factory.mktemp("query-adapter")
+    config = AdapterExperimentConfig(max_articles=2, held_out_fraction=0.5, epochs=3, measure_on_dev=False, output_dir=str(folder))
+    train_and_save_adapter(config)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def rag_index_repo(rag_files, query_adapter_dir) -> str:
+    """`pocketlm/rag-index` published in the test hub: 60 passages, flat + a small OPQ index, the adapter."""
+    from pocketlm.rag.builder import IndexBuildConfig, build_and_publish_index
+
+    passages_path, qa_path = rag_files
+    config = IndexBuildConfig(
+        passages=str(passages_path), qa=str(qa_path), max_distractors=10, opq_dim=32, pq_m=8, pq_bits=4,
+        query_adapter=str(query_adapter_dir),
+    )
+    build_and_publish_index(config, RAG_INDEX)
+    return RAG_INDEX
