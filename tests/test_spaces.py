@@ -8,6 +8,7 @@ not assumed. One standalone Space runs through its own `app.py`.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -27,6 +28,7 @@ from pocketlm.spaces.launch import SPACES_DIR, running_app, running_suite
 from pocketlm.spaces.question_answering import EXAMPLE_CONTEXT, EXAMPLES
 
 QA_REPO, QA_ONNX_REPO = "pocketlm-tests/spaces-qa", "pocketlm-tests/spaces-qa-onnx"
+RAG_INDEX_REPO = "pocketlm-tests/spaces-rag-index"
 QUESTION = EXAMPLES[0][0]
 PROMPT = "The history of the city begins"
 
@@ -95,12 +97,33 @@ def qa_pair(tmp_path_factory) -> tuple[str, str]:
 
 
 @pytest.fixture(scope="module")
-def suite(tiny_lm_onnx_repo, qa_pair, tmp_path_factory):
+def rag_index(tmp_path_factory) -> str:
+    """A FAISS index over the Super Bowl 50 passages of the RAG dev set plus 8 WikiText distractors, built and
+    published by the RAG lab's own builder (no query adapter; the tiny LM fixture as generator)."""
+    from pocketlm.rag.builder import IndexBuildConfig, build_and_publish_index
+    from pocketlm.rag.corpus import rag_dev
+
+    passages, questions = rag_dev()
+    kept = [p for p in passages if p.id.startswith("val-00-")]
+    folder = tmp_path_factory.mktemp("rag-data")
+    (folder / "passages.jsonl").write_text("".join(json.dumps(p.to_dict()) + "\n" for p in kept))
+    (folder / "qa.jsonl").write_text("".join(
+        json.dumps({"id": q.id, "question": q.question, "answers": list(q.answers), "passage_id": q.passage_id}) + "\n"
+        for q in questions if q.passage_id.startswith("val-00-")))
+    config = IndexBuildConfig(passages=str(folder / "passages.jsonl"), qa=str(folder / "qa.jsonl"), max_distractors=8,
+                              opq_dim=32, pq_m=8, pq_bits=4)
+    build_and_publish_index(config, RAG_INDEX_REPO)
+    return RAG_INDEX_REPO
+
+
+@pytest.fixture(scope="module")
+def suite(tiny_lm_onnx_repo, qa_pair, rag_index, tmp_path_factory):
     guard_dir = tmp_path_factory.mktemp("network-guard")
     (guard_dir / "sitecustomize.py").write_text(NETWORK_GUARD)
     network_log = guard_dir / "outbound.log"
     env = {"PYTHONPATH": f"{guard_dir}:{REPO_ROOT}", "POCKETLM_TEST_NETWORK_LOG": str(network_log)}
-    args = ["--qa", qa_pair[1], "--qa-pytorch", qa_pair[0], "--rag-index", "none"]
+    # No RAG LoRA in the test hub: the agent answers with the base LM (the tiny LM fixture).
+    args = ["--qa", qa_pair[1], "--qa-pytorch", qa_pair[0], "--rag-index", rag_index]
     with running_suite(args, env=env) as process:
         process.network_log = network_log
         yield process
@@ -157,7 +180,7 @@ def test_docs_openapi_and_the_page_share_one_app(http):
     assert page.status_code == 200 and "gradio" in page.text.lower()
     config = http.get("/config").json()
     tabs = [c["props"]["label"] for c in config["components"] if c["type"] == "tabitem"]
-    assert tabs == ["Text generation", "Question answering", "ONNX vs PyTorch"]
+    assert tabs == ["Text generation", "Question answering", "ONNX vs PyTorch", "RAG chat"]
 
 
 # -- each Space's endpoint through gradio_client -----------------------------------------------------------------
@@ -212,6 +235,38 @@ def test_benchmark_tab_shows_the_recorded_benchmark_results(qa_pair, tmp_path):
     assert "3 SQuAD validation questions per runtime" in text and image and Path(image).is_file()
 
 
+def _text(message: dict) -> str:
+    """A chat message's text (Gradio 6 sends the content as a list of typed parts)."""
+    content = message["content"]
+    return content if isinstance(content, str) else "".join(part.get("text", "") for part in content)
+
+
+def test_rag_chat_cites_searches_and_remembers_three_exchanges(suite, rag_index):
+    from gradio_client import Client
+
+    from pocketlm.rag.retriever import RagRetriever
+    from pocketlm.spaces.rag_chat import EXAMPLES
+
+    chat = Client(suite.base_url + "/", verbose=False)  # a session of its own: its own memory
+    question = "Which NFL team won Super Bowl 50?"
+    _, history, fragments, memory = chat.predict(question, [], api_name="/chat")
+    expected_ids = [f.id for f in RagRetriever.from_pretrained(rag_index).retrieve(question, 3)]
+    shown_ids = [line.split("**[")[1].split("]")[0] for line in fragments.split("\n") if "**[" in line]
+    assert shown_ids and shown_ids == expected_ids[: len(shown_ids)]  # what the agent was given, in rank order
+    assert _text(history[-2]) == question and ("[sources:" in _text(history[-1]) or "[not found verbatim" in _text(history[-1]))
+    assert "1 of at most 3 exchanges" in memory
+
+    _, history, fragments, memory = chat.predict(EXAMPLES[2], history, api_name="/chat")  # !search Valkyria Chronicles
+    assert "MOCK web_search" in _text(history[-1]) and "Valkyria Chronicles" in _text(history[-1])
+    assert "MOCK web_search results" in fragments and "1 of at most 3 exchanges" in memory  # a search is no exchange
+
+    for follow_up in ("Where was the game played?", "Who sang at halftime?", "Who was the MVP?"):
+        _, history, _, memory = chat.predict(follow_up, history, api_name="/chat")
+    assert "3 of at most 3 exchanges" in memory and question not in memory and "Who was the MVP?" in memory
+    _, _, _, memory = chat.predict("!reset", history, api_name="/chat")
+    assert "Memory: empty" in memory
+
+
 @pytest.mark.parametrize("endpoint, args, message", [
     ("/answer_question", ("", EXAMPLE_CONTEXT), "Question: must not be empty"),
     ("/answer_question", ("   ", EXAMPLE_CONTEXT), "Question: question must contain some non-whitespace text"),
@@ -220,6 +275,9 @@ def test_benchmark_tab_shows_the_recorded_benchmark_results(qa_pair, tmp_path):
     ("/generate_text", ("", 50, 0.8, 8, 0), "Prompt: must not be empty"),
     ("/generate_text", ("word " * 600, 50, 0.8, 8, 0), "Prompt: "),
     ("/generate_text", (PROMPT, 50, 0.8, 8, -1), "Seed: Input should be greater than or equal to 0"),
+    ("/chat", ("  ", []), "Message: must not be empty"),
+    ("/chat", ("!search", []), "Usage: !search <term>"),
+    ("/chat", ("!bogus", []), "Unknown command !bogus"),
 ])
 def test_bad_input_is_a_readable_message(gradio, endpoint, args, message):
     from gradio_client.exceptions import AppError
@@ -233,14 +291,16 @@ def test_bad_input_is_a_readable_message(gradio, endpoint, args, message):
 def test_browser_runs_every_tab_and_shows_real_answers(suite, local_qa, tmp_path):
     from pocketlm.spaces.browser import visit_suite
 
-    tabs = ["text_generation", "question_answering", "onnx_benchmark"]
-    visit = visit_suite(suite.base_url, tmp_path, tabs)
+    visit = visit_suite(suite.base_url, tmp_path, list(SPACE_NAMES), ["Who won Super Bowl 50?", "!search Valkyria"])
     assert visit.tabs["text_generation"].answer.strip()
     assert visit.tabs["question_answering"].answer == local_qa.answer(QUESTION, EXAMPLE_CONTEXT).text
     assert "ONNX Runtime int8" in visit.tabs["onnx_benchmark"].answer
+    first_reply, search_reply = visit.tabs["rag_chat"].answer.split("\n---\n")
+    assert "[sources:" in first_reply or "[not found verbatim" in first_reply
+    assert "MOCK web_search" in search_reply
     assert "Question: must not be empty" in visit.error_message and "Traceback" not in visit.error_message
     assert visit.outside_requests == []
-    for tab in tabs:
+    for tab in SPACE_NAMES:
         assert visit.tabs[tab].screenshot.stat().st_size > 20_000
 
 

@@ -53,7 +53,9 @@ def visit_suite(base_url: str, screenshot_dir: Path, tabs: list[str], chat_messa
         try:
             page = browser.new_page(viewport=VIEWPORT)
             page.on("request", lambda r: None if urlparse(r.url).netloc in (own_host, "") else visit.outside_requests.append(r.url))
-            page.goto(base_url, wait_until="networkidle")
+            # Not "networkidle": the page keeps an event stream open (Gradio's session heartbeat).
+            page.goto(base_url, wait_until="load")
+            page.get_by_role("tab").first.wait_for(timeout=ANSWER_TIMEOUT_MS)
             drivers: dict[str, Callable] = {
                 "text_generation": _text_generation, "question_answering": _question_answering,
                 "onnx_benchmark": _onnx_benchmark, "rag_chat": lambda page: _rag_chat(page, chat_messages),

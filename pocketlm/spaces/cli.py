@@ -25,7 +25,8 @@ MODEL_FLAGS: dict[str, tuple[str, str, tuple[str, ...]]] = {
            ("question_answering", "onnx_benchmark")),
     "qa_pytorch": (MINILM_SQUAD, "the QA model's PyTorch checkpoint (benchmark)", ("onnx_benchmark",)),
     "rag_index": (RAG_INDEX, "the FAISS index and its retriever (RAG chat)", ("rag_chat",)),
-    "rag_generator": (TINY_LM_RAG_LORA, "the RAG generator (RAG chat)", ("rag_chat",)),
+    "rag_generator": (TINY_LM_RAG_LORA, "the RAG generator's LoRA (RAG chat; 'none', or the default when it is "
+                      "not built: the base LM alone)", ("rag_chat",)),
 }
 
 
@@ -41,7 +42,7 @@ def parse_args(space: str, argv: list[str] | None = None) -> argparse.Namespace:
         if space == SUITE or space in spaces:
             parser.add_argument(f"--{flag.replace('_', '-')}", default=default,
                                 help=f"Hub id or folder of {text} (default: %(default)s)" +
-                                ("; 'none' leaves its tab out" if space == SUITE else ""))
+                                ("; 'none' leaves its tab out" if space == SUITE and flag != "rag_generator" else ""))
     if space in (SUITE, "text_generation"):
         parser.add_argument("--lm-precision", choices=["fp32", "int8"], default="fp32")
     if space in (SUITE, "question_answering"):
@@ -52,7 +53,7 @@ def parse_args(space: str, argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--port must be in 1..65535, got {args.port}")
     if args.threads is not None and args.threads < 1:
         parser.error(f"--threads must be at least 1, got {args.threads}")
-    if space == SUITE and all(getattr(args, flag) == "none" for flag in MODEL_FLAGS):
+    if space == SUITE and all(getattr(args, flag) == "none" for flag in MODEL_FLAGS if flag != "rag_generator"):
         parser.error("every model is 'none': nothing to serve")
     return args
 
@@ -65,6 +66,8 @@ def check_models(args: argparse.Namespace, suite: bool = False) -> None:
         repo_id = getattr(args, flag, "none")
         if flag.startswith("rag_") and not _rag_enabled(args):
             continue
+        if flag == "rag_generator" and repo_id == TINY_LM_RAG_LORA:
+            continue  # optional: without it the agent answers with the base LM (pocketlm.rag.generator.load_generator)
         if repo_id != "none":
             try:
                 resolve(repo_id)
@@ -74,8 +77,8 @@ def check_models(args: argparse.Namespace, suite: bool = False) -> None:
 
 
 def _rag_enabled(args: argparse.Namespace) -> bool:
-    """The RAG chat needs both its index and its generator: 'none' for either leaves the tab out."""
-    return _chosen(args, "rag_index") is not None and _chosen(args, "rag_generator") is not None
+    """`--rag-index none` leaves the RAG tab out."""
+    return _chosen(args, "rag_index") is not None
 
 
 def _chosen(args: argparse.Namespace, flag: str) -> str | None:
@@ -117,7 +120,7 @@ def _build_space(space: str, args: argparse.Namespace):
         return onnx_benchmark.build(backends)
     from pocketlm.spaces import rag_chat
 
-    chat = rag_chat.RagChat(args.rag_index, args.rag_generator)
+    chat = rag_chat.RagChat(args.rag_index, _chosen(args, "rag_generator"))
     chat.load()
     return rag_chat.build(chat)
 
@@ -155,7 +158,7 @@ def suite_main(argv: list[str] | None = None) -> int:
     if _rag_enabled(args):
         from pocketlm.spaces import rag_chat
 
-        rag = rag_chat.RagChat(args.rag_index, args.rag_generator)
+        rag = rag_chat.RagChat(args.rag_index, _chosen(args, "rag_generator"))
     app = create_suite_app(models, backends, rag)
     # Open event streams (a browser tab, a streaming client) would hold a graceful shutdown forever: cap it.
     server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", access_log=False,

@@ -36,7 +36,7 @@ HELP = (
 class RagChat(LoadOnce[Any]):
     """The RAG agent, loaded once (torch, transformers, FAISS, LangChain: seconds) and shared by all sessions."""
 
-    def __init__(self, index: str = RAG_INDEX, generator: str = TINY_LM_RAG_LORA):
+    def __init__(self, index: str = RAG_INDEX, generator: str | None = TINY_LM_RAG_LORA):
         super().__init__(lambda: self._load())
         self.index, self.generator = index, generator
         self._turn = threading.Lock()
@@ -44,7 +44,9 @@ class RagChat(LoadOnce[Any]):
     def _load(self):
         from pocketlm.rag.chain import RagAgent
 
-        return RagAgent.from_pretrained(local_folder(self.index), lora=local_folder(self.generator))
+        # The LoRA goes by id: `load_generator` resolves it, and falls back to its base LM when the default
+        # LoRA is not built (the description then says "no LoRA").
+        return RagAgent.from_pretrained(local_folder(self.index), lora=self.generator)
 
     def new_memory(self):
         from pocketlm.rag.chain import WindowedChatHistory
@@ -85,7 +87,7 @@ def render(chat: RagChat, guard: ComputeGuard | None = None) -> None:
     """Lay the Space out in the current Blocks context; its event is the API endpoint `/chat`."""
     guard = guard or ComputeGuard()
     gr.Markdown(
-        f"Chat with the RAG agent over `{chat.index}` (generator `{chat.generator}`). Answers cite fragment ids; "
+        f"Chat with the RAG agent over `{chat.index}` (generator: the tiny LM + `{chat.generator or 'no LoRA'}`). Answers cite fragment ids; "
         "`!search term` calls the **MOCK** web_search tool; the last 3 exchanges are remembered. `!help` for more."
     )
     memory = gr.State(None)
@@ -129,7 +131,7 @@ def render(chat: RagChat, guard: ComputeGuard | None = None) -> None:
             answer = await guard.call(chat.ask, session_memory, text)
             reply = answer.to_text()
             heading = "MOCK web_search results used" if answer.web_search else "Retrieved fragments"
-            shown = fragments_markdown(answer.fragments, answer.cited, heading)
+            shown = f"Answered by `{chat.load().description}`.\n\n" + fragments_markdown(answer.fragments, answer.cited, heading)
         history = [*(history or []), {"role": "user", "content": text}, {"role": "assistant", "content": reply}]
         return "", history, session_memory, shown, memory_markdown(session_memory)
 
