@@ -256,8 +256,9 @@ def test_rag_chat_cites_searches_and_remembers_three_exchanges(suite, rag_index)
     assert _text(history[-2]) == question and ("[sources:" in _text(history[-1]) or "[not found verbatim" in _text(history[-1]))
     assert "1 of at most 3 exchanges" in memory
 
-    _, history, fragments, memory = chat.predict(EXAMPLES[2], history, api_name="/chat")  # !search Valkyria Chronicles
-    assert "MOCK web_search" in _text(history[-1]) and "Valkyria Chronicles" in _text(history[-1])
+    _, history, fragments, memory = chat.predict(EXAMPLES[2], history, api_name="/chat")  # !search Olmec colossal heads
+    reply = _text(history[-1])
+    assert "MOCK web_search" in reply and "1. [web-1] Olmec colossal heads — https://mock-search.invalid/" in reply
     assert "MOCK web_search results" in fragments and "1 of at most 3 exchanges" in memory  # a search is no exchange
 
     for follow_up in ("Where was the game played?", "Who sang at halftime?", "Who was the MVP?"):
@@ -291,13 +292,13 @@ def test_bad_input_is_a_readable_message(gradio, endpoint, args, message):
 def test_browser_runs_every_tab_and_shows_real_answers(suite, local_qa, tmp_path):
     from pocketlm.spaces.browser import visit_suite
 
-    visit = visit_suite(suite.base_url, tmp_path, list(SPACE_NAMES), ["Who won Super Bowl 50?", "!search Valkyria"])
+    visit = visit_suite(suite.base_url, tmp_path, list(SPACE_NAMES), ["Who won Super Bowl 50?", "!search Olmec heads"])
     assert visit.tabs["text_generation"].answer.strip()
     assert visit.tabs["question_answering"].answer == local_qa.answer(QUESTION, EXAMPLE_CONTEXT).text
     assert "ONNX Runtime int8" in visit.tabs["onnx_benchmark"].answer
     first_reply, search_reply = visit.tabs["rag_chat"].answer.split("\n---\n")
     assert "[sources:" in first_reply or "[not found verbatim" in first_reply
-    assert "MOCK web_search" in search_reply
+    assert "MOCK web_search" in search_reply and "[web-1] Olmec colossal heads" in search_reply
     assert "Question: must not be empty" in visit.error_message and "Traceback" not in visit.error_message
     assert visit.outside_requests == []
     for tab in SPACE_NAMES:

@@ -23,7 +23,7 @@ TITLE = SPACE_TITLES["rag_chat"]
 EXAMPLES = [
     "Who produced the first geological map of the U.S.?",
     "What is the axis of Warsaw which divides it into two parts?",
-    "!search Valkyria Chronicles",
+    "!search Olmec colossal heads",
 ]
 HELP = (
     "Ask a question in plain words: the agent retrieves fragments from the index, answers with the tiny "
@@ -102,7 +102,7 @@ def render(chat: RagChat, guard: ComputeGuard | None = None) -> None:
         with gr.Column(scale=2):
             fragments = gr.Markdown("_The fragments of the last answer appear here._", elem_id="rag-fragments")
             remembered = gr.Markdown("_Memory: empty._", elem_id="rag-memory")
-    gr.Examples([[example] for example in EXAMPLES], [message])
+    gr.Examples([[example] for example in EXAMPLES], [message], example_labels=EXAMPLES)
 
     async def respond(text: str, history: list, session_memory):
         text = (text or "").strip()
