@@ -40,7 +40,8 @@ class SchemeRun:
     scheme: str
     batch_size: int
     prompts: int
-    new_tokens: int
+    generated_tokens: int
+    """Tokens generated over all prompts."""
     seconds: float
     padding_fraction: float
     """Share of the prefill positions that were padding (0 for token by token)."""
@@ -50,7 +51,7 @@ class SchemeRun:
 
     @property
     def tokens_per_s(self) -> float:
-        return self.new_tokens / self.seconds
+        return self.generated_tokens / self.seconds
 
     def summary(self) -> dict:
         row = asdict(self)
