@@ -73,7 +73,7 @@ def measure(lm: OnnxCausalLM, prompts: list[list[int]], new_tokens: int, batch_s
     params = SamplingParams(max_new_tokens=new_tokens, stop_at_eos=False)  # equal work in every scheme
     full_batch(lm, prompts[:4], params)  # warm-up
     runs = [median_run(lambda: token_by_token(lm, prompts, params), repeats),
-            median_run(lambda: token_by_token(lm, prompts, params, use_cache=False), repeats)]
+            token_by_token(lm, prompts, params, use_cache=False)]  # the slow reference: one run
     for size in batch_sizes:
         runs.append(median_run(lambda: full_batch(lm, prompts, params, batch_size=size), repeats))
         if 1 < size < len(prompts):
