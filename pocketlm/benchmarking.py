@@ -31,6 +31,8 @@ def markdown_table(rows: Sequence[dict[str, Any]], columns: Sequence[tuple[str, 
     """A Markdown table of `rows`; `columns` are (key, header) pairs; floats get 3 significant decimals at most."""
 
     def cell(value: Any) -> str:
+        if value is None:
+            return "–"
         if isinstance(value, float):
             return f"{value:,.1f}" if abs(value) >= 100 else f"{value:.3g}"
         return str(value)

@@ -40,7 +40,8 @@ class SchemeRun:
     scheme: str
     batch_size: int
     prompts: int
-    new_tokens: int
+    generated_tokens: int
+    """Tokens generated over all prompts."""
     seconds: float
     padding_fraction: float
     """Share of the prefill positions that were padding (0 for token by token)."""
@@ -50,7 +51,7 @@ class SchemeRun:
 
     @property
     def tokens_per_s(self) -> float:
-        return self.new_tokens / self.seconds
+        return self.generated_tokens / self.seconds
 
     def summary(self) -> dict:
         row = asdict(self)
@@ -64,15 +65,19 @@ def token_by_token(
     prompts: Sequence[Sequence[int]],
     params: SamplingParams,
     on_token: Callable[[int, int], None] | None = None,
+    use_cache: bool = True,
 ) -> SchemeRun:
-    """Generate for each prompt alone, streaming: `on_token(prompt_index, token_id)` sees every token at once."""
+    """Generate for each prompt alone, streaming: `on_token(prompt_index, token_id)` sees every token at once.
+
+    `use_cache=False` is the naive form — every step re-reads the whole sequence — as a reference point.
+    """
     outputs: list[list[int]] = []
     first_token_s = 0.0
     started = time.perf_counter()
     for index, prompt in enumerate(prompts):
         prompt_started = time.perf_counter()
         tokens: list[int] = []
-        for token in lm.stream_ids(prompt, params):
+        for token in lm.stream_ids(prompt, params, use_cache):
             if not tokens:
                 first_token_s += time.perf_counter() - prompt_started
             tokens.append(token)
@@ -81,7 +86,7 @@ def token_by_token(
         outputs.append(tokens)
     seconds = time.perf_counter() - started
     return SchemeRun(
-        "token_by_token", 1, len(prompts), sum(map(len, outputs)), seconds, 0.0,
+        "token_by_token" if use_cache else "token_by_token_no_cache", 1, len(prompts), sum(map(len, outputs)), seconds, 0.0,
         first_token_ms=1000 * first_token_s / max(len(prompts), 1), outputs=outputs,
     )
 

@@ -123,11 +123,15 @@ class OnnxCausalLM:
             for kind in ("key", "value")
         }
 
-    def decode_steps(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> Iterator[np.ndarray]:
+    def decode_steps(
+        self, prompts: Sequence[Sequence[int]], params: SamplingParams, use_cache: bool = True
+    ) -> Iterator[np.ndarray]:
         """Yield the next token of every row, one step at a time: the shared core of both batching schemes.
 
         Prompts are left-padded to the longest in *this* batch (dynamic padding) and masked; finished rows
         (EOS reached) keep stepping with the pad token, their outputs ignored, until all rows are done.
+        `use_cache=False` re-runs the whole sequence at every step instead of feeding the KV cache — the
+        naive loop, kept as the benchmark's reference for what the cache saves.
         """
         if not prompts or any(len(p) == 0 for p in prompts):
             raise ConfigError("every prompt needs at least one token")
@@ -160,10 +164,14 @@ class OnnxCausalLM:
                 finished |= next_ids == self.eos_token_id
                 if finished.all():
                     return
-            cache = dict(zip(cache, presents, strict=True))
-            input_ids = next_ids[:, None].astype(np.int64)
-            position_ids = position_ids[:, -1:] + 1
             attention_mask = np.concatenate([attention_mask, np.ones((batch, 1), np.int64)], axis=1)
+            if use_cache:
+                cache = dict(zip(cache, presents, strict=True))
+                input_ids = next_ids[:, None].astype(np.int64)
+                position_ids = position_ids[:, -1:] + 1
+            else:
+                input_ids = np.concatenate([input_ids, next_ids[:, None].astype(np.int64)], axis=1)
+                position_ids = np.concatenate([position_ids, position_ids[:, -1:] + 1], axis=1)
 
     def generate_ids(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> list[list[int]]:
         """Full batch: all prompts in one padded batch; returns each row's new tokens (EOS included, pads not)."""
@@ -177,9 +185,9 @@ class OnnxCausalLM:
                 done[row] = params.stop_at_eos and token == self.eos_token_id
         return outputs
 
-    def stream_ids(self, prompt: Sequence[int], params: SamplingParams) -> Iterator[int]:
+    def stream_ids(self, prompt: Sequence[int], params: SamplingParams, use_cache: bool = True) -> Iterator[int]:
         """Token by token: one prompt alone, each new token yielded as soon as it is produced."""
-        for step in self.decode_steps([prompt], params):
+        for step in self.decode_steps([prompt], params, use_cache):
             yield int(step[0])
 
     def stream_text(self, prompt: Sequence[int], params: SamplingParams) -> Iterator[tuple[int, str]]:

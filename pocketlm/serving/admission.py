@@ -72,7 +72,10 @@ class Admission:
     async def compute_slot(self) -> AsyncIterator[None]:
         """Hold one of the `max_active` slots for one model call; `Overloaded` after `max_wait_s` of waiting."""
         try:
-            await asyncio.wait_for(self._slots.acquire(), self.limits.max_wait_s)
+            # asyncio.timeout cancels the acquire itself, whose cancellation handling gives back a slot granted
+            # at the last moment (3.11's wait_for could lose it)
+            async with asyncio.timeout(self.limits.max_wait_s):
+                await self._slots.acquire()
         except TimeoutError:
             raise Overloaded(f"server busy: no compute slot within {self.limits.max_wait_s:g} s") from None
         started = time.perf_counter()

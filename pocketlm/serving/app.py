@@ -62,8 +62,9 @@ best span over all windows wins. `/health` names the exact graph and precision e
   prompt *of this request* (dynamic padding) with an attention mask, sharing every graph call. Several
   times the tokens per second (see the README's batching benchmark).
 
-`POST /generate` is one prompt, answered whole. With greedy decoding (`do_sample: false`, the default)
-all three return the same tokens for the same prompt.
+`POST /generate` is one prompt, answered whole. With greedy decoding (`do_sample: false`, the default) and
+the fp32 graph (the default) all three return the same tokens for the same prompt; the int8 graph scales its
+activations per batch (dynamic quantisation), so there batching can change a token.
 
 ### Limits and overload
 Bad input gets **422** naming the field. The two CPU cores run one model call at a time; a bounded number
@@ -103,7 +104,7 @@ SSE_EXAMPLE = (
 
 
 class ModelNotLoaded(Exception):
-    pass
+    """An endpoint whose model the server was started without (`--lm none` / `--qa none`): 503."""
 
 
 class TicketedStreamingResponse(StreamingResponse):
