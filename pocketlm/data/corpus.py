@@ -308,7 +308,7 @@ def stride_table(n_tokens: int, length: int, ratios: Iterable[float]) -> list[di
 
 def stride_table_markdown(rows: Sequence[dict]) -> str:
     lines = [
-        "| stride / length | stride | chunks | coverage | chunks per token | memory (int64 ids) |",
+        "| stride / length | stride | chunks | coverage | copies per token | memory (int64 ids) |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
     for row in rows:

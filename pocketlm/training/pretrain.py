@@ -416,8 +416,8 @@ def train(args: PretrainArguments, callbacks=(), log=print) -> PretrainResult:
                          num_train_epochs=math.ceil(total_steps / steps_per_epoch), train_batch_size=args.per_device_train_batch_size)
     state.is_world_process_zero = accelerator.is_main_process
     state.is_local_process_zero = accelerator.is_local_main_process
-    progress = {"args": args.training_fields(), "epoch": 0, "batches_done": 0, "batches_total": 0, "elapsed_s": 0.0, "train_seconds": 0.0, "tokens": 0, "done": False,
-                "precision": precision, **probe_info}
+    progress = {"args": args.training_fields(), "epoch": 0, "batches_done": 0, "batches_total": 0, "elapsed_s": 0.0,
+                "train_seconds": 0.0, "tokens": 0, "done": False, "precision": precision, **probe_info}
     if args.resume and (restored := load_checkpoint(accelerator, output_dir, args)):
         state, progress = restored
         state.is_world_process_zero = accelerator.is_main_process
@@ -446,7 +446,8 @@ def train(args: PretrainArguments, callbacks=(), log=print) -> PretrainResult:
         dispatch("on_log", logs=record)
 
     def end_of_epoch(epoch_losses: list[float]) -> None:
-        eval_metrics = evaluate(step_model, eval_loader, accelerator) if len(eval_loader) else {}
+        # The uncompiled model evaluates: a compiled one would recompile for no_grad and for the short last batch.
+        eval_metrics = evaluate(model, eval_loader, accelerator) if len(eval_loader) else {}
         prompts = GENERATION_PROMPTS[: args.generation_prompts]
         samples = sample_texts(unwrapped, tokenizer, prompts, args.generation_tokens, seed=args.seed) if prompts else []
         record = {
@@ -492,9 +493,21 @@ def train(args: PretrainArguments, callbacks=(), log=print) -> PretrainResult:
             group["lr"] = lr
         return lr
 
+    def finish() -> None:
+        """Stopped mid-epoch (max_steps or the time budget): evaluate the final model too, then mark the run done."""
+        if window_losses:
+            epoch_losses.append(sum(window_losses) / len(window_losses))
+        end_of_epoch(epoch_losses)
+        tick()
+        progress["done"] = True
+        save_checkpoint(accelerator, output_dir, state, progress)
+
     set_learning_rate()  # the first step warms up too (and a resumed one continues the schedule)
     model.train()
     while not progress["done"]:
+        if current_progress() >= 1.0:  # resumed after the last step but before the final evaluation
+            finish()
+            break
         epoch = progress["epoch"]
         train_loader.set_epoch(epoch)
         collator.batches_drawn = progress["batches_total"]
@@ -548,12 +561,7 @@ def train(args: PretrainArguments, callbacks=(), log=print) -> PretrainResult:
             progress["done"] = current_progress() >= 1.0
             save_checkpoint(accelerator, output_dir, state, progress)
             continue
-        if window_losses:
-            epoch_losses.append(sum(window_losses) / len(window_losses))
-        end_of_epoch(epoch_losses)  # stopped mid-epoch by max_steps or the time budget: evaluate the end too
-        tick()
-        progress["done"] = True
-        save_checkpoint(accelerator, output_dir, state, progress)
+        finish()
     bar.close()
     dispatch("on_train_end")
     summary = {

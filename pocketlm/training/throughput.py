@@ -3,8 +3,9 @@
 Every variant trains the same Llama configuration from the same initial weights on the same chunks for
 the same number of optimizer steps (batch 8 unless the variant changes it), each in its own process so
 precision settings, compiled graphs and allocator state never leak between them. A `TrainerCallback`
-stamps the time at every optimizer step in both loops; tokens/s counts the steps after `warmup_steps`
-(compilation and first-touch allocations excluded). MFU = achieved model FLOP/s over the matmul peak
+stamps the time at every optimizer step in both loops; tokens/s is the tokens of one step over the median
+step time after `warmup_steps` (compilation and first-touch allocations excluded; the median resists bursts
+of other work on a shared machine, and the mean is recorded too). MFU = achieved model FLOP/s over the matmul peak
 measured in the same run for the variant's precision.
 """
 
@@ -20,6 +21,7 @@ from pathlib import Path
 import torch
 
 from pocketlm.data.corpus import read_chunks_jsonl, write_chunks_jsonl
+from pocketlm.training.lm_metrics import summarize
 
 
 @dataclass(frozen=True)
@@ -152,15 +154,18 @@ def run_variant(variant: Variant, settings: BenchSettings) -> dict:
             _train_with_pocketlm(variant, settings, data, init, timer)
     wall = time.perf_counter() - started
     timed_steps = settings.steps - settings.warmup_steps
-    seconds = timer.times[-1] - timer.times[settings.warmup_steps - 1]
-    tokens = timed_steps * variant.batch_size * seq_len
+    step_seconds = [b - a for a, b in zip(timer.times[settings.warmup_steps - 1 :], timer.times[settings.warmup_steps :])]
+    tokens_per_step = variant.batch_size * seq_len
     losses = [timer.losses[s] for s in sorted(timer.losses)]
     return {
         "name": variant.name, "label": variant.label, "loop": variant.loop, "bf16": variant.bf16,
         "batch_size": variant.batch_size, "fused_optimizer": variant.fused_optimizer,
         "torch_compile": variant.torch_compile, "sdpa": "math" if variant.sdpa_math else "fused (is_causal)",
         "steps": settings.steps, "timed_steps": timed_steps, "seq_len": seq_len,
-        "tokens_per_second": tokens / seconds, "seconds_per_step": seconds / timed_steps,
+        # The median step: robust to bursts of other work on a shared machine; the mean is kept beside it.
+        "tokens_per_second": tokens_per_step / summarize(step_seconds)["median"],
+        "tokens_per_second_mean": tokens_per_step * len(step_seconds) / sum(step_seconds),
+        "seconds_per_step": summarize(step_seconds)["median"], "step_seconds": step_seconds,
         "first_steps_seconds": timer.times[settings.warmup_steps - 1] - started, "wall_seconds": wall,
         "final_loss": sum(losses[-5:]) / len(losses[-5:]), "losses": losses,
         "flops_per_token": flops_per_token(config, seq_len), "threads": settings.threads,
@@ -211,7 +216,7 @@ def add_derived(rows: list[dict], peaks: dict) -> None:
 
 def markdown_table(rows: list[dict], peaks: dict) -> str:
     lines = [
-        "| variant | batch | tokens/s | s/step | final loss | model GFLOP/s | MFU | × Trainer fp32 | × Trainer bf16 |",
+        "| variant | batch | tokens/s (median step) | s/step | final loss | model GFLOP/s | MFU | × Trainer fp32 | × Trainer bf16 |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in rows:
