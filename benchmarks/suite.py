@@ -48,8 +48,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def tab_examples(rag: bool) -> dict[str, tuple[str, tuple]]:
     """Each tab's first example, as (Gradio endpoint, arguments)."""
     from pocketlm.spaces.onnx_benchmark import DEFAULT_RUNS
-    from pocketlm.spaces.question_answering import EXAMPLES as QA_EXAMPLES
-    from pocketlm.spaces.text_generation import EXAMPLES as GENERATION_EXAMPLES
+    from pocketlm.spaces.examples import CHAT_EXAMPLES, GENERATION_EXAMPLES, QA_EXAMPLES
 
     examples = {
         "text_generation": ("/generate_text", tuple(GENERATION_EXAMPLES[0])),
@@ -57,8 +56,6 @@ def tab_examples(rag: bool) -> dict[str, tuple[str, tuple]]:
         "onnx_benchmark": ("/compare_runtimes", (*QA_EXAMPLES[0], DEFAULT_RUNS)),
     }
     if rag:
-        from pocketlm.spaces.rag_chat import EXAMPLES as CHAT_EXAMPLES
-
         examples["rag_chat"] = ("/chat", (CHAT_EXAMPLES[0], []))
     return examples
 
@@ -95,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from pocketlm.spaces.cli import check_models, parse_args as suite_args
     from pocketlm.spaces.launch import running_suite
-    from pocketlm.spaces.question_answering import EXAMPLES as QA_EXAMPLES
+    from pocketlm.spaces.examples import QA_EXAMPLES
 
     suite_flags = ["--lm", args.lm, "--qa", args.qa, "--qa-pytorch", args.qa_pytorch,
                    "--rag-index", args.rag_index, "--rag-generator", args.rag_generator]

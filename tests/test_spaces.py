@@ -25,11 +25,11 @@ from pocketlm.serving.schemas import MAX_CONTEXT_CHARS
 from pocketlm.settings import REPO_ROOT
 from pocketlm.spaces import SPACE_NAMES
 from pocketlm.spaces.launch import SPACES_DIR, running_app, running_suite
-from pocketlm.spaces.question_answering import EXAMPLE_CONTEXT, EXAMPLES
+from pocketlm.spaces.examples import CHAT_EXAMPLES, QA_CONTEXT, QA_EXAMPLES
 
 QA_REPO, QA_ONNX_REPO = "pocketlm-tests/spaces-qa", "pocketlm-tests/spaces-qa-onnx"
 RAG_INDEX_REPO = "pocketlm-tests/spaces-rag-index"
-QUESTION = EXAMPLES[0][0]
+QUESTION = QA_EXAMPLES[0][0]
 PROMPT = "The history of the city begins"
 
 # Refuses and records any connection (or name lookup) that leaves the machine, in the process it is loaded in.
@@ -162,11 +162,11 @@ def test_rest_routes_are_served_by_the_suite_process(http, local_lm, local_qa):
     expected = local_lm.generate_ids([ids], SamplingParams(max_new_tokens=8, stop_at_eos=False))[0]
     assert generated["text"] == local_lm.decode(expected) and generated["generated_tokens"] == 8
 
-    answered = http.post("/qa", json={"question": QUESTION, "context": EXAMPLE_CONTEXT}).json()
-    expected_answer = local_qa.answer(QUESTION, EXAMPLE_CONTEXT)
+    answered = http.post("/qa", json={"question": QUESTION, "context": QA_CONTEXT}).json()
+    expected_answer = local_qa.answer(QUESTION, QA_CONTEXT)
     assert (answered["answer"], answered["start"]) == (expected_answer.text, expected_answer.start)
 
-    refused = http.post("/qa", json={"question": "", "context": EXAMPLE_CONTEXT})
+    refused = http.post("/qa", json={"question": "", "context": QA_CONTEXT})
     assert refused.status_code == 422 and refused.json()["detail"][0]["loc"] == ["body", "question"]
 
 
@@ -199,7 +199,7 @@ def test_text_generation_streams_the_onnx_runtime_tokens(gradio, local_lm):
 
 
 def test_question_answering_highlights_the_answer_with_its_score(gradio, local_qa):
-    question, context = EXAMPLES[1]
+    question, context = QA_EXAMPLES[1]
     answer, score, highlighted, details = gradio.predict(question, context, api_name="/answer_question")
     expected = local_qa.answer(question, context)
     assert answer == expected.text and score == pytest.approx(expected.score, abs=1e-4)
@@ -210,7 +210,7 @@ def test_question_answering_highlights_the_answer_with_its_score(gradio, local_q
 
 
 def test_benchmark_times_three_runtimes_of_one_model(gradio):
-    table, plot = gradio.predict(QUESTION, EXAMPLE_CONTEXT, 3, api_name="/compare_runtimes")
+    table, plot = gradio.predict(QUESTION, QA_CONTEXT, 3, api_name="/compare_runtimes")
     rows = {row[0]: row for row in table["data"]}
     assert list(rows) == ["PyTorch fp32", "ONNX Runtime fp32", "ONNX Runtime int8"]
     assert all(0 < row[1] <= row[2] for row in rows.values())  # p50 <= p95
@@ -245,7 +245,6 @@ def test_rag_chat_cites_searches_and_remembers_three_exchanges(suite, rag_index)
     from gradio_client import Client
 
     from pocketlm.rag.retriever import RagRetriever
-    from pocketlm.spaces.rag_chat import EXAMPLES
 
     chat = Client(suite.base_url + "/", verbose=False)  # a session of its own: its own memory
     question = "Which NFL team won Super Bowl 50?"
@@ -256,7 +255,7 @@ def test_rag_chat_cites_searches_and_remembers_three_exchanges(suite, rag_index)
     assert _text(history[-2]) == question and ("[sources:" in _text(history[-1]) or "[not found verbatim" in _text(history[-1]))
     assert "1 of at most 3 exchanges" in memory
 
-    _, history, fragments, memory = chat.predict(EXAMPLES[2], history, api_name="/chat")  # !search Olmec colossal heads
+    _, history, fragments, memory = chat.predict(CHAT_EXAMPLES[2], history, api_name="/chat")  # !search Olmec colossal heads
     reply = _text(history[-1])
     assert "MOCK web_search" in reply and "1. [web-1] Olmec colossal heads — https://mock-search.invalid/" in reply
     assert "MOCK web_search results" in fragments and "1 of at most 3 exchanges" in memory  # a search is no exchange
@@ -269,8 +268,8 @@ def test_rag_chat_cites_searches_and_remembers_three_exchanges(suite, rag_index)
 
 
 @pytest.mark.parametrize("endpoint, args, message", [
-    ("/answer_question", ("", EXAMPLE_CONTEXT), "Question: must not be empty"),
-    ("/answer_question", ("   ", EXAMPLE_CONTEXT), "Question: question must contain some non-whitespace text"),
+    ("/answer_question", ("", QA_CONTEXT), "Question: must not be empty"),
+    ("/answer_question", ("   ", QA_CONTEXT), "Question: question must contain some non-whitespace text"),
     ("/answer_question", (QUESTION, "x" * (MAX_CONTEXT_CHARS + 1)), f"Context: String should have at most {MAX_CONTEXT_CHARS} characters"),
     ("/compare_runtimes", (QUESTION, "", 3), "Context: must not be empty"),
     ("/generate_text", ("", 50, 0.8, 8, 0), "Prompt: must not be empty"),
@@ -294,7 +293,7 @@ def test_browser_runs_every_tab_and_shows_real_answers(suite, local_qa, tmp_path
 
     visit = visit_suite(suite.base_url, tmp_path, list(SPACE_NAMES), ["Who won Super Bowl 50?", "!search Olmec heads"])
     assert visit.tabs["text_generation"].answer.strip()
-    assert visit.tabs["question_answering"].answer == local_qa.answer(QUESTION, EXAMPLE_CONTEXT).text
+    assert visit.tabs["question_answering"].answer == local_qa.answer(QUESTION, QA_CONTEXT).text
     assert "ONNX Runtime int8" in visit.tabs["onnx_benchmark"].answer
     first_reply, search_reply = visit.tabs["rag_chat"].answer.split("\n---\n")
     assert "[sources:" in first_reply or "[not found verbatim" in first_reply
@@ -317,8 +316,8 @@ def test_a_standalone_space_serves_its_endpoint(qa_pair, local_qa):
     from gradio_client import Client
 
     with running_app(SPACES_DIR / "question_answering" / "app.py", ["--qa", qa_pair[1]], ready_path="/config") as app:
-        answer, score, _, _ = Client(app.base_url + "/", verbose=False).predict(*EXAMPLES[2], api_name="/answer_question")
-    assert answer == local_qa.answer(*EXAMPLES[2]).text
+        answer, score, _, _ = Client(app.base_url + "/", verbose=False).predict(*QA_EXAMPLES[2], api_name="/answer_question")
+    assert answer == local_qa.answer(*QA_EXAMPLES[2]).text
 
 
 @pytest.mark.parametrize("space", SPACE_NAMES)
@@ -341,3 +340,28 @@ def test_a_missing_model_is_a_one_line_error_naming_the_flag():
                             env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
     assert result.returncode == 2
     assert result.stderr.startswith("error: --lm pocketlm/not-built:") and "Traceback" not in result.stderr
+
+
+# -- the main job --------------------------------------------------------------------------------------------------
+def test_demo_runs_missing_steps_in_order_then_skips_them(tmp_path, monkeypatch, capfd):
+    from pocketlm import demo
+
+    made = tmp_path / "made"
+    write = "import pathlib, sys; pathlib.Path(sys.argv[1]).mkdir(parents=True); print('built', sys.argv[1])"
+    steps = [demo.Step(f"step {n}", [sys.executable, "-c", write, str(made / str(n))], lambda n=n: made / str(n))
+             for n in (1, 2)]
+    serve = demo.Step("serve", [sys.executable, "-c", "import sys; print('serving', sys.argv[1:])"], None, serves=True)
+    monkeypatch.setattr(demo, "STEPS", [*steps, serve])
+    monkeypatch.setenv("POCKETLM_RUNS_DIR", str(tmp_path / "runs"))
+
+    assert demo.main(["--port", "7999"]) == 0
+    first = capfd.readouterr().out
+    assert "3 steps, 0 already done" in first
+    assert first.index("━━ [1/3] step 1") < first.index(f"built {made / '1'}") < first.index("━━ [2/3] step 2")
+    assert first.index("built 2 artifact(s)") < first.index("serving ['--host', '127.0.0.1', '--port', '7999']")
+    timings = json.loads((tmp_path / "runs" / "demo" / "last_run.json").read_text())
+    assert [t["step"] for t in timings["steps"]] == ["step 1", "step 2"]
+
+    assert demo.main(["--no-launch"]) == 0  # a second run: everything is there
+    second = capfd.readouterr().out
+    assert "2 steps, 2 already done" in second and "━━" not in second

@@ -20,7 +20,8 @@ from pocketlm.inference.latency import RESULTS_DIR, markdown_table, summarise, t
 from pocketlm.serving.schemas import QARequest
 from pocketlm.spaces import SPACE_TITLES
 from pocketlm.spaces.common import ComputeGuard, LoadOnce, local_folder, standalone, validated
-from pocketlm.spaces.question_answering import EXAMPLES, LABELS
+from pocketlm.spaces.examples import QA_EXAMPLES
+from pocketlm.spaces.question_answering import LABELS
 
 TITLE = SPACE_TITLES["onnx_benchmark"]
 RUNTIME_LABELS = {"pytorch": "PyTorch fp32", "onnxruntime-fp32": "ONNX Runtime fp32", "onnxruntime-int8": "ONNX Runtime int8"}
@@ -113,8 +114,8 @@ def render(backends: QABackends, guard: ComputeGuard | None = None, recorded: Pa
     )
     with gr.Row():
         with gr.Column():
-            question = gr.Textbox(label=LABELS["question"], value=EXAMPLES[0][0], elem_id="bench-question")
-            context = gr.Textbox(label=LABELS["context"], lines=6, value=EXAMPLES[0][1], elem_id="bench-context")
+            question = gr.Textbox(label=LABELS["question"], value=QA_EXAMPLES[0][0], elem_id="bench-question")
+            context = gr.Textbox(label=LABELS["context"], lines=6, value=QA_EXAMPLES[0][1], elem_id="bench-context")
             runs = gr.Slider(3, MAX_RUNS, value=DEFAULT_RUNS, step=1, label="Timed runs per runtime (after 1 warm-up)")
             button = gr.Button("Run the comparison", variant="primary", elem_id="bench-submit")
         with gr.Column():
@@ -126,7 +127,7 @@ def render(backends: QABackends, guard: ComputeGuard | None = None, recorded: Pa
         gr.Markdown(text)
         if image:
             gr.Image(image, label="Recorded latency", show_label=False, height=320, interactive=False)
-    gr.Examples(EXAMPLES, [question, context], example_labels=[question for question, _ in EXAMPLES])
+    gr.Examples(QA_EXAMPLES, [question, context], example_labels=[question for question, _ in QA_EXAMPLES])
 
     async def compare_runtimes(question: str, context: str, runs: float):
         request = validated(QARequest, LABELS, question=question, context=context)

@@ -15,22 +15,12 @@ from pocketlm.serving.models import ServedModel
 from pocketlm.serving.schemas import QARequest
 from pocketlm.spaces import SPACE_TITLES
 from pocketlm.spaces.common import ComputeGuard, standalone, validated
+from pocketlm.spaces.examples import QA_CONTEXT, QA_EXAMPLES
 
 TITLE = SPACE_TITLES["question_answering"]
 LABELS = {"question": "Question", "context": "Context"}
 ANSWER_LABEL = "answer"
 
-EXAMPLE_CONTEXT = (
-    "The Amazon River in South America is the largest river in the world by discharge volume of water. "
-    "It rises in the Andes mountains of Peru, flows east through Colombia and Brazil, and reaches the "
-    "Atlantic Ocean near the city of Belém. The river system was first explored by Europeans in 1542, "
-    "when Francisco de Orellana travelled its full length."
-)
-EXAMPLES = [
-    ["Which ocean does the Amazon River flow into?", EXAMPLE_CONTEXT],
-    ["Who travelled the full length of the river in 1542?", EXAMPLE_CONTEXT],
-    ["In which mountains does the Amazon rise?", EXAMPLE_CONTEXT],
-]
 
 
 def highlight(context: str, answer: Answer) -> list[tuple[str, str | None]]:
@@ -57,8 +47,8 @@ def render(qa: ServedModel, guard: ComputeGuard | None = None) -> None:
     )
     with gr.Row():
         with gr.Column():
-            question = gr.Textbox(label=LABELS["question"], value=EXAMPLES[0][0], elem_id="qa-question")
-            context = gr.Textbox(label=LABELS["context"], lines=8, value=EXAMPLE_CONTEXT, elem_id="qa-context")
+            question = gr.Textbox(label=LABELS["question"], value=QA_EXAMPLES[0][0], elem_id="qa-question")
+            context = gr.Textbox(label=LABELS["context"], lines=8, value=QA_CONTEXT, elem_id="qa-context")
             button = gr.Button("Answer", variant="primary", elem_id="qa-submit")
         with gr.Column():
             answer_box = gr.Textbox(label="Answer", interactive=False, elem_id="qa-answer")
@@ -68,7 +58,7 @@ def render(qa: ServedModel, guard: ComputeGuard | None = None) -> None:
                 elem_id="qa-highlighted",
             )
             details = gr.Markdown()
-    gr.Examples(EXAMPLES, [question, context], example_labels=[question for question, _ in EXAMPLES])
+    gr.Examples(QA_EXAMPLES, [question, context], example_labels=[question for question, _ in QA_EXAMPLES])
 
     async def answer_question(question: str, context: str):
         request = validated(QARequest, LABELS, question=question, context=context)

@@ -18,13 +18,9 @@ from pocketlm import RAG_INDEX, TINY_LM_RAG_LORA
 from pocketlm.serving.schemas import MAX_QUESTION_CHARS
 from pocketlm.spaces import SPACE_TITLES
 from pocketlm.spaces.common import ComputeGuard, LoadOnce, local_folder, standalone
+from pocketlm.spaces.examples import CHAT_EXAMPLES
 
 TITLE = SPACE_TITLES["rag_chat"]
-EXAMPLES = [
-    "Who produced the first geological map of the U.S.?",
-    "What is the axis of Warsaw which divides it into two parts?",
-    "!search Olmec colossal heads",
-]
 HELP = (
     "Ask a question in plain words: the agent retrieves fragments from the index, answers with the tiny "
     "LoRA-tuned LM and cites the ids of the fragments the answer comes from.\n\n"
@@ -102,7 +98,7 @@ def render(chat: RagChat, guard: ComputeGuard | None = None) -> None:
         with gr.Column(scale=2):
             fragments = gr.Markdown("_The fragments of the last answer appear here._", elem_id="rag-fragments")
             remembered = gr.Markdown("_Memory: empty._", elem_id="rag-memory")
-    gr.Examples([[example] for example in EXAMPLES], [message], example_labels=EXAMPLES)
+    gr.Examples([[example] for example in CHAT_EXAMPLES], [message], example_labels=CHAT_EXAMPLES)
 
     async def respond(text: str, history: list, session_memory):
         text = (text or "").strip()

@@ -23,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     args, suite_flags = parser.parse_known_args(argv)
 
     from pocketlm.spaces.browser import visit_suite
-    from pocketlm.spaces.rag_chat import EXAMPLES as CHAT_EXAMPLES
+    from pocketlm.spaces.examples import CHAT_EXAMPLES
     from pocketlm.spaces.cli import check_models, parse_args as suite_args
     from pocketlm.spaces.launch import running_suite
 

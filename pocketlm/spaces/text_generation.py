@@ -17,15 +17,11 @@ from pocketlm.serving.models import ServedModel
 from pocketlm.serving.schemas import EXAMPLE_PROMPT, MAX_NEW_TOKENS, GenerateRequest
 from pocketlm.spaces import SPACE_TITLES
 from pocketlm.spaces.common import ComputeGuard, in_batches, standalone, validated
+from pocketlm.spaces.examples import GENERATION_EXAMPLES
 
 TITLE = SPACE_TITLES["text_generation"]
 LABELS = {"prompt": "Prompt", "top_k": "Top-k", "temperature": "Temperature", "max_new_tokens": "Max new tokens",
           "seed": "Seed"}
-EXAMPLES = [
-    [EXAMPLE_PROMPT, 50, 0.8, 48, 0],
-    ["The first world war began in", 20, 0.7, 32, 1],
-    ["The album was released in", 50, 1.0, 40, 2],
-]
 
 
 def render(lm: ServedModel, guard: ComputeGuard | None = None) -> None:
@@ -50,7 +46,7 @@ def render(lm: ServedModel, guard: ComputeGuard | None = None) -> None:
         with gr.Column():
             output = gr.Textbox(label="Continuation", lines=9, interactive=False, elem_id="generation-output")
             stats = gr.Markdown(elem_id="generation-stats")
-    gr.Examples(EXAMPLES, [prompt, top_k, temperature, max_new_tokens, seed])
+    gr.Examples(GENERATION_EXAMPLES, [prompt, top_k, temperature, max_new_tokens, seed])
 
     async def generate(prompt: str, top_k: float, temperature: float, max_new_tokens: float, seed: float | None) -> AsyncIterator[tuple[str, str]]:
         request = validated(
