@@ -22,7 +22,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--lm", default=TINY_LM_ONNX, help="Hub id or folder of the LM's ONNX export ('none' to skip)")
     parser.add_argument("--qa", default=MINILM_SQUAD_ONNX, help="Hub id or folder of the QA ONNX export ('none' to skip)")
     parser.add_argument("--lm-precision", choices=["fp32", "int8"], default="fp32",
-                        help="which LM graph to serve (default fp32: faster than int8 at batch 1 on this CPU, see README)")
+                        help="which LM graph to serve (default fp32: token for token what PyTorch generates, and the "
+                        "same batched or not; dynamic int8 changes some greedy tokens, see the export's model card)")
     parser.add_argument("--qa-precision", choices=["fp32", "int8"], default="int8")
     parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: CPU count, at most 4)")
     parser.add_argument("--max-active", type=int, default=defaults.max_active, help="model calls run at once")
