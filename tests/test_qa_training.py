@@ -140,3 +140,15 @@ def test_latency_benchmark_writes_json_markdown_and_plot(smoke_qa, tmp_path):
     assert results["rows"][2]["size_mb"] < results["rows"][1]["size_mb"] / 2
     assert "| ONNX Runtime int8 |" in (tmp_path / "results.md").read_text() and results["machine"]
     assert (tmp_path / "qa_latency.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_pytorch_backend_on_an_onnx_export_is_a_one_line_error(smoke_qa, squad_file, capsys, tmp_path):
+    from pocketlm.inference.qa_loading import onnx_folder
+
+    export = onnx_folder(MINILM_SQUAD)  # the export made for the ONNX tests above (cached per process)
+    for name in ("model.onnx", "config.json", "tokenizer.json"):
+        (tmp_path / name).write_bytes((export / name).read_bytes())
+    main = _script("evaluate_qa.py")
+    with pytest.raises(SystemExit) as exit_:
+        run(lambda: main([str(squad_file[0]), "--model", str(tmp_path)]))
+    assert exit_.value.code == 2 and "is an ONNX export without PyTorch weights: run it with --onnx" in capsys.readouterr().err
