@@ -15,8 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from pocketlm import TINY_LM
-from pocketlm.settings import REPO_ROOT, hub_dir
+from pocketlm import RAG_INDEX, TINY_LM, TINY_LM_RAG_LORA
+from pocketlm.settings import REPO_ROOT, hub_dir, runs_dir
 
 ACCELERATE = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", "accelerate_configs/cpu.yaml"]
 
@@ -35,6 +35,21 @@ def published(repo_id: str) -> Callable[[], Path]:
 
 STEPS: list[Step] = [
     Step("Pretrain the tiny LM (quick preset)", [*ACCELERATE, "training_scripts/pretrain.py", "--preset", "quick"], published(TINY_LM)),
+    Step(
+        "Train the RAG query adapter (quick preset: 12 SQuAD-train articles)",
+        [sys.executable, "training_scripts/train_query_adapter.py", "--preset", "quick", "--output_dir", str(runs_dir() / "query-adapter")],
+        lambda: runs_dir() / "query-adapter" / "query_adapter.safetensors",
+    ),
+    Step(
+        "Build the RAG index, flat + OPQ (quick preset: 1,013 passages)",
+        [sys.executable, "training_scripts/build_rag_index.py", "--preset", "quick", "--query_adapter", str(runs_dir() / "query-adapter")],
+        published(RAG_INDEX),
+    ),
+    Step(
+        "Fine-tune the RAG generator LoRA (quick preset: 200 pairs, 1 seed)",
+        [*ACCELERATE, "training_scripts/run_lora_finetune.py", "--preset", "quick"],
+        published(TINY_LM_RAG_LORA),
+    ),
 ]
 
 
