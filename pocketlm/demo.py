@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pocketlm import MINILM_SQUAD, MINILM_SQUAD_ONNX, TINY_LM, TINY_LM_ONNX
+from pocketlm import MINILM_SQUAD, MINILM_SQUAD_ONNX, RAG_INDEX, TINY_LM, TINY_LM_ONNX, TINY_LM_RAG_LORA
 from pocketlm.settings import REPO_ROOT, hub_dir, runs_dir
 
 ACCELERATE = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", "accelerate_configs/cpu.yaml"]
@@ -62,6 +62,21 @@ STEPS: list[Step] = [
     Step("Export the tiny LM to ONNX with its KV cache (fp32 + int8)", [sys.executable, "training_scripts/export_lm_onnx.py"], published(TINY_LM_ONNX)),
     Step("Fine-tune the QA model on SQuAD (demo preset)", [*ACCELERATE, "training_scripts/finetune_qa.py", "--preset", "demo"], published(MINILM_SQUAD)),
     Step("Export the QA model to ONNX + int8 (demo preset)", [sys.executable, "training_scripts/export_qa_onnx.py", "--preset", "demo"], published(MINILM_SQUAD_ONNX)),
+    Step(
+        "Train the RAG query adapter (quick preset: 12 SQuAD-train articles)",
+        [sys.executable, "training_scripts/train_query_adapter.py", "--preset", "quick", "--output_dir", str(runs_dir() / "query-adapter")],
+        lambda: runs_dir() / "query-adapter" / "query_adapter.safetensors",
+    ),
+    Step(
+        "Build the RAG index, flat + OPQ (quick preset: 1,013 passages)",
+        [sys.executable, "training_scripts/build_rag_index.py", "--preset", "quick", "--query_adapter", str(runs_dir() / "query-adapter")],
+        published(RAG_INDEX),
+    ),
+    Step(
+        "Fine-tune the RAG generator LoRA (quick preset: 200 pairs, 1 seed)",
+        [*ACCELERATE, "training_scripts/run_lora_finetune.py", "--preset", "quick"],
+        published(TINY_LM_RAG_LORA),
+    ),
     Step("Open the suite: the four Spaces and the REST API in one process (Ctrl-C stops it)",
          [sys.executable, "spaces/suite/app.py"], None, serves=True),
 ]

@@ -18,7 +18,7 @@ from pocketlm.io import write_json
 from pocketlm.rag.corpus import rag_dev, squad_train_set, split_by_title
 from pocketlm.rag.embeddings import encode, encoder_id, load_encoder
 from pocketlm.rag.evaluation import markdown_table
-from pocketlm.rag.query_adapter import AdapterTrainingConfig, retrieval_recall, train_query_adapter
+from pocketlm.rag.query_adapter import SELECT_BY, AdapterTrainingConfig, retrieval_recall, train_query_adapter
 from pocketlm.settings import runs_dir
 from pocketlm.training.callbacks import write_history
 
@@ -27,7 +27,7 @@ from pocketlm.training.callbacks import write_history
 class AdapterExperimentConfig:
     encoder: str = field(default="minilm", metadata={"help": "frozen sentence encoder (the index's)"})
     bottleneck: int = field(default=32, metadata={"help": "adapter bottleneck size"})
-    epochs: int = field(default=10, metadata={"help": "training epochs (the best held-out epoch is kept)"})
+    epochs: int = field(default=10, metadata={"help": "training epochs (the epoch with the best held-out MRR@10 is kept)"})
     batch_size: int = field(default=256)
     learning_rate: float = field(default=1e-3)
     weight_decay: float = field(default=1e-2)
@@ -66,7 +66,7 @@ def train_and_save_adapter(config: AdapterExperimentConfig) -> dict:
     ho = np.array([local[i] for i in held_rows])
     adapter, history = train_query_adapter(questions[tr], positives[tr], passages, config.training(), questions[ho], positives[ho])
 
-    best = max(history, key=lambda r: r.get("eval_recall@1", -1))
+    best = max(history, key=lambda r: r.get(SELECT_BY, -1))
     results = {
         "config": asdict(config),
         "encoder": encoder_id(config.encoder),
@@ -88,6 +88,6 @@ def train_and_save_adapter(config: AdapterExperimentConfig) -> dict:
     rows_md = [{"questions": f"{split} / {name}", **values}
                for split in ("held_out", "dev") if split in results
                for name, values in results[split].items() if isinstance(values, dict)]
-    results["table"] = markdown_table(rows_md, ["questions", "recall@1", "recall@5", "recall@10"])
+    results["table"] = markdown_table(rows_md, ["questions", "recall@1", "recall@5", "recall@10", "mrr@10"])
     write_json(output_dir / "results.json", results)
     return results
