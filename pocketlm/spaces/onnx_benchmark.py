@@ -28,7 +28,7 @@ RUNTIME_LABELS = {"pytorch": "PyTorch fp32", "onnxruntime-fp32": "ONNX Runtime f
 TABLE_HEADERS = ["runtime", "p50 ms", "p95 ms", "speed-up (p50)", "answer", "score"]
 RECORDED_RESULTS = RESULTS_DIR / "qa_latency"
 MAX_RUNS = 50
-DEFAULT_RUNS = 10
+DEFAULT_RUNS = 5
 
 
 class QABackends(LoadOnce[dict]):
