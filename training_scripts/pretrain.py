@@ -21,7 +21,7 @@ PRESETS = {
         "mixed_precision": "no",
     },
     "demo": {"num_train_epochs": 1.0, "time_budget_minutes": 3.0, "warmup_steps": 20},
-    "quick": {"num_train_epochs": 4.0, "time_budget_minutes": 13.0},
+    "quick": {"num_train_epochs": 4.0, "time_budget_minutes": 12.5},
     "full": {"num_train_epochs": 20.0, "learning_rate": 1.5e-3, "warmup_steps": 100},
 }
 
