@@ -95,9 +95,9 @@ def finetune_question_answering(args: QAArguments, training_args, preset: str | 
     last = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
     if last:
         print(f"resuming from {last}", flush=True)
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     train_output = trainer.train(resume_from_checkpoint=last)
-    train_seconds = time.perf_counter() - started
+    train_seconds, train_cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
 
     answerer = TorchQuestionAnswerer(trainer.model, tokenizer, max_length=args.max_length, stride=args.doc_stride, batch_size=32)
     started = time.perf_counter()
@@ -113,6 +113,7 @@ def finetune_question_answering(args: QAArguments, training_args, preset: str | 
         "train_questions": len(train_records),
         "train_windows": len(train_dataset),
         "train_seconds": round(train_seconds, 1),
+        "train_cpu_seconds": round(train_cpu_seconds, 1),
         "train_loss": round(train_output.training_loss, 4),
         "eval_seconds": round(eval_seconds, 1),
         "threads": torch.get_num_threads(),
@@ -145,8 +146,8 @@ def _model_card(args: QAArguments, training_args, metrics: dict, preset: str | N
         + f", effective batch {effective_batch}, learning rate {training_args.learning_rate:g} "
         f"({training_args.lr_scheduler_type.value if hasattr(training_args.lr_scheduler_type, 'value') else training_args.lr_scheduler_type} schedule, "
         f"warm-up ratio {training_args.warmup_ratio:g}), {'bf16 autocast' if training_args.bf16 else 'fp32'}.\n\n"
-        f"Training took **{metrics['train_seconds'] / 60:.1f} minutes** on {machine_description()} "
-        f"({metrics['threads']} torch threads); final training loss {metrics['train_loss']}.\n\n"
+        f"Training took **{metrics['train_seconds'] / 60:.1f} minutes** ({metrics['train_cpu_seconds'] / 60:.1f} CPU-minutes, "
+        f"{metrics['threads']} torch threads) on {machine_description()}; final training loss {metrics['train_loss']}.\n\n"
         f"EM/F1 use the official SQuAD v1.1 normalisation on the first {metrics['eval_questions']:,} questions of the "
         "validation split (`pocketlm/inference/squad_metrics.py`); the span is the best start+end logit over all "
         "windows (`pocketlm/inference/qa_postprocess.py`). Reproduce: "
