@@ -182,10 +182,13 @@ def lora_model(model: "PreTrainedModel", rank: int = 4, alpha: int = 16, dropout
 def load_generator(lora: str | None = TINY_LM_RAG_LORA, base: str | None = None):
     """The generator for the chain: base LM + merged LoRA. Without a published LoRA, the base LM alone.
 
-    Returns (model, tokenizer, description). `base` defaults to the model the LoRA was trained from.
+    Returns (model, tokenizer, description). `base` defaults to the model the LoRA was trained from;
+    `lora=None` or `"none"` gives the base LM alone.
     """
     from peft import PeftConfig, PeftModel
 
+    if lora and lora.lower() == "none":
+        lora = None
     lora_path = None
     if lora:
         try:

@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--index", default=RAG_INDEX, help=f"published index id or folder (default {RAG_INDEX})")
     parser.add_argument("--index_type", choices=["flat", "opq"], default="flat", help="which FAISS index to search")
     parser.add_argument("--no_adapter", action="store_true", help="search with the stock encoder, without the query adapter")
-    parser.add_argument("--lora", default=TINY_LM_RAG_LORA, help=f"generator LoRA id or folder (default {TINY_LM_RAG_LORA}; optional)")
+    parser.add_argument("--lora", default=TINY_LM_RAG_LORA, help=f"generator LoRA id or folder, or none (default {TINY_LM_RAG_LORA}, used when published)")
     parser.add_argument("--base", default=None, help="base causal LM (default: the one the LoRA was trained from)")
     parser.add_argument("--k", type=int, default=3, help="fragments per answer")
     args = parser.parse_args(argv)
