@@ -121,6 +121,11 @@ def build_classifier(spec: ClassifierSpec, label_names: list[str]) -> nn.Module:
         id2label=dict(enumerate(label_names)),
         label2id={name: i for i, name in enumerate(label_names)},
     )
+    return prepare_classifier(model, spec)
+
+
+def prepare_classifier(model: nn.Module, spec: ClassifierSpec) -> nn.Module:
+    """Mixout on the head, then (unless `full`) adapters and peft's LoRA around a sequence-classification model."""
     arch = spec.architecture(model.config.model_type)
     apply_mixout(model, spec.mixout_p, list(arch.head))
     if spec.method == "full":

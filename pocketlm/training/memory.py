@@ -68,6 +68,24 @@ def training_memory(model: nn.Module, batch: dict, autocast_dtype: torch.dtype |
     )
 
 
-def largest_batch(budget_bytes: int, fixed_bytes: int, activation_bytes_per_example: float) -> int:
-    """The largest per-device batch whose activations fit beside the fixed memory (weights, grads, optimiser)."""
-    return max(0, int((budget_bytes - fixed_bytes) // activation_bytes_per_example))
+GPU_4GB_USABLE = int(3.5 * 1024**3)
+"""What a 4 GB card leaves to PyTorch tensors: minus the CUDA context (~0.3–0.5 GB) and allocator slack."""
+
+
+def batch_plan(fixed_bytes: int, activation_bytes_per_example: float, effective_batch: int = 32,
+               budget_bytes: int = GPU_4GB_USABLE, headroom: float = 1.25) -> dict:
+    """Per-device batch × accumulation steps for `effective_batch` within `budget_bytes`.
+
+    `fixed_bytes` is what does not grow with the batch (weights, gradients, optimiser state, autocast's
+    half-precision weight copies); activations grow linearly with the batch at a fixed length. `headroom`
+    covers what the saved-tensor count misses (activation gradients alive during backward, allocator
+    fragmentation). The per-device batch is the largest power of two that fits and divides
+    `effective_batch`; the rest is gradient accumulation, which costs no memory.
+    """
+    fits = max(0, int((budget_bytes - fixed_bytes) // (activation_bytes_per_example * headroom)))
+    per_device = 1
+    while per_device * 2 <= min(fits, effective_batch) and effective_batch % (per_device * 2) == 0:
+        per_device *= 2
+    return {"largest_batch_that_fits": fits, "per_device_batch": per_device if fits else 0,
+            "gradient_accumulation_steps": effective_batch // per_device if fits else None,
+            "estimated_peak_mib": round((fixed_bytes + per_device * activation_bytes_per_example * headroom) / MiB)}
