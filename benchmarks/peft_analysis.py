@@ -33,7 +33,7 @@ REGIMES = {"plain": dict(awp_eps=0.0, mixout_p=0.0), "AWP + mixout": dict(awp_ep
 
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--train_samples", type=int, default=2000, help="seeded subset of the train split per run")
+    parser.add_argument("--train_samples", type=int, default=1000, help="seeded subset of the train split per run")
     parser.add_argument("--epochs", type=float, default=2, help="epochs per run")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)

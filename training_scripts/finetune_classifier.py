@@ -30,7 +30,7 @@ _COMMON = dict(
 )
 PRESETS = {
     # The published model: full SST-2 train split, early stopping on validation macro-F1.
-    "full": dict(_COMMON, output_dir=str(runs_dir() / "minilm-sst2-peft"), num_train_epochs=8, learning_rate=1e-3),
+    "full": dict(_COMMON, output_dir=str(runs_dir() / "minilm-sst2-peft"), num_train_epochs=6, learning_rate=1e-3),
     # For `make demo`: a 2,000-sentence subset, 2 epochs (a few CPU-minutes).
     "quick": dict(_COMMON, output_dir=str(runs_dir() / "minilm-sst2-peft-quick"), num_train_epochs=2, learning_rate=1e-3,
                   max_train_samples=2000),
