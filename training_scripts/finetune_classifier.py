@@ -7,7 +7,7 @@
 Defaults: the offline MiniLM encoder on SST-2, published as `pocketlm/minilm-sst2-peft`. Any Hub id
 (`--model_name_or_path distilbert-base-uncased`) and the mirror's other sets (`--dataset ag_news`, `trec`,
 `sentiment-labelled-sentences`) work too. Every `TrainingArguments` flag is accepted. A rerun with the same
-`--output_dir` resumes from its last checkpoint.
+`--output_dir` resumes from its last checkpoint (`--overwrite_output_dir` starts afresh).
 """
 
 from __future__ import annotations

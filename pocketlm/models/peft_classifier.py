@@ -11,7 +11,6 @@ tokenizer; `load_classifier` reads it back, in any process, to identical logits.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -227,7 +226,3 @@ def load_classifier(id_or_path: str, merge_lora: bool = False):
         model = model.merge_and_unload()
     return model.eval(), tokenizer, label_names
 
-
-def lora_parameter_count(model: nn.Module) -> int:
-    """Parameters in LoRA matrices (names containing `lora_`)."""
-    return sum(p.numel() for n, p in model.named_parameters() if re.search(r"\blora_[AB]\b", n))

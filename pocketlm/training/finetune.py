@@ -84,7 +84,8 @@ def finetune_and_publish(
     title = f"{Path(spec.model_name_or_path).name} on {data_args.dataset} ({spec.method})"
     trainer = build_trainer(model, tokenizer, training_args, splits["train"], splits["validation"], label_names,
                             regularisation, callbacks=[MetricsWriterCallback(output_dir, title)])
-    resume = training_args.resume_from_checkpoint or (get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None)
+    resume = training_args.resume_from_checkpoint or (
+        get_last_checkpoint(str(output_dir)) if output_dir.is_dir() and not training_args.overwrite_output_dir else None)
     if resume:
         print(f"resuming from {resume}", flush=True)
     started = time.perf_counter()
