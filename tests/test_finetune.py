@@ -434,3 +434,31 @@ def test_finetune_script_trains_evaluates_and_publishes(tiny_encoder, tmp_path, 
     report = json.loads((tmp_path / "eval" / "classification_report_test.json").read_text())
     assert report["examples"] == 1821  # the whole test split
     assert "| negative |" in (tmp_path / "eval" / "classification_report_test.md").read_text()
+
+
+# ---------------------------------------------------------------- memory estimate behind the 4 GB batch × accumulation
+
+
+def test_saved_activations_grow_with_the_batch_and_exclude_weights(tiny_encoder, tokenizer, sst2):
+    from pocketlm.training.memory import saved_activation_bytes, training_memory
+
+    model = build_classifier(spec_for(tiny_encoder), sst2[1])
+    texts = ["a long and winding sentence about a film " * 6] * 8
+    batch = lambda n: {**tokenizer(texts[:n], truncation=True, max_length=64, padding="max_length", return_tensors="pt"),  # noqa: E731
+                       "labels": torch.zeros(n, dtype=torch.long)}
+    two, eight = saved_activation_bytes(model, batch(2)), saved_activation_bytes(model, batch(8))
+    assert 3.5 < eight / two <= 4.0  # linear in the batch (a constant part, e.g. the head's inputs, is tiny)
+    memory = training_memory(model, batch(2))
+    trainable, _ = parameter_counts(model)
+    assert memory.gradients == 4 * trainable and memory.optimizer_state == 8 * trainable
+    assert memory.activations == two and memory.weights > 4 * 13_000_000  # embeddings + one layer, fp32
+
+
+def test_batch_plan_splits_the_effective_batch_into_what_fits():
+    from pocketlm.training.memory import MiB, batch_plan
+
+    roomy = batch_plan(fixed_bytes=100 * MiB, activation_bytes_per_example=30 * MiB, budget_bytes=3500 * MiB)
+    assert roomy["largest_batch_that_fits"] == 90 and (roomy["per_device_batch"], roomy["gradient_accumulation_steps"]) == (32, 1)
+    tight = batch_plan(fixed_bytes=1800 * MiB, activation_bytes_per_example=84 * MiB, budget_bytes=3500 * MiB)
+    assert tight["largest_batch_that_fits"] == 16 and (tight["per_device_batch"], tight["gradient_accumulation_steps"]) == (16, 2)
+    assert batch_plan(4000 * MiB, MiB, budget_bytes=3500 * MiB)["per_device_batch"] == 0  # does not fit at all
