@@ -168,7 +168,10 @@ def parameter_counts(model: nn.Module) -> tuple[int, int]:
 def save_classifier(model: nn.Module, tokenizer, folder: str | Path, spec: ClassifierSpec, extra: dict | None = None) -> None:
     """Write the trained weights (peft adapter files, or a full model), the tokenizer and `pocketlm_classifier.json`."""
     folder = Path(folder)
-    model.save_pretrained(folder, safe_serialization=True)
+    if spec.method == "full":
+        model.save_pretrained(folder, safe_serialization=True)
+    else:  # the embeddings are frozen: skip peft's check of the base's vocabulary (it would look the base id up on the Hub)
+        model.save_pretrained(folder, safe_serialization=True, save_embedding_layers=False)
     tokenizer.save_pretrained(folder)
     config = model.config if spec.method == "full" else model.get_base_model().config
     description = {
