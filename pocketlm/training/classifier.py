@@ -6,6 +6,7 @@ loop, checkpointing and resumption, accelerate (fp16 on a GPU, bf16 autocast on 
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -83,12 +84,17 @@ def build_trainer(model, tokenizer, training_args, train_dataset, eval_dataset, 
         train_dataset=train_dataset,
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
-        data_collator=padding_collator(tokenizer, pad_to_multiple_of=8 if training_args.fp16 or training_args.bf16 else None),
+        data_collator=padding_collator(tokenizer, pad_to_multiple_of=8 if half_precision() else None),
         compute_metrics=make_compute_metrics(label_names),
         callbacks=callbacks,
         awp_eps=regularisation.awp_eps,
         awp_start=regularisation.awp_start,
     )
+
+
+def half_precision() -> bool:
+    """Whether training runs in fp16/bf16: set by `--fp16`/`--bf16` or an accelerate config (TrainingArguments syncs both)."""
+    return os.environ.get("ACCELERATE_MIXED_PRECISION", "no") in ("fp16", "bf16")
 
 
 @torch.inference_mode()
