@@ -17,6 +17,7 @@ from pathlib import Path
 
 from pocketlm import BASE_ENCODER
 from pocketlm.errors import PocketLMError
+from pocketlm.io import replace_dir
 from pocketlm.settings import REPO_ROOT, hub_dir, hub_offline
 
 MODEL_CARDS_DIR = REPO_ROOT / "model_cards"
@@ -148,18 +149,6 @@ def render_model_card(info: ModelCardInfo):
     )
 
 
-def _replace_dir(staging: Path, target: Path) -> None:
-    """Swap a fully written `staging` folder into `target`: readers see the old or the new artifact, never half."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if not target.exists():
-        os.replace(staging, target)
-        return
-    retired = target.with_name(f".{target.name}.old-{os.getpid()}")
-    os.replace(target, retired)
-    os.replace(staging, target)
-    shutil.rmtree(retired, ignore_errors=True)
-
-
 def publish(
     repo_id: str,
     save: Callable[[Path], None],
@@ -181,7 +170,7 @@ def publish(
         save(staging)
         (staging / "metrics.json").write_text(json.dumps(card.metrics, indent=2, sort_keys=True) + "\n")
         render_model_card(card).save(staging / "README.md")
-        _replace_dir(staging, target)
+        replace_dir(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -35,7 +35,7 @@ from pocketlm import TINY_LM
 from pocketlm.data.collator import MODES, CustomDataCollator
 from pocketlm.data.corpus import default_prepared_dir, read_chunks_jsonl
 from pocketlm.errors import ConfigError, PocketLMError
-from pocketlm.hub import _replace_dir as replace_dir
+from pocketlm.io import replace_dir
 from pocketlm.io import write_json
 from pocketlm.settings import runs_dir
 from pocketlm.training.lm_metrics import GENERATION_PROMPTS, distinct_n, perplexity, token_nll
