@@ -1,0 +1,130 @@
+"""One small GPU: do the training scripts fit 4 GB with fp16 + gradient accumulation, and how fast is inference?
+
+    python benchmarks/gpu_4gb.py                      # needs one CUDA GPU; writes benchmarks/results/gpu_4gb/
+
+Runs the real scripts under `accelerate_configs/single_gpu_4gb.yaml` (fp16 mixed precision) with the batch ×
+accumulation the README recommends: pretraining (a short time budget) and the PEFT classifier (its `quick`
+preset). Peak memory is what `nvidia-smi` shows the GPU using above its idle level, sampled every 100 ms —
+the whole process, CUDA context and allocator cache included, i.e. what must fit on a 4 GB card, not only
+`torch.cuda.max_memory_allocated`. Then CUDA inference latency (batch 1, median of `--repeats`) of the QA
+encoder and of greedy generation with the tiny LM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from pocketlm import BASE_ENCODER, TINY_LM
+from pocketlm.cli import run
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+LAUNCH = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", "accelerate_configs/single_gpu_4gb.yaml"]
+
+
+def gpu_memory_used_mib() -> int:
+    out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits", "-i", "0"],
+                         capture_output=True, text=True, check=True).stdout
+    return int(out.split()[0])
+
+
+def run_with_peak_memory(command: list[str], log_path: Path) -> dict:
+    """Run `command`, sampling GPU memory meanwhile; the peak above the idle level before it started."""
+    idle, peak, done = gpu_memory_used_mib(), [0], threading.Event()
+
+    def sample() -> None:
+        while not done.is_set():
+            peak[0] = max(peak[0], gpu_memory_used_mib())
+            time.sleep(0.1)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    started = time.perf_counter()
+    with open(log_path, "w") as log:
+        code = subprocess.run(command, cwd=REPO_ROOT, stdout=log, stderr=subprocess.STDOUT).returncode
+    done.set()
+    sampler.join()
+    if code:
+        raise SystemExit(f"error: {' '.join(command[-8:])} failed (exit {code}); see {log_path}")
+    return {"wall_s": round(time.perf_counter() - started, 1), "peak_gpu_mib": peak[0] - idle}
+
+
+def inference_latency(qa_model: str, lm_model: str, repeats: int) -> dict:
+    import torch
+    from transformers import AutoModelForCausalLM, AutoModelForQuestionAnswering
+
+    from pocketlm.hub import resolve
+
+    def median_ms(fn) -> float:
+        for _ in range(5):
+            fn()
+        times = []
+        for _ in range(repeats):
+            torch.cuda.synchronize()
+            started = time.perf_counter()
+            fn()
+            torch.cuda.synchronize()
+            times.append(1000 * (time.perf_counter() - started))
+        return round(sorted(times)[len(times) // 2], 2)
+
+    results = {"device": torch.cuda.get_device_name(0)}
+    qa = AutoModelForQuestionAnswering.from_pretrained(resolve(qa_model)).cuda().eval()
+    window = torch.randint(1000, 20000, (1, 256), device="cuda")
+    lm = AutoModelForCausalLM.from_pretrained(resolve(lm_model)).cuda().eval()
+    prompt = torch.randint(3, lm.config.vocab_size, (1, 50), device="cuda")
+    for dtype in (torch.float32, torch.float16):
+        label = "fp32" if dtype == torch.float32 else "fp16"
+        qa.to(dtype), lm.to(dtype)
+        with torch.inference_mode():
+            results[f"qa_256_tokens_{label}_ms"] = median_ms(lambda: qa(input_ids=window))
+            results[f"lm_50_prompt_32_new_{label}_ms"] = median_ms(
+                lambda: lm.generate(prompt, max_new_tokens=32, min_new_tokens=32, do_sample=False, pad_token_id=0))
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--encoder", default=BASE_ENCODER, help="classifier / QA base (default: %(default)s)")
+    parser.add_argument("--lm", default=TINY_LM, help="causal LM for the latency part (default: %(default)s)")
+    parser.add_argument("--pretrain_minutes", type=float, default=2.0, help="pretraining time budget (default: %(default)s)")
+    parser.add_argument("--repeats", type=int, default=50, help="timed inference calls (default: %(default)s)")
+    parser.add_argument("--output_dir", type=Path, default=REPO_ROOT / "benchmarks" / "results" / "gpu_4gb")
+    args = parser.parse_args(argv)
+    try:
+        gpu_memory_used_mib()
+    except (OSError, subprocess.CalledProcessError):
+        parser.error("needs an NVIDIA GPU with nvidia-smi")
+    work = args.output_dir / "work"
+    work.mkdir(parents=True, exist_ok=True)
+
+    # Pretraining: batch 8 × accumulation 4, an effective batch of 32 chunks of 512 tokens.
+    pretrain = run_with_peak_memory(
+        [*LAUNCH, "training_scripts/pretrain.py", "--preset", "quick", "--time_budget_minutes", str(args.pretrain_minutes),
+         "--per_device_train_batch_size", "8", "--gradient_accumulation_steps", "4", "--publish", "false",
+         "--resume", "false", "--output_dir", str(work / "pretrain")], work / "pretrain.log")
+    pretrain.update({k: v for k, v in json.loads((work / "pretrain" / "summary.json").read_text()).items()
+                     if k in ("best_eval_ppl", "tokens_per_second", "precision", "steps", "train_tokens")})
+    # Fine-tuning: batch 16 × accumulation 2 = the CPU preset's batch of 32 sentences.
+    finetune = run_with_peak_memory(
+        [*LAUNCH, "training_scripts/finetune_classifier.py", "--preset", "quick", "--model_name_or_path", args.encoder,
+         "--per_device_train_batch_size", "16", "--gradient_accumulation_steps", "2", "--fp16", "--publish", "false",
+         "--overwrite_output_dir", "--output_dir", str(work / "finetune")], work / "finetune.log")
+    summary = json.loads((work / "finetune" / "summary.json").read_text())
+    finetune.update({"train_runtime_s": summary["train_runtime_s"], "validation_f1_macro": summary["validation"].get("f1_macro")})
+
+    results = {"pretrain_fp16_batch8_accum4": pretrain, "finetune_fp16_batch16_accum2": finetune,
+               "inference": inference_latency(args.encoder, args.lm, args.repeats),
+               "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
+    (args.output_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+    print(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    run(main)
