@@ -39,7 +39,8 @@ class SamplingParams:
 
 
 def session_options(intra_op_num_threads: int | None = None):
-    """ONNX Runtime CPU options shared by every session pocketlm opens: a fixed thread count, full graph optimisation."""
+    """ONNX Runtime CPU options shared by every session pocketlm opens (LM and QA): a fixed thread count (default:
+    the cores, at most 4), full graph optimisation."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()

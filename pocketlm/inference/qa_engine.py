@@ -9,7 +9,6 @@ runs `OnnxQuestionAnswerer` with onnxruntime, `tokenizers` and numpy alone.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -74,12 +73,10 @@ class OnnxQuestionAnswerer(QuestionAnswerer):
     def __init__(self, model_path: str | Path, tokenizer, threads: int | None = None, **kwargs):
         import onnxruntime as ort
 
+        from pocketlm.inference.onnx_lm import session_options
+
         super().__init__(tokenizer, **kwargs)
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads or os.cpu_count() or 1
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(str(model_path), session_options(threads), providers=["CPUExecutionProvider"])
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.model_path = Path(model_path)
 
