@@ -10,6 +10,7 @@ import json
 import os
 import platform
 import shutil
+import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -101,7 +102,7 @@ class ModelCardInfo:
 
 
 def machine_description() -> str:
-    """One line naming the machine a number was measured on (CPU model and count)."""
+    """One line naming the machine a number was measured on (CPU model and count, and the GPU if one is in use)."""
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -110,7 +111,12 @@ def machine_description() -> str:
                 break
     except OSError:
         pass
-    return f"{cpu}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.release()}, Python {platform.python_version()}"
+    line = f"{cpu}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.release()}, Python {platform.python_version()}"
+    # Name the GPU only where the measuring process already uses torch: importing it here would cost seconds.
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        line += f", GPU {torch.cuda.get_device_name(0)}"
+    return line
 
 
 def render_model_card(info: ModelCardInfo):

@@ -22,7 +22,9 @@ PRESETS = {
     },
     "demo": {"num_train_epochs": 1.0, "time_budget_minutes": 3.0, "warmup_steps": 20},
     "quick": {"num_train_epochs": 4.0, "time_budget_minutes": 12.5},
-    "full": {"num_train_epochs": 20.0, "learning_rate": 1.5e-3, "warmup_steps": 100},
+    # 8 epochs with dynamic masking: measured on one GPU, 20 epochs over this ~1M-token corpus overfit (validation
+    # PPL 144 at epoch 6, 826 at epoch 20); 6 epochs of static masking reached 136, these settings 129.5.
+    "full": {"num_train_epochs": 8.0, "learning_rate": 1.5e-3, "warmup_steps": 100, "masking": "dynamic"},
 }
 
 

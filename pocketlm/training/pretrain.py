@@ -620,7 +620,7 @@ def publish_best(args: PretrainArguments, result: PretrainResult) -> Path:
         title="pocketlm tiny-lm",
         summary=(
             f"A {args.n_layers}-layer Llama-architecture causal language model pretrained from scratch by pocketlm on "
-            "WikiText-2 articles and SQuAD paragraphs, on a CPU. A teaching and prototyping model: it writes "
+            "WikiText-2 articles and SQuAD paragraphs (the device and command are under Training run). A teaching and prototyping model: it writes "
             "fluent-looking English fragments, not facts."
         ),
         how_to_load=(
