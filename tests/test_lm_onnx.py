@@ -39,6 +39,20 @@ def test_export_is_published_with_kv_cache_and_checked_against_pytorch(tiny_lm_o
     assert "model-index" in card and "OnnxCausalLM" in card
 
 
+def test_optimised_graph_cache_is_written_once_and_gives_the_same_tokens(tiny_lm_onnx_repo, prompts, tmp_path, monkeypatch):
+    """The second load of a graph reads the optimised copy cached on the first (the server's start-up path) and
+    computes exactly what the uncached session computes."""
+    monkeypatch.setenv("POCKETLM_RUNS_DIR", str(tmp_path))
+    first = OnnxCausalLM(resolve(tiny_lm_onnx_repo))
+    cached = list((tmp_path / "ort-cache").glob("model-*.onnx"))
+    assert len(cached) == 1
+    written = cached[0].stat().st_mtime_ns
+    second = OnnxCausalLM(resolve(tiny_lm_onnx_repo))
+    assert cached[0].stat().st_mtime_ns == written  # read, not rewritten
+    greedy = SamplingParams(max_new_tokens=8)
+    assert first.generate_ids([prompts[5]], greedy) == second.generate_ids([prompts[5]], greedy)
+
+
 def test_cached_steps_equal_a_full_recompute(lm, prompts):
     """Each token of the cached loop is the argmax of re-running the whole sequence so far without a cache,
     and the graph returns last-position logits only (the prefill skips the other positions' output matmul)."""

@@ -71,12 +71,10 @@ class OnnxQuestionAnswerer(QuestionAnswerer):
     """An ONNX export (`pocketlm.inference.onnx_export.export_question_answering`) run with onnxruntime."""
 
     def __init__(self, model_path: str | Path, tokenizer, threads: int | None = None, **kwargs):
-        import onnxruntime as ort
-
-        from pocketlm.inference.onnx_lm import session_options
+        from pocketlm.inference.onnx_lm import cpu_session
 
         super().__init__(tokenizer, **kwargs)
-        self.session = ort.InferenceSession(str(model_path), session_options(threads), providers=["CPUExecutionProvider"])
+        self.session = cpu_session(model_path, threads)
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.model_path = Path(model_path)
 
