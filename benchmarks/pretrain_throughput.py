@@ -6,7 +6,9 @@ Same Llama config (4 layers, d256, vocab of the prepared corpus, 512-token chunk
 same chunks, same number of steps and learning-rate schedule for every variant, each in its own process;
 tokens/s after `--warmup_steps`, the final loss (mean of the last 5 steps), and MFU against the fp32/bf16
 matmul peaks measured at the start of the same run. Variants toggle one optimisation at a time (fused
-SDPA, fused AdamW, bf16 autocast, torch.compile, batch size) to record what each gives.
+SDPA, fused AdamW, bf16 autocast, torch.compile, batch size) to record what each gives. Rounds interleave
+the variants and each reports its median round; results are rewritten after every round, and no round
+starts that would overrun `--time_budget_s` (the defaults fit about 10 minutes on the 2-core CPU).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import argparse
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from pocketlm.cli import run
@@ -29,12 +32,15 @@ def main(argv: list[str] | None = None) -> int:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data_dir", type=Path, default=None, help="prepared corpus (default: $POCKETLM_RUNS_DIR/corpus)")
-    parser.add_argument("--steps", type=int, default=20, help="optimizer steps per variant (default: %(default)s)")
-    parser.add_argument("--warmup_steps", type=int, default=4, help="untimed first steps (default: %(default)s)")
-    parser.add_argument("--rounds", type=int, default=2,
-                        help="run every variant this many times, interleaved; the fastest round counts (default: %(default)s)")
+    parser.add_argument("--steps", type=int, default=6, help="optimizer steps per variant (default: %(default)s)")
+    parser.add_argument("--warmup_steps", type=int, default=2, help="untimed first steps (default: %(default)s)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="run every variant this many times, interleaved; the median round counts (default: %(default)s)")
+    parser.add_argument("--time_budget_s", type=float, default=600,
+                        help="start no further round once the next would end past this (default: %(default)s)")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads for every variant (default: %(default)s)")
-    parser.add_argument("--variants", default=",".join(v.name for v in VARIANTS), help="comma-separated subset")
+    parser.add_argument("--variants", default=",".join(v.name for v in VARIANTS if v.default),
+                        help=f"comma-separated subset of {', '.join(VARIANTS_BY_NAME)} (default: %(default)s)")
     parser.add_argument("--output_dir", type=Path, default=RESULTS)
     parser.add_argument("--run_one", default=None, help=argparse.SUPPRESS)  # internal: one variant, JSON to stdout
     args = parser.parse_args(argv)
@@ -63,32 +69,41 @@ def main(argv: list[str] | None = None) -> int:
 def orchestrate(args, names, settings) -> int:
     import torch
 
-    from pocketlm.hub import machine_description
-    from pocketlm.training.throughput import VARIANTS_BY_NAME, add_derived, matmul_peak, write_throughput_results
+    from pocketlm.training.throughput import VARIANTS_BY_NAME, cpu_bf16_support, matmul_peak, median_round
 
+    started = time.perf_counter()
     torch.set_num_threads(args.threads)
-    peaks = {"fp32_gflops": matmul_peak(torch.float32), "bf16_gflops": matmul_peak(torch.bfloat16), "threads": args.threads}
-    print(f"matmul peak at {args.threads} threads: fp32 {peaks['fp32_gflops']:.0f} GFLOP/s, bf16 {peaks['bf16_gflops']:.0f} GFLOP/s", flush=True)
+    peaks = {"fp32_gflops": matmul_peak(torch.float32), "bf16_gflops": matmul_peak(torch.bfloat16),
+             "threads": args.threads, "cpu_bf16": cpu_bf16_support()}
+    print(f"matmul peak at {args.threads} threads: fp32 {peaks['fp32_gflops']:.0f} GFLOP/s, bf16 "
+          f"{peaks['bf16_gflops']:.0f} GFLOP/s ({peaks['cpu_bf16']})", flush=True)
     # Rounds interleave the variants (A B C, A B C...) so that a burst of other work on a shared machine
-    # slows one round of everything rather than one variant; each variant keeps its fastest round.
-    best: dict[str, dict] = {}
+    # slows one round of everything rather than one variant; each variant reports its median round.
+    rounds: dict[str, list[dict]] = {name: [] for name in names}
     for round_index in range(args.rounds):
         for name in names:
             row = run_one(name, args, settings)
             if row is None:
                 return 1
-            row["rounds_tokens_per_second"] = [*best.get(name, {}).get("rounds_tokens_per_second", []), row["tokens_per_second"]]
-            if name not in best or row["tokens_per_second"] > best[name]["tokens_per_second"]:
-                best[name] = row
-            else:
-                best[name]["rounds_tokens_per_second"] = row["rounds_tokens_per_second"]
+            rounds[name].append(row)
             print(f"round {round_index + 1}: {VARIANTS_BY_NAME[name].label:48s} {row['tokens_per_second']:8,.0f} tokens/s  "
                   f"final loss {row['final_loss']:.3f}", flush=True)
-    rows = [best[name] for name in names]
-    add_derived(rows, peaks)
-    folder = write_throughput_results(args.output_dir, rows, peaks, vars_for_json(args), machine_description())
-    print(f"results in {folder}")
+        folder = write_results(args, [median_round(rounds[name]) for name in names], peaks, round_index + 1)
+        elapsed = time.perf_counter() - started
+        if round_index + 1 < args.rounds and elapsed * (round_index + 2) / (round_index + 1) > args.time_budget_s:
+            print(f"stopping after {round_index + 1} round(s): another would end past --time_budget_s {args.time_budget_s:.0f}")
+            break
+    print(f"results in {folder} ({time.perf_counter() - started:.0f} s)")
     return 0
+
+
+def write_results(args, rows, peaks, rounds_done) -> Path:
+    from pocketlm.hub import machine_description
+    from pocketlm.training.throughput import add_derived, write_throughput_results
+
+    add_derived(rows, peaks)
+    settings = {**vars_for_json(args), "rounds_done": rounds_done}
+    return write_throughput_results(args.output_dir, rows, peaks, settings, machine_description())
 
 
 def run_one(name, args, settings) -> dict | None:

@@ -137,3 +137,11 @@ def test_prepare_script_prints_coverage_chunks_memory(tmp_path, monkeypatch, cap
     assert "chunks of 128 (stride 64), coverage" in out.out and "memory" in out.out
     table = [line for line in out.out.splitlines() if line.startswith("| ")]
     assert len(table) == 5 and table[2].startswith("| 0.5 | 64 |")  # header, separator, 3 ratios
+    saved = (tmp_path / "o" / "stride_table.md").read_text().splitlines()
+    assert saved == table
+    # --table_only rebuilds the table from stats.json alone (no tokenizer training, no chunk writing).
+    (tmp_path / "o" / "stride_table.md").unlink()
+    code, out = _run_prepare(monkeypatch, capsys, "--output_dir", str(tmp_path / "o"), "--stride_ratios", "0.5,1,2", "--table_only")
+    assert code == 0 and (tmp_path / "o" / "stride_table.md").read_text().splitlines() == table
+    code, out = _run_prepare(monkeypatch, capsys, "--output_dir", str(tmp_path / "none"), "--table_only")
+    assert code == 2 and out.err == f"error: --table_only needs {tmp_path / 'none' / 'stats.json'}: prepare the corpus first\n"

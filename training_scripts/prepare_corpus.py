@@ -4,20 +4,25 @@
     python training_scripts/prepare_corpus.py --corpus_dir my_texts/ --vocab_size 8000 --chunk_length 512 --stride 256
 
 Writes `tokenizer/`, `train.jsonl`, `validation.jsonl` (`{"id", "input_ids"}` per chunk) and `stats.json` to
-`--output_dir`, and prints coverage, chunk count and memory, plus a table for other stride/length ratios.
+`--output_dir`, and prints coverage, chunk count and memory, plus a table for other stride/length ratios
+(saved as `stride_table.md`; `--table_only` rebuilds it from an existing `stats.json` without re-preparing).
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from pocketlm.cli import parse_args_with_presets, run
 from pocketlm.data.corpus import (
+    CorpusError,
     default_corpus,
     default_prepared_dir,
     format_bytes,
     prepare_corpus,
     read_text_folder,
+    save_stride_table,
     squad_documents,
     stride_table,
     stride_table_markdown,
@@ -43,6 +48,9 @@ class PrepareArguments:
     stride_ratios: str = field(
         default="0.25,0.5,0.75,1,1.5,2", metadata={"help": "stride/length ratios for the printed coverage-vs-memory table"}
     )
+    table_only: bool = field(
+        default=False, metadata={"help": "only rebuild the coverage-vs-memory table from --output_dir's stats.json"}
+    )
 
 
 def main() -> None:
@@ -51,6 +59,14 @@ def main() -> None:
         ratios = [float(r) for r in args.stride_ratios.split(",") if r.strip()]
     except ValueError:
         raise SystemExit(f"error: --stride_ratios must be comma-separated numbers, got {args.stride_ratios!r}") from None
+    output_dir = Path(args.output_dir or default_prepared_dir())
+    if args.table_only:
+        stats_path = output_dir / "stats.json"
+        if not stats_path.is_file():
+            raise CorpusError(f"--table_only needs {stats_path}: prepare the corpus first")
+        train = json.loads(stats_path.read_text())["train"]
+        print_stride_table(output_dir, train["tokens"], train["length"], ratios)
+        return
     if args.corpus_dir is None:
         documents = default_corpus(include_squad=args.include_squad is not False)
     else:
@@ -59,7 +75,6 @@ def main() -> None:
             from pocketlm.data.registry import squad_json_path
 
             documents += squad_documents(squad_json_path("train"))
-    output_dir = args.output_dir or default_prepared_dir()
     print(f"{len(documents)} documents, {sum(len(d.text) for d in documents):,} characters after cleaning", flush=True)
     prepared = prepare_corpus(
         documents, output_dir, vocab_size=args.vocab_size, chunk_length=args.chunk_length,
@@ -71,8 +86,14 @@ def main() -> None:
             f"{stats.length} (stride {stats.stride}), coverage {stats.coverage:.1%}, memory {format_bytes(stats.memory_bytes)}"
         )
     print(f"tokenizer (vocab {prepared.vocab_size}) and chunks written to {prepared.output_dir}")
-    print(f"\nCoverage against memory for the train split ({prepared.train.tokens:,} tokens, length {args.chunk_length}):")
-    print(stride_table_markdown(stride_table(prepared.train.tokens, args.chunk_length, ratios)))
+    print_stride_table(output_dir, prepared.train.tokens, args.chunk_length, ratios)
+
+
+def print_stride_table(output_dir: Path, n_tokens: int, length: int, ratios: list[float]) -> None:
+    table = stride_table_markdown(stride_table(n_tokens, length, ratios))
+    print(f"\nCoverage against memory for the train split ({n_tokens:,} tokens, length {length}):")
+    print(table)
+    print(f"(saved to {save_stride_table(output_dir, table)})")
 
 
 if __name__ == "__main__":

@@ -306,6 +306,15 @@ def stride_table(n_tokens: int, length: int, ratios: Iterable[float]) -> list[di
     return rows
 
 
+def save_stride_table(output_dir: str | Path, table_markdown: str) -> Path:
+    """Keep the printed coverage-vs-memory table beside `stats.json`, so documentation quotes a file."""
+    from pocketlm.io import atomic_write_text
+
+    path = Path(output_dir) / "stride_table.md"
+    atomic_write_text(path, table_markdown + "\n")
+    return path
+
+
 def stride_table_markdown(rows: Sequence[dict]) -> str:
     lines = [
         "| stride / length | stride | chunks | coverage | copies per token | memory (int64 ids) |",
