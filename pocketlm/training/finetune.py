@@ -71,6 +71,9 @@ def finetune_and_publish(
     from transformers import AutoTokenizer, set_seed
     from transformers.trainer_utils import get_last_checkpoint
 
+    if training_args.resume_from_checkpoint and not Path(training_args.resume_from_checkpoint).is_dir():
+        # checked before the data and the model load, and as one line (the Trainer raises a bare ValueError)
+        raise ConfigError(f"path does not exist: {training_args.resume_from_checkpoint} (--resume_from_checkpoint)")
     push_to_hub, hub_token = training_args.push_to_hub, training_args.hub_token
     training_args.push_to_hub = False  # pocketlm.hub.publish uploads the finished artifact instead of checkpoints
     output_dir = Path(training_args.output_dir)
