@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pocketlm import MINILM_SQUAD, MINILM_SQUAD_ONNX, RAG_INDEX, TINY_LM, TINY_LM_ONNX, TINY_LM_RAG_LORA
+from pocketlm import MINILM_SQUAD, MINILM_SQUAD_ONNX, MINILM_SST2_PEFT, RAG_INDEX, TINY_LM, TINY_LM_ONNX, TINY_LM_RAG_LORA
 from pocketlm.settings import REPO_ROOT, hub_dir, runs_dir
 
 ACCELERATE = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", "accelerate_configs/cpu.yaml"]
@@ -60,6 +60,13 @@ STEPS: list[Step] = [
     Step("Generation report of pocketlm/tiny-lm", [sys.executable, "training_scripts/generation_report.py"],
          in_runs("generation_report", "report.md")),
     Step("Export the tiny LM to ONNX with its KV cache (fp32 + int8)", [sys.executable, "training_scripts/export_lm_onnx.py"], published(TINY_LM_ONNX)),
+    # Fine-tuning lab: LoRA + adapters + AWP + mixout on 2,000 SST-2 sentences (quick preset, a few CPU-minutes;
+    # `--preset full` is the published run), then the test-split classification report.
+    Step("Fine-tune the SST-2 classifier and publish pocketlm/minilm-sst2-peft (quick preset)",
+         [*ACCELERATE, "training_scripts/finetune_classifier.py", "--preset", "quick"], published(MINILM_SST2_PEFT)),
+    Step("Classification report of pocketlm/minilm-sst2-peft on the SST-2 test split",
+         [sys.executable, "training_scripts/evaluate_classifier.py", "--split", "test"],
+         in_runs("evaluate", "minilm-sst2-peft", "classification_report_test.md")),
     Step("Fine-tune the QA model on SQuAD (demo preset)", [*ACCELERATE, "training_scripts/finetune_qa.py", "--preset", "demo"], published(MINILM_SQUAD)),
     Step("Export the QA model to ONNX + int8 (demo preset)", [sys.executable, "training_scripts/export_qa_onnx.py", "--preset", "demo"], published(MINILM_SQUAD_ONNX)),
     Step(

@@ -390,6 +390,7 @@ def run_script(script, argv, capsys) -> tuple[int, str]:
         (["--dataset", "imdb-nope"], r"^error: unknown data set 'imdb-nope'; known: .*sst2"),
         (["--label_column", "sentiment"], r"^error: .*train\.csv: no column 'sentiment' \(columns: text, label\)"),
         (["--model_name_or_path", "./checkpoints/does-not-exist"], r"^error: path does not exist: \./checkpoints/does-not-exist"),
+        (["--resume_from_checkpoint", "./checkpoints/nope"], r"^error: path does not exist: \./checkpoints/nope \(--resume_from_checkpoint\)$"),
         (["--mixout_p", "1"], r"^error: mixout probability must be in \[0, 1\), got 1.0 \(--mixout_p\)"),
     ],
 )

@@ -71,6 +71,9 @@ def finetune_and_publish(
     from transformers import AutoTokenizer, set_seed
     from transformers.trainer_utils import get_last_checkpoint
 
+    if training_args.resume_from_checkpoint and not Path(training_args.resume_from_checkpoint).is_dir():
+        # checked before the data and the model load, and as one line (the Trainer raises a bare ValueError)
+        raise ConfigError(f"path does not exist: {training_args.resume_from_checkpoint} (--resume_from_checkpoint)")
     push_to_hub, hub_token = training_args.push_to_hub, training_args.hub_token
     training_args.push_to_hub = False  # pocketlm.hub.publish uploads the finished artifact instead of checkpoints
     output_dir = Path(training_args.output_dir)
@@ -104,7 +107,7 @@ def finetune_and_publish(
         "train_runtime_s": train_output.metrics["train_runtime"], "wall_s_this_session": wall_seconds,
         "epochs": trainer.state.epoch, "best_checkpoint": trainer.state.best_model_checkpoint,
         "awp_steps": trainer.awp_steps, "global_steps": trainer.state.global_step,
-        "trainable_parameters": trainable, "total_parameters": total,
+        "trainable_parameters": trainable, "total_parameters": total, "train_examples": len(splits["train"]),
         "validation": results["validation"], "test": results["test"],
     }
     if not trainer.is_world_process_zero():
@@ -173,6 +176,7 @@ def _training_section(spec, data_args, regularisation, training_args, summary) -
         f"learning rate {training_args.learning_rate}, up to {training_args.num_train_epochs:g} epochs with early stopping after "
         f"{regularisation.early_stopping_patience} evaluations without a validation {BEST_METRIC} gain "
         f"(stopped at epoch {summary['epochs']:.0f}; best: `{Path(summary['best_checkpoint'] or '-').name}`). "
+        f"Trained on {summary['train_examples']:,} sentences of the train split. "
         f"Texts truncated to {data_args.max_seq_length} tokens, padded per batch, grouped by length: {training_args.group_by_length}. "
         f"Training took {summary['train_runtime_s']:.0f} s."
     )
