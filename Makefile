@@ -1,5 +1,6 @@
 # pocketlm — every command installs what it needs first (a venv with the pinned stack, the CPU torch wheel).
-#   make demo   build every missing artifact with the quick presets, publish them, and run the suite
+#   make demo   build every missing artifact with the demo presets, publish them, and run the suite
+#               (make demo ARGS="--port 7861": flags of python -m pocketlm.demo)
 #   make test   run the test suite (what CI runs)
 
 PYTHON ?= python3
@@ -31,7 +32,7 @@ $(STAMP): pyproject.toml requirements-lock.txt
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m pocketlm.demo
+	$(BIN)/python -m pocketlm.demo $(ARGS)
 
 test: $(STAMP) $(CHROMIUM)
 	$(BIN)/python -m pytest -q

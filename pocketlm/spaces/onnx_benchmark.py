@@ -89,7 +89,7 @@ def recorded_results(folder: Path = RECORDED_RESULTS) -> tuple[str, str | None]:
     """The recorded benchmark as Markdown (table, settings, machine) and its plot, or how to produce them."""
     found = [folder / name for name in ("results.json", "qa_latency.json") if (folder / name).is_file()]
     if not found:
-        return ("_No recorded results yet: run `flock /work/heavy.lock python benchmarks/qa_latency.py` "
+        return ("_No recorded results yet: run `python benchmarks/qa_latency.py` "
                 "(writes `benchmarks/results/qa_latency/`)._", None)
     results = json.loads(found[0].read_text())
     columns = [("runtime", "runtime"), ("p50_ms", "p50 ms"), ("p95_ms", "p95 ms"), ("speedup_p50", "speed-up (p50)"),
