@@ -54,7 +54,7 @@ def clean_environment() -> dict[str, str]:
 def timed_demo(clone: Path, port: int, log_path: Path, give_up_s: float) -> dict:
     """Run `make demo` in `clone` until its suite answers `/qa` (or it fails), then stop it like Ctrl-C."""
     from pocketlm.spaces.examples import QA_EXAMPLES
-    from pocketlm.spaces.launch import request_ok
+    from pocketlm.serving.launch import request_ok
 
     body = json.dumps({"question": QA_EXAMPLES[0][0], "context": QA_EXAMPLES[0][1]}).encode()
     url = f"http://127.0.0.1:{port}/qa"

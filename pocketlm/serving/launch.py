@@ -13,7 +13,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,36 +36,48 @@ class ServerProcess:
     log_path: Path
 
 
-def _health_ok(url: str) -> bool:
+def request_ok(url: str, body: bytes | None = None, timeout: float = 5.0) -> bool:
+    """True when `url` answers 200 (a POST of JSON `body` when given); False while nothing listens yet."""
+    headers = {"Content-Type": "application/json"} if body is not None else {}
     try:
-        with urllib.request.urlopen(url, timeout=1) as response:
+        with urllib.request.urlopen(urllib.request.Request(url, body, headers), timeout=timeout) as response:
             return response.status == 200
     except (urllib.error.URLError, ConnectionError, TimeoutError):
         return False
 
 
 @contextmanager
-def running_server(args: Sequence[str] = (), log_path: str | Path | None = None, ready_timeout_s: float = 60.0) -> Iterator[ServerProcess]:
-    """Run the server with extra CLI `args` on a free loopback port; stop it (SIGTERM, then SIGKILL) on exit.
+def running_process(
+    command: Sequence[str],
+    port: int,
+    *,
+    ready_path: str = "/health",
+    ready_body: bytes | None = None,
+    env: Mapping[str, str] | None = None,
+    log_path: str | Path,
+    ready_timeout_s: float = 60.0,
+    poll_s: float = 0.005,
+) -> Iterator[ServerProcess]:
+    """Run `command` (a server listening on 127.0.0.1:`port`) until the first 200 on `ready_path`; yield it with
+    the time that took; stop it on exit (SIGTERM, then SIGKILL).
 
-    Its output goes to `log_path` (a temporary file by default), never to a pipe nobody reads, which would
-    block the server once the pipe buffer filled.
+    Its output goes to `log_path`, never to a pipe nobody reads, which would block the server once the pipe
+    buffer filled; the log's tail is in the error if it exits or is not ready in time.
     """
-    port = free_port()
-    log_path = Path(log_path) if log_path else Path(os.environ.get("TMPDIR", "/tmp")) / f"pocketlm-serving-{port}.log"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
-    command = [sys.executable, "-m", "pocketlm.serving", "--host", "127.0.0.1", "--port", str(port), *args]
+    log_path = Path(log_path)
+    pythonpath = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
+    env = {**os.environ, "PYTHONPATH": pythonpath, **(env or {})}
     with open(log_path, "wb") as log:
         started = time.perf_counter()
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT, env=env)
+        process = subprocess.Popen(list(command), stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT, env=env)
     base_url = f"http://127.0.0.1:{port}"
     try:
-        while not _health_ok(f"{base_url}/health"):
+        while not request_ok(base_url + ready_path, ready_body, timeout=1 if ready_body is None else 5):
             if process.poll() is not None:
-                raise RuntimeError(f"server exited with {process.returncode}: {Path(log_path).read_text()[-2000:]}")
+                raise RuntimeError(f"{command[1]} exited with {process.returncode}: {log_path.read_text()[-3000:]}")
             if time.perf_counter() - started > ready_timeout_s:
-                raise TimeoutError(f"server not ready after {ready_timeout_s} s: {Path(log_path).read_text()[-2000:]}")
-            time.sleep(0.005)
+                raise TimeoutError(f"{command[1]} not ready after {ready_timeout_s} s: {log_path.read_text()[-3000:]}")
+            time.sleep(poll_s)
         yield ServerProcess(process, base_url, time.perf_counter() - started, log_path)
     finally:
         process.terminate()
@@ -74,3 +86,14 @@ def running_server(args: Sequence[str] = (), log_path: str | Path | None = None,
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+@contextmanager
+def running_server(args: Sequence[str] = (), log_path: str | Path | None = None, ready_timeout_s: float = 60.0) -> Iterator[ServerProcess]:
+    """Run `python -m pocketlm.serving` with extra CLI `args` on a free loopback port (log: a temporary file by
+    default); `ready_s` is launch → first 200 on /health."""
+    port = free_port()
+    log_path = log_path or Path(os.environ.get("TMPDIR", "/tmp")) / f"pocketlm-serving-{port}.log"
+    command = [sys.executable, "-m", "pocketlm.serving", "--host", "127.0.0.1", "--port", str(port), *args]
+    with running_process(command, port, log_path=log_path, ready_timeout_s=ready_timeout_s) as server:
+        yield server
