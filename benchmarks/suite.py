@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     markdown = (
         f"# Spaces suite\n\nCold start (launch → first `/qa` answer), {args.starts} starts: median "
         f"{cold['median_s']:.2f} s, max {cold['max_s']:.2f} s (target ≤ {COLD_START_TARGET_S:g} s); every tab "
-        f"loaded (incl. PyTorch and the RAG agent, in the background) after {loaded_after:.1f} s.\n\n"
+        f"loaded (incl. PyTorch{' and the RAG agent' if rag else ''}, in the background) after {loaded_after:.1f} s.\n\n"
         f"Each tab's example, {args.repeats} runs (target ≤ {TAB_TARGET_S:g} s):\n\n{markdown_table(tabs, columns)}"
     )
 
