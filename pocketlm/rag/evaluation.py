@@ -32,7 +32,7 @@ def retrieval_report(index: PassageIndex, query_vectors: np.ndarray, gold_ids: S
 def agreement_with_exact(approx: PassageIndex, exact: PassageIndex, query_vectors: np.ndarray) -> dict[str, float]:
     """FAISS's "1-recall@k": how often the exact (flat) nearest passage is in the approximate index's top k."""
     nearest = [ids[0] for ids in ranked_ids(exact, query_vectors, 1)]
-    return {f"1-recall@{k}_vs_flat": v for k, v in recall_at_k(ranked_ids(approx, query_vectors), nearest, KS).items()}
+    return {f"1-{name}_vs_flat": v for name, v in recall_at_k(ranked_ids(approx, query_vectors), nearest, KS).items()}
 
 
 def normalize_answer(text: str) -> str:
