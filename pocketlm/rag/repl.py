@@ -8,6 +8,7 @@ ids. Commands: `!search term` (the MOCK web_search tool), `!help`, `!reset` (for
 from __future__ import annotations
 
 import argparse
+import signal
 from collections.abc import Callable
 
 from rich.console import Console
@@ -80,6 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.k < 1:
         parser.error("--k must be at least 1")
+    # Ctrl-C leaves the REPL even when it was started from a shell that ignores SIGINT (a background job of a
+    # script: the ignored disposition is inherited and Python then never raises KeyboardInterrupt).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     console = Console(highlight=False)
     console.print("[dim]loading the retriever and the generator…[/]")
     from pocketlm.rag.chain import RagAgent
