@@ -110,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="also fine-tune and evaluate the SST-2 classifier (pocketlm/minilm-sst2-peft) before the suite")
     args = parser.parse_args(argv)
 
-    plan = STEPS[:-1] + CLASSIFIER_STEPS + STEPS[-1:] if args.with_classifier else STEPS
+    builds, serves = [s for s in STEPS if not s.serves], [s for s in STEPS if s.serves]
+    plan = [*builds, *(CLASSIFIER_STEPS if args.with_classifier else ()), *serves]
     steps = [step for step in plan if not (args.no_launch and step.serves)]
     todo = [step for step in steps if not step.done()]
     print(f"pocketlm demo: {len(steps)} steps, {len(steps) - len(todo)} already done", flush=True)
