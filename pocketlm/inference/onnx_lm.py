@@ -78,10 +78,13 @@ def cpu_session(model_path: str | Path, intra_op_num_threads: int | None = None)
         options.optimized_model_filepath = str(staging)
         options.log_severity_level = 3  # ORT warns that the graph is hardware-specific: this cache never leaves the machine
         session = ort.InferenceSession(str(model_path), options, providers=providers)
-        os.replace(staging, cached)
-        return session
     except (OSError, RuntimeError):  # e.g. a read-only runs folder: load without the cache (a model error re-raises here)
         return ort.InferenceSession(str(model_path), session_options(intra_op_num_threads), providers=providers)
+    try:
+        os.replace(staging, cached)
+    except OSError:  # the session is good; only the cache is lost, so the next start optimises again
+        staging.unlink(missing_ok=True)
+    return session
 
 
 def pick_onnx_file(folder: Path, quantized: bool) -> Path:
