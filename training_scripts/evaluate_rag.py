@@ -18,6 +18,8 @@ def main(args: list[str] | None = None) -> int:
     (config,) = parse_args_with_presets((LoopEvalConfig,), args=args, description=__doc__)
     if config.k < 1:
         raise SystemExit("error: --k must be at least 1")
+    if not config.lexical_weight >= 0:
+        raise SystemExit("error: --lexical_weight must be >= 0 (0: dense retrieval only)")
     results = evaluate_loop(config)
     print(results["markdown"])
     return 0

@@ -1,6 +1,7 @@
 """Evaluate the whole RAG loop on any `passages.jsonl` + `qa.jsonl` pair: retrieval, then answers.
 
-Builds a flat index over the given passages (with the published query adapter if there is one), reports
+Builds a flat index over the given passages (with the published query adapter if there is one, fused with
+BM25 unless `--lexical_weight 0`), reports
 recall@1/5/10 of the gold `passage_id`, then EM/F1 of two readers over the top-k fragments:
 extractive (`pocketlm/minilm-squad`, when published) and generative (the chain's prompt and generator).
 """
@@ -18,6 +19,7 @@ from pocketlm.rag.corpus import read_passages_and_questions
 from pocketlm.rag.embeddings import encode, encoder_id, load_encoder
 from pocketlm.rag.evaluation import KS, answer_report, extractive_answers, markdown_table, recall_at_k
 from pocketlm.rag.index import IndexSpec, PassageIndex
+from pocketlm.rag.lexical import HYBRID_WEIGHT
 from pocketlm.rag.query_adapter import QueryAdapter
 from pocketlm.rag.retriever import ADAPTER_FOLDER, RagRetriever
 from pocketlm.settings import runs_dir
@@ -29,6 +31,7 @@ class LoopEvalConfig:
     qa: str = field(metadata={"help": "qa.jsonl (id, question, answers, passage_id per line)"})
     encoder: str = field(default="minilm", metadata={"help": "sentence encoder for the index"})
     query_adapter: str = field(default=RAG_INDEX, metadata={"help": "a query adapter folder, an index id holding one, or 'none'"})
+    lexical_weight: float = field(default=HYBRID_WEIGHT, metadata={"help": "weight of BM25 fused with the dense scores (0: dense only)"})
     reader: str = field(default=MINILM_SQUAD, metadata={"help": "extractive QA model ('none' to skip; skipped when not published)"})
     generator_lora: str = field(default=TINY_LM_RAG_LORA, metadata={"help": "generator LoRA ('none' for the base LM alone)"})
     generator_base: str | None = field(default=None, metadata={"help": "base LM of the generator (default: the LoRA's)"})
@@ -77,7 +80,7 @@ def evaluate_loop(config: LoopEvalConfig) -> dict:
     started = time.perf_counter()
     index = PassageIndex.build(encode(encoder, [p.text for p in passages], show_progress=True, cache=True), passages, IndexSpec("flat"), encoder_id(config.encoder))
     build_s = time.perf_counter() - started
-    retriever = RagRetriever(encoder, index, adapter)
+    retriever = RagRetriever(encoder, index, adapter, config.lexical_weight)
     texts = [q.question for q in questions]
     fragments = retriever.retrieve_batch(texts, max(max(KS), config.k))
     retrieval = recall_at_k([[f.id for f in frs] for frs in fragments], [q.passage_id for q in questions], KS)
@@ -100,6 +103,7 @@ def evaluate_loop(config: LoopEvalConfig) -> dict:
         "qa": {"path": str(config.qa), "count": len(questions)},
         "encoder": encoder_id(config.encoder),
         "query_adapter": adapter_source,
+        "lexical_weight": config.lexical_weight,
         "embed_and_build_seconds": round(build_s, 2),  # embeddings come from the cache on a rerun
         "retrieval": retrieval,
         "readers": readers,
@@ -112,7 +116,7 @@ def evaluate_loop(config: LoopEvalConfig) -> dict:
     skipped = "" if reader_path else f"\nExtractive reader skipped: {config.reader} is not available.\n"
     markdown = (
         f"# RAG loop evaluation\n\n{len(passages)} passages ({config.passages}), {len(questions)} questions ({config.qa}); "
-        f"encoder {encoder_id(config.encoder)}, query adapter: {adapter_source}.\n\n## Retrieval\n\n"
+        f"encoder {encoder_id(config.encoder)}, query adapter: {adapter_source}, BM25 weight {config.lexical_weight:g} (0: dense only).\n\n## Retrieval\n\n"
         + markdown_table([retrieval], [f"recall@{k}" for k in KS])
         + f"\n## Answers (top {config.k} fragments)\n\n"
         + markdown_table([{"reader": name, **r} for name, r in readers.items()], ["reader", "model", "exact_match", "f1"], {"exact_match": ".1f", "f1": ".1f"})

@@ -41,6 +41,7 @@ def test_malformed_line_is_named_with_its_number(rag_files, tmp_path, capsys):
     bad.write_text(json.dumps({"id": "x", "question": "q?", "answers": ["a"], "passage_id": "missing"}) + "\n")
     assert run_script("--passages", str(passages), "--qa", str(bad)) == 2
     assert "'missing'" in capsys.readouterr().err
+    assert run_script("--passages", str(passages), "--qa", str(qa), "--lexical_weight", "-1") == "error: --lexical_weight must be >= 0 (0: dense retrieval only)"
 
 
 def test_evaluates_retrieval_and_answers(rag_files, tiny_lm_repo, tmp_path, capsys):
@@ -54,5 +55,6 @@ def test_evaluates_retrieval_and_answers(rag_files, tiny_lm_repo, tmp_path, caps
     results = json.loads((out / "results.json").read_text())
     assert results["qa"]["count"] == 6 and results["passages"]["count"] == 50
     assert results["retrieval"]["recall@10"] >= results["retrieval"]["recall@1"] > 0
+    assert results["lexical_weight"] > 0  # hybrid by default
     assert set(results["readers"]["generative"]) >= {"exact_match", "f1"}
     assert "recall@5" in (out / "results.md").read_text() and "recall@5" in capsys.readouterr().out
