@@ -36,10 +36,13 @@ SPECS = [
     IndexSpec("opq", opq_dim=64, pq_m=16),
     IndexSpec("opq", opq_dim=128, pq_m=32),
     IndexSpec("opq", opq_dim=96, pq_m=48),
+    IndexSpec("opq", opq_dim=192, pq_m=48),
+    IndexSpec("opq", opq_dim=128, pq_m=64),
     IndexSpec("opq", opq_dim=256, pq_m=64),
     IndexSpec("opq", opq_dim=64, pq_m=16, ivf_nlist=64, nprobe=8),
 ]
-"""The flat baseline and OPQ settings from 8 to 64 bytes per vector; the last adds IVF (64 lists ≈ √4,000)."""
+"""The flat baseline and OPQ settings from 8 to 64 bytes per vector and 2 to 8 dimensions per sub-quantiser; the
+last adds IVF (64 lists ≈ √4,000)."""
 
 
 def timed(fn, repeats: int) -> tuple[float, object]:
