@@ -50,10 +50,22 @@ def minilm_checkpoint(tmp_path_factory):
     return _save_checkpoint(model, tmp_path_factory.mktemp("minilm-qa"))
 
 
+def _check_int8_recipe(folder):
+    """Fused attention quantised (QAttention), every feed-forward output projection left in fp32, the rest int8."""
+    import onnx
+
+    ops = [node.op_type for node in onnx.load(str(folder / "model_quantized.onnx")).graph.node]
+    layers = json.loads((folder / "config.json").read_text()).get("num_hidden_layers") or json.loads((folder / "config.json").read_text())["n_layers"]
+    assert ops.count("QAttention") == layers and "Attention" not in ops
+    assert ops.count("MatMul") == layers  # the FFN outputs (qa_outputs and the rest are integer ops)
+    assert "DynamicQuantizeMatMul" in ops or "MatMulInteger" in ops
+
+
 def _check_export(checkpoint, output, squad_records, expected_inputs):
     folder = export_question_answering(str(checkpoint), output)
     assert {"model.onnx", "model_quantized.onnx", "config.json", "tokenizer.json"} <= {p.name for p in folder.iterdir()}
     assert (folder / "model_quantized.onnx").stat().st_size < 0.5 * (folder / "model.onnx").stat().st_size
+    _check_int8_recipe(folder)
 
     session = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
     assert [i.name for i in session.get_inputs()] == expected_inputs
