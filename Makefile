@@ -7,6 +7,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+DEV_STAMP := $(VENV)/.installed-dev
 
 # The Hub is unreachable on the machines this project is built on; set HF_HUB_OFFLINE=0 to use it.
 export HF_HUB_OFFLINE ?= 1
@@ -23,18 +24,25 @@ SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 .PHONY: install demo test clean-artifacts
 
+# The demo gets the runtime stack only; the tests add the [dev] extras (pytest, schemathesis, Playwright).
+# --no-compile: pip would byte-compile every module of every package (torch alone ships thousands), most of which
+# are never imported; Python compiles a module the first time it is imported anyway.
 $(STAMP): pyproject.toml requirements-lock.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -c requirements-lock.txt -e ".[dev]"
+	$(BIN)/python -m pip install -q --no-compile -c requirements-lock.txt -e .
 	@touch $@
 
-install: $(STAMP)
+$(DEV_STAMP): $(STAMP)
+	$(BIN)/python -m pip install -q --no-compile -c requirements-lock.txt -e ".[dev]"
+	@touch $@
+
+install: $(DEV_STAMP)
 
 demo: $(STAMP)
 	$(BIN)/python -m pocketlm.demo $(ARGS)
 
-test: $(STAMP) $(CHROMIUM)
+test: $(DEV_STAMP) $(CHROMIUM)
 	$(BIN)/python -m pytest -q
 
 $(CHROMIUM):

@@ -20,7 +20,7 @@ PRESETS = {
         "save_steps": 4, "eval_max_chunks": 8, "generation_tokens": 16, "generation_prompts": 2,
         "mixed_precision": "no",
     },
-    "demo": {"num_train_epochs": 1.0, "time_budget_minutes": 3.0, "warmup_steps": 20},
+    "demo": {"num_train_epochs": 1.0, "time_budget_minutes": 2.5, "warmup_steps": 20},
     "quick": {"num_train_epochs": 4.0, "time_budget_minutes": 12.5},
     # 8 epochs with dynamic masking: measured on one GPU, 20 epochs over this ~1M-token corpus overfit (validation
     # PPL 144 at epoch 6, 826 at epoch 20); 6 epochs of static masking reached 136, these settings 129.5.

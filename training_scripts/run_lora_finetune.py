@@ -18,7 +18,7 @@ from pocketlm.rag.lora_finetune import LoraExperimentConfig, run_experiment
 
 PRESETS = {
     "full": {},
-    "quick": {"train_pairs": 200, "eval_pairs": 50, "max_articles": 12, "held_out_fraction": 0.25, "seeds": "0", "num_train_epochs": 3.0},
+    "quick": {"train_pairs": 200, "eval_pairs": 50, "max_articles": 12, "held_out_fraction": 0.25, "seeds": "0", "num_train_epochs": 2.0},
 }
 
 
