@@ -44,7 +44,7 @@ GELU_OPS = {"Gelu", "BiasGelu", "FastGelu"}
 ENCODER_INT8_OPS = ["MatMul", "Attention", "Gather"]
 
 
-def quantize_encoder_int8(folder: str | Path) -> Path:
+def quantize_encoder_int8(folder: str | Path, keep_feed_forward_fp32: bool = True) -> Path:
     """`<folder>/model.onnx` → `<folder>/model_quantized.onnx` for a BERT-style encoder: fuse, then dynamic int8.
 
     1. optimum's `ORTOptimizer` (level 2) fuses each layer's attention into one `Attention` op, bias + GELU and
@@ -56,6 +56,7 @@ def quantize_encoder_int8(folder: str | Path) -> Path:
     quantising every MatMul costs 1.0 F1 point and 1.7 EM; keeping those six in fp32 costs 0.3 and 0.3, for a
     few ms per question. (`ORTQuantizer` cannot quantise the fused graph: its shape inference does not type the
     contrib ops' outputs, hence `DefaultTensorType`.) A graph the optimiser cannot fuse is quantised unfused.
+    `keep_feed_forward_fp32=False` quantises those too (the benchmark's "every MatMul" row).
     """
     import tempfile
 
@@ -71,7 +72,7 @@ def quantize_encoder_int8(folder: str | Path) -> Path:
             OptimizationConfig(optimization_level=2, optimize_for_gpu=False), save_dir=tmp
         )
         fused = Path(tmp) / FP32_FILE.replace(".onnx", "_optimized.onnx")
-        keep_fp32 = feed_forward_outputs(onnx.load(str(fused), load_external_data=False))
+        keep_fp32 = feed_forward_outputs(onnx.load(str(fused), load_external_data=False)) if keep_feed_forward_fp32 else []
         quantize_dynamic(
             str(fused), str(written), weight_type=QuantType.QInt8, per_channel=True,
             op_types_to_quantize=ENCODER_INT8_OPS, nodes_to_exclude=keep_fp32,

@@ -122,12 +122,14 @@ class RagAgent:
     @classmethod
     def from_pretrained(
         cls, index: str = RAG_INDEX, lora: str | None = TINY_LM_RAG_LORA, base: str | None = None,
-        index_type: str = "flat", use_adapter: bool = True, k: int = 3,
+        index_type: str = "flat", use_adapter: bool = True, k: int = 3, lexical_weight: float | None = None,
     ) -> RagAgent:
+        """`lexical_weight`: BM25's weight in the hybrid retriever (None: its default; 0: dense only)."""
         from pocketlm.rag.generator import load_generator
         from pocketlm.rag.retriever import RagRetriever
 
-        retriever = RagRetriever.from_pretrained(index, index_type=index_type, use_adapter=use_adapter)
+        hybrid = {} if lexical_weight is None else {"lexical_weight": lexical_weight}
+        retriever = RagRetriever.from_pretrained(index, index_type=index_type, use_adapter=use_adapter, **hybrid)
         model, tokenizer, description = load_generator(lora, base)
         return cls(retriever, model, tokenizer, k=k, description=description)
 

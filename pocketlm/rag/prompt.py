@@ -26,7 +26,8 @@ STOPWORDS = frozenset(
 
 @dataclass(frozen=True)
 class Fragment:
-    """A retrieved passage as the prompt shows it: `[id] text`; `score` is the retriever's cosine."""
+    """A retrieved passage as the prompt shows it: `[id] text`; `score` is the retriever's (cosine for dense retrieval,
+    the fused z-score for the hybrid default: higher is better either way)."""
 
     id: str
     title: str

@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from pocketlm import RAG_INDEX, TINY_LM_RAG_LORA
+from pocketlm.rag.lexical import HYBRID_WEIGHT
 
 PROMPT = "rag> "
 HELP = """\
@@ -75,12 +76,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--index", default=RAG_INDEX, help=f"published index id or folder (default {RAG_INDEX})")
     parser.add_argument("--index_type", choices=["flat", "opq"], default="flat", help="which FAISS index to search")
     parser.add_argument("--no_adapter", action="store_true", help="search with the stock encoder, without the query adapter")
+    parser.add_argument("--lexical_weight", type=float, default=HYBRID_WEIGHT,
+                        help=f"weight of BM25 fused with the dense scores (default {HYBRID_WEIGHT}; 0: dense retrieval only)")
     parser.add_argument("--lora", default=TINY_LM_RAG_LORA, help=f"generator LoRA id or folder, or none (default {TINY_LM_RAG_LORA}, used when published)")
     parser.add_argument("--base", default=None, help="base causal LM (default: the one the LoRA was trained from)")
     parser.add_argument("--k", type=int, default=3, help="fragments per answer")
     args = parser.parse_args(argv)
     if args.k < 1:
         parser.error("--k must be at least 1")
+    if not args.lexical_weight >= 0:
+        parser.error("--lexical_weight must be >= 0 (0: dense retrieval only)")
     # Ctrl-C leaves the REPL even when it was started from a shell that ignores SIGINT (a background job of a
     # script: the ignored disposition is inherited and Python then never raises KeyboardInterrupt).
     signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -89,12 +94,14 @@ def main(argv: list[str] | None = None) -> int:
     from pocketlm.rag.chain import RagAgent
 
     agent = RagAgent.from_pretrained(
-        args.index, lora=args.lora, base=args.base, index_type=args.index_type, use_adapter=not args.no_adapter, k=args.k
+        args.index, lora=args.lora, base=args.base, index_type=args.index_type, use_adapter=not args.no_adapter, k=args.k,
+        lexical_weight=args.lexical_weight,
     )
     adapter = "with" if agent.retriever.adapter is not None else "without"
+    lexical = f"+ BM25 (weight {args.lexical_weight:g})" if agent.retriever.lexical is not None else "dense only"
     console.print(
         f"[dim]index: {agent.retriever.index.config.get('factory', '?')} over {len(agent.retriever.index.passages)} passages, "
-        f"{adapter} query adapter; generator: {escape(agent.description)}[/]"
+        f"{adapter} query adapter, {lexical}; generator: {escape(agent.description)}[/]"
     )
     return repl(agent, console)
 
