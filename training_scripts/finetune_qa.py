@@ -31,7 +31,7 @@ PRESETS = {
               "doc_stride": 32, "max_steps": 2, "per_device_train_batch_size": 8, "learning_rate": 1e-4,
               "logging_steps": 1, "eval_steps": 2, "save_steps": 2},
     # <= 5 CPU-minutes on a quiet 2-core machine: a weak model for `make demo`
-    "demo": {**_COMMON, "max_train_samples": 1000, "max_eval_samples": 300, "eval_loss_samples": 100,
+    "demo": {**_COMMON, "max_train_samples": 1500, "max_eval_samples": 300, "eval_loss_samples": 100,
              "num_train_epochs": 1, "per_device_train_batch_size": 8, "learning_rate": 1e-4,
              "eval_steps": 50, "save_steps": 50},
     # half of the training questions, one pass
