@@ -55,7 +55,7 @@ def timed(fn, repeats: int) -> tuple[float, object]:
     return statistics.median(times), result
 
 
-def bench_encoder(name: str, passages, questions, adapter_dir: str | None, repeats: int) -> list[dict]:
+def bench_encoder(name: str, passages, questions, adapter_dir: str | None, repeats: int, specs: list[IndexSpec]) -> list[dict]:
     encoder = load_encoder(name)
     texts = [p.text for p in passages]
     sample_s, _ = timed(lambda: encode(encoder, texts[:128]), 1)
@@ -75,7 +75,7 @@ def bench_encoder(name: str, passages, questions, adapter_dir: str | None, repea
         "embed_passages_per_s": 128 / sample_s, "embed_all_s": round(full_s, 2), "embed_query_ms": 1000 * query_s / len(questions),
     }
     rows, flat = [], None
-    for spec in SPECS:
+    for spec in specs:
         build_s, index = timed(lambda: PassageIndex.build(vectors, passages, spec, common["encoder"]), repeats)
         if spec.kind == "flat":
             flat = index
@@ -130,14 +130,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max_distractors", type=int, default=None, help="WikiText distractors (default: all)")
     parser.add_argument("--query_adapter", default=None, help="a trained query adapter folder (for the 384-d rows)")
     parser.add_argument("--repeats", type=int, default=3, help="timing repeats (median)")
+    parser.add_argument("--opq", default=None,
+                        help="only these OPQ settings, as M_DIM (e.g. 32_128,16_64); default: the whole sweep")
     parser.add_argument("--output_dir", default=str(REPO_ROOT / "benchmarks" / "results" / "rag_index"))
     args = parser.parse_args(argv)
+    specs = SPECS
+    if args.opq:
+        try:
+            chosen = [tuple(int(x) for x in item.split("_")) for item in args.opq.split(",")]
+            specs = [IndexSpec("flat")] + [IndexSpec("opq", opq_dim=dim, pq_m=m) for m, dim in chosen]
+        except (ValueError, PocketLMError) as err:
+            parser.error(f"--opq takes M_DIM settings such as 32_128,16_64 ({err})")
     passages, questions = rag_dev()
     passages = passages + wikitext_distractors(args.max_distractors)
     rows, skipped = [], {}
     for name in [n.strip() for n in args.encoders.split(",") if n.strip()]:
         try:
-            rows += bench_encoder(name, passages, questions, args.query_adapter, args.repeats)
+            rows += bench_encoder(name, passages, questions, args.query_adapter, args.repeats, specs)
         except PocketLMError as err:  # the optional 768-d encoder may not be installed: say so in the results
             skipped[name] = str(err)
             print(f"skipped {name}: {err}", file=sys.stderr)
