@@ -60,7 +60,8 @@ def main(argv: list[str] | None = None) -> int:
         "onnxruntime-fp32": (onnx_dir / FP32_FILE).stat().st_size,
         "onnxruntime-int8": (onnx_dir / INT8_FILE).stat().st_size,
     }
-    runs = [(backend, BACKEND_LABELS[backend], args.model if backend == "pytorch" else str(onnx_dir)) for backend in BACKENDS]
+    # (row key, label, model, the loader backend that runs it)
+    runs = [(backend, BACKEND_LABELS[backend], args.model if backend == "pytorch" else str(onnx_dir), backend) for backend in BACKENDS]
     scratch = tempfile.TemporaryDirectory()
     if not args.no_all_int8:
         # What the published recipe gives up for accuracy: the same fused graph with the FFN outputs int8 too.
@@ -69,10 +70,10 @@ def main(argv: list[str] | None = None) -> int:
             if file.is_file() and file.name != INT8_FILE:
                 shutil.copy2(file, all_int8 / file.name)
         sizes["onnxruntime-int8-all"] = quantize_encoder_int8(all_int8, keep_feed_forward_fp32=False).stat().st_size
-        runs.append(("onnxruntime-int8-all", "ONNX Runtime int8, every MatMul", str(all_int8)))
+        runs.append(("onnxruntime-int8-all", "ONNX Runtime int8, every MatMul", str(all_int8), "onnxruntime-int8"))
     rows = []
-    for backend, label, model in runs:
-        answerer = load_question_answerer(model, backend.removesuffix("-all"), threads=args.threads, batch_size=1)
+    for backend, label, model, loader in runs:
+        answerer = load_question_answerer(model, loader, threads=args.threads, batch_size=1)
         print(f"{label}: {args.requests} requests after {args.warmup} warm-up", flush=True)
         timings = time_requests(lambda r: answerer.answer(r["question"], r["context"]), requests, args.warmup)
         row = {"backend": backend, "runtime": label, **summarise(timings), "size_mb": round(sizes[backend] / 2**20, 1)}

@@ -24,7 +24,7 @@ from pocketlm.benchmarking import markdown_table, write_results
 from pocketlm.hub import resolve
 from pocketlm.rag.corpus import Passage, rag_dev, squad_train_set, split_by_title
 from pocketlm.rag.embeddings import encode, load_encoder
-from pocketlm.rag.index import IndexSpec, PassageIndex
+from pocketlm.rag.index import IndexSpec, PassageIndex, recall_at_k
 from pocketlm.rag.lexical import HYBRID_WEIGHT, LexicalIndex
 from pocketlm.rag.query_adapter import QueryAdapter
 from pocketlm.rag.retriever import ADAPTER_FOLDER, RagRetriever
@@ -35,10 +35,10 @@ KS = (1, 5, 10)
 
 
 def ranking_metrics(ranked: list[list[str]], gold: list[str]) -> dict[str, float]:
-    hits = [[pid == g for pid in ids[: max(KS)]] for ids, g in zip(ranked, gold)]
-    metrics = {f"recall@{k}": float(np.mean([any(h[:k]) for h in hits])) for k in KS}
-    metrics["mrr@10"] = float(np.mean([1 / (h.index(True) + 1) if True in h else 0.0 for h in hits]))
-    return metrics
+    """Recall@1/5/10 and MRR@10 of ranked passage ids against the gold ones."""
+    top = [ids[: max(KS)] for ids in ranked]
+    mrr = float(np.mean([1 / (ids.index(g) + 1) if g in ids else 0.0 for ids, g in zip(top, gold)]))
+    return {**recall_at_k(top, gold, KS), "mrr@10": mrr}
 
 
 def bm25_ranking(passages: list[Passage], questions: list[str]) -> list[list[str]]:

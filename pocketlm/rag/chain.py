@@ -27,6 +27,7 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 
 from pocketlm import RAG_INDEX, TINY_LM_RAG_LORA
 from pocketlm.rag.generator import ANSWER_TOKENS, build_prompt, clean_answer, context_length
+from pocketlm.rag.lexical import HYBRID_WEIGHT
 from pocketlm.rag.prompt import Fragment, format_fragments, format_history, prompt_template
 from pocketlm.rag.tools import MockWebSearch, SearchResponse, web_search_tool
 
@@ -122,14 +123,13 @@ class RagAgent:
     @classmethod
     def from_pretrained(
         cls, index: str = RAG_INDEX, lora: str | None = TINY_LM_RAG_LORA, base: str | None = None,
-        index_type: str = "flat", use_adapter: bool = True, k: int = 3, lexical_weight: float | None = None,
+        index_type: str = "flat", use_adapter: bool = True, k: int = 3, lexical_weight: float = HYBRID_WEIGHT,
     ) -> RagAgent:
-        """`lexical_weight`: BM25's weight in the hybrid retriever (None: its default; 0: dense only)."""
+        """`lexical_weight`: BM25's weight in the hybrid retriever (0: dense only)."""
         from pocketlm.rag.generator import load_generator
         from pocketlm.rag.retriever import RagRetriever
 
-        hybrid = {} if lexical_weight is None else {"lexical_weight": lexical_weight}
-        retriever = RagRetriever.from_pretrained(index, index_type=index_type, use_adapter=use_adapter, **hybrid)
+        retriever = RagRetriever.from_pretrained(index, index_type=index_type, use_adapter=use_adapter, lexical_weight=lexical_weight)
         model, tokenizer, description = load_generator(lora, base)
         return cls(retriever, model, tokenizer, k=k, description=description)
 
