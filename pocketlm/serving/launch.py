@@ -65,6 +65,7 @@ def running_process(
     buffer filled; the log's tail is in the error if it exits or is not ready in time.
     """
     log_path = Path(log_path)
+    name = command[2] if command[1] == "-m" else command[1]  # the module or script, for the errors below
     pythonpath = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
     env = {**os.environ, "PYTHONPATH": pythonpath, **(env or {})}
     with open(log_path, "wb") as log:
@@ -74,9 +75,9 @@ def running_process(
     try:
         while not request_ok(base_url + ready_path, ready_body, timeout=1 if ready_body is None else 5):
             if process.poll() is not None:
-                raise RuntimeError(f"{command[1]} exited with {process.returncode}: {log_path.read_text()[-3000:]}")
+                raise RuntimeError(f"{name} exited with {process.returncode}: {log_path.read_text()[-3000:]}")
             if time.perf_counter() - started > ready_timeout_s:
-                raise TimeoutError(f"{command[1]} not ready after {ready_timeout_s} s: {log_path.read_text()[-3000:]}")
+                raise TimeoutError(f"{name} not ready after {ready_timeout_s} s: {log_path.read_text()[-3000:]}")
             time.sleep(poll_s)
         yield ServerProcess(process, base_url, time.perf_counter() - started, log_path)
     finally:
