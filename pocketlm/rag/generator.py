@@ -7,10 +7,11 @@ on pairs from held-out articles, before and after.
 
 from __future__ import annotations
 
+import json
 import random
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,6 +19,7 @@ import numpy as np
 
 from pocketlm import TINY_LM, TINY_LM_RAG_LORA
 from pocketlm.hub import ArtifactNotFoundError, resolve
+from pocketlm.io import write_json
 from pocketlm.rag.corpus import Passage, SquadTrainSet
 from pocketlm.rag.prompt import Fragment, fit_fragments, render_prompt
 
@@ -221,7 +223,7 @@ def generate_answers(model, tokenizer, prompts: Sequence[str], batch_size: int =
         batch = tokenizer(
             list(prompts[start : start + batch_size]), return_tensors="pt", padding=True, add_special_tokens=False,
             return_token_type_ids=False,
-        )
+        ).to(model.device)
         with torch.inference_mode():
             out = model.generate(
                 **batch, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id,
@@ -242,6 +244,37 @@ def rouge_l(predictions: Sequence[str], references: Sequence[str]) -> float:
     return float(np.mean(scores)) if scores else 0.0
 
 
+def write_pairs(path: Path, train_pairs: list[RagPair], eval_pairs: list[RagPair]) -> None:
+    """The exact prompts and answers trained and evaluated on, for inspection and for `benchmarks/rag_lora_sweep.py`."""
+    write_json(path, {"train": [asdict(p) for p in train_pairs], "held_out": [asdict(p) for p in eval_pairs]})
+
+
+def read_pairs(path: str | Path) -> tuple[list[RagPair], list[RagPair]]:
+    data = json.loads(Path(path).read_text())
+
+    def pair(row: dict) -> RagPair:
+        return RagPair(row["question"], tuple(Fragment(**f) for f in row["fragments"]), row["answer"], row["prompt"])
+
+    return [pair(r) for r in data["train"]], [pair(r) for r in data["held_out"]]
+
+
+def copy_accuracy(model, vocab_size: int, length: int = 40, sequences: int = 16, seed: int = 0) -> float:
+    """Top-1 accuracy on the second half of random token sequences shown twice (the induction-head test).
+
+    A model that can copy from its context (induction heads) scores near 1; one that cannot scores near 0,
+    and then no fine-tuning on a few hundred pairs will make it quote answer spans from retrieved fragments.
+    """
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    first = torch.randint(min(100, vocab_size // 2), vocab_size, (sequences, length), generator=generator)
+    ids = torch.cat([first, first], dim=1).to(model.device)
+    with torch.inference_mode():
+        logits = model(input_ids=ids).logits
+    predicted = logits[:, length:-1].argmax(-1)  # predictions for tokens length+1 .. 2*length-1: all copies
+    return float((predicted == ids[:, length + 1 :]).float().mean())
+
+
 def save_lora(peft_model, tokenizer, folder: str | Path, base_model_id: str) -> None:
     """Write the LoRA (safetensors + adapter_config.json naming the base by its id) and the tokenizer."""
     peft_model.peft_config["default"].base_model_name_or_path = base_model_id
@@ -259,6 +292,8 @@ class LoraTrainingConfig:
     per_device_train_batch_size: int = 8
     logging_steps: int = 10
     seed: int = 0
+    save_checkpoints: bool = True
+    """A checkpoint per epoch, so an interrupted run resumes; sweeps that rerun from scratch switch it off."""
 
 
 def finetune_lora(
@@ -294,13 +329,12 @@ def finetune_lora(
         warmup_ratio=0.06,
         logging_steps=config.logging_steps,
         eval_strategy="epoch",
-        save_strategy="epoch",
+        save_strategy="epoch" if config.save_checkpoints else "no",
         save_total_limit=1,
         seed=config.seed,
         report_to=[],
-        use_cpu=True,
         disable_tqdm=False,
-    )
+    )  # the GPU when there is one (fp32: the tiny LM is launch-bound there, half precision buys nothing)
     tokenizer.padding_side = "right"  # training: positions count from the first token, as in pretraining
     trainer = Trainer(
         model=model,

@@ -13,12 +13,15 @@ from pocketlm.rag.generator import (
     attention_target_modules,
     build_prompt,
     build_rag_pairs,
+    copy_accuracy,
     finetune_lora,
     generate_answers,
     load_base,
     load_generator,
+    read_pairs,
     rouge_l,
     save_lora,
+    write_pairs,
 )
 from pocketlm.rag.prompt import Fragment
 
@@ -95,3 +98,65 @@ def test_pairs_whose_answer_is_cropped_away_are_dropped(tiny_lm_repo):
     pairs, dropped = build_rag_pairs(data, rows, [[data.positives[r]] for r in rows], tokenizer, max_prompt_tokens=60)
     assert dropped > 0 and len(pairs) + dropped == len(rows)
     assert all(isinstance(p, RagPair) for p in pairs)
+
+
+class _Copier:
+    """A stand-in LM with a perfect induction head: at position t it predicts the token after the earlier
+    occurrence of token t (the behaviour `copy_accuracy` looks for), or an arbitrary token when there is none."""
+
+    device = "cpu"
+
+    def __init__(self, vocab_size: int):
+        self.vocab_size = vocab_size
+
+    def __call__(self, input_ids):
+        import types
+
+        import torch
+
+        batch, length = input_ids.shape
+        logits = torch.zeros(batch, length, self.vocab_size)
+        for b in range(batch):
+            for t in range(length):
+                earlier = (input_ids[b, :t] == input_ids[b, t]).nonzero()
+                target = input_ids[b, earlier[-1, 0] + 1] if len(earlier) else 0
+                logits[b, t, target] = 1.0
+        return types.SimpleNamespace(logits=logits)
+
+
+def test_copy_accuracy_tells_a_model_that_copies_from_one_that_cannot(tiny_lm_repo):
+    model, _ = load_base(tiny_lm_repo)
+    assert copy_accuracy(_Copier(512), 512, length=20, sequences=4) > 0.95
+    assert copy_accuracy(model, model.config.vocab_size, length=20, sequences=4) < 0.2  # random weights do not copy
+
+
+def test_pairs_file_round_trips(squad_pairs, tmp_path):
+    write_pairs(tmp_path / "pairs.json", squad_pairs[:5], squad_pairs[5:8])
+    train, held_out = read_pairs(tmp_path / "pairs.json")
+    assert train == squad_pairs[:5] and held_out == squad_pairs[5:8]
+
+
+@pytest.mark.slow
+def test_lora_sweep_reports_gain_and_seed_spread_per_config(squad_pairs, tiny_lm_repo, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from pocketlm.settings import REPO_ROOT
+
+    write_pairs(tmp_path / "pairs.json", squad_pairs[:8], squad_pairs[8:12])
+    out = tmp_path / "sweep"
+    command = [sys.executable, str(REPO_ROOT / "benchmarks" / "rag_lora_sweep.py"), "--pairs", str(tmp_path / "pairs.json"),
+               "--learning_rates", "5e-3", "--epochs", "1", "--seeds", "0,1", "--output_dir", str(out)]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, env={**os.environ, "TQDM_DISABLE": "1"})
+    assert done.returncode == 0, done.stderr[-2000:]
+    results = json.loads((out / "rag_lora_sweep.json").read_text())
+    [config] = results["configs"]
+    scores = [r["rougeL"] for r in results["runs"]]
+    assert sorted(r["seed"] for r in results["runs"]) == [0, 1] and config["seeds"] == 2
+    assert config["gain"] == pytest.approx(sum(scores) / 2 - results["rougeL_before"])
+    assert config["spread"] == pytest.approx(max(scores) - min(scores))
+    assert (out / "rag_lora_sweep.png").is_file() and "gain > spread" in (out / "rag_lora_sweep.md").read_text()
+
+    bad = subprocess.run([*command[:2], "--pairs", str(tmp_path / "missing.json")], capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0 and "--pairs" in bad.stderr and "Traceback" not in bad.stderr
