@@ -51,14 +51,16 @@ def minilm_checkpoint(tmp_path_factory):
 
 
 def _check_int8_recipe(folder):
-    """Fused attention quantised (QAttention), every feed-forward output projection left in fp32, the rest int8."""
+    """Fused attention quantised (QAttention), each feed-forward output smoothed (one Mul) then int8, no fp32 MatMul."""
     import onnx
 
-    ops = [node.op_type for node in onnx.load(str(folder / "model_quantized.onnx")).graph.node]
-    layers = json.loads((folder / "config.json").read_text()).get("num_hidden_layers") or json.loads((folder / "config.json").read_text())["n_layers"]
+    nodes = onnx.load(str(folder / "model_quantized.onnx")).graph.node
+    ops = [node.op_type for node in nodes]
+    config = json.loads((folder / "config.json").read_text())
+    layers = config.get("num_hidden_layers") or config["n_layers"]
     assert ops.count("QAttention") == layers and "Attention" not in ops
-    assert ops.count("MatMul") == layers  # the FFN outputs (qa_outputs and the rest are integer ops)
-    assert "DynamicQuantizeMatMul" in ops or "MatMulInteger" in ops
+    assert "MatMul" not in ops and ("DynamicQuantizeMatMul" in ops or "MatMulInteger" in ops)
+    assert sum(node.op_type == "Mul" and node.name.endswith("/smooth") for node in nodes) == layers
 
 
 def _check_export(checkpoint, output, squad_records, expected_inputs):
@@ -109,3 +111,39 @@ def test_minilm_export_matches_pytorch_and_loads_with_tokenizers_alone(minilm_ch
 
     tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
     assert tokenizer.encode("What is ONNX?").tokens[:2] == ["[CLS]", "what"]
+
+
+def test_smoothing_keeps_the_fp32_function_and_flattens_outlier_channels(minilm_checkpoint, tmp_path, squad_records):
+    """SmoothQuant on the feed-forward outputs: same logits in fp32; the MatMul inputs' channel ranges evened out."""
+    import onnx
+    from optimum.onnxruntime import ORTOptimizer
+    from optimum.onnxruntime.configuration import OptimizationConfig
+
+    from pocketlm.inference.onnx_export import calibration_batches, feed_forward_outputs
+    from pocketlm.inference.smoothing import activation_max, smooth_matmuls
+
+    folder = export_question_answering(str(minilm_checkpoint), tmp_path / "onnx", quantize=False)
+    ORTOptimizer.from_pretrained(folder, file_names=["model.onnx"]).optimize(
+        OptimizationConfig(optimization_level=2, optimize_for_gpu=False), save_dir=tmp_path / "fused")
+    model = onnx.load(str(tmp_path / "fused" / "model_optimized.onnx"))
+    names = [i.name for i in model.graph.input]
+    pairs = [(r["question"], r["context"]) for r in squad_records]
+    batches = list(calibration_batches(folder, pairs, names))
+    matmuls = feed_forward_outputs(model)
+    assert len(matmuls) == 2  # one per layer of the 2-layer MiniLM
+    inputs = [next(n for n in model.graph.node if n.name == m).input[0] for m in matmuls]
+    before = activation_max(model, inputs, batches)
+
+    smoothed = onnx.ModelProto()
+    smoothed.CopyFrom(model)
+    smooth_matmuls(smoothed, matmuls, before, alpha=0.8)
+    after = activation_max(smoothed, [next(n for n in smoothed.graph.node if n.name == m).input[0] for m in matmuls], batches)
+    for b, a in zip(before, after):
+        assert a.max() / np.median(a) < b.max() / np.median(b) / 2  # the outlier channels are much closer to the rest
+
+    runs = [ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]) for m in (model, smoothed)]
+    for batch in batches[:2]:
+        for expected, got in zip(*(session.run(None, batch) for session in runs)):
+            assert np.abs(expected - got).max() <= 1e-3 * max(1.0, np.abs(expected).max())
+    with pytest.raises(ValueError, match="alpha"):
+        smooth_matmuls(smoothed, matmuls, before, alpha=1.5)

@@ -2,8 +2,8 @@
 
 optimum does the work: `main_export` traces the model for the `question-answering` task with dynamic
 `batch_size` and `sequence_length` axes and checks the ONNX outputs against PyTorch. The int8 graph is ONNX
-Runtime's dynamic quantisation (weights int8 per channel, activations quantised on the fly: no calibration
-data) of the encoder after ONNX Runtime's transformer fusions (`quantize_encoder_int8`). The folder it writes is
+Runtime's dynamic quantisation (weights int8 per channel, activations quantised on the fly) of the encoder after
+ONNX Runtime's transformer fusions, with the feed-forward outputs smoothed first (`quantize_encoder_int8`). The folder it writes is
 self-contained for a torch-free reader: `model.onnx`,
 `model_quantized.onnx`, `config.json` and the tokenizer with `tokenizer.json` (loadable by `tokenizers` alone).
 """
@@ -11,10 +11,13 @@ self-contained for a torch-free reader: `model.onnx`,
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal
 
 from pocketlm.hub import resolve
 from pocketlm.inference.qa_engine import FP32_FILE, INT8_FILE
+from pocketlm.inference.smoothing import DEFAULT_ALPHA, activation_max, smooth_matmuls
 
 QA_OUTPUTS = ("start_logits", "end_logits")
 
@@ -44,20 +47,30 @@ GELU_OPS = {"Gelu", "BiasGelu", "FastGelu"}
 ENCODER_INT8_OPS = ["MatMul", "Attention", "Gather"]
 
 
-def quantize_encoder_int8(folder: str | Path, keep_feed_forward_fp32: bool = True) -> Path:
+FeedForward = Literal["smooth", "fp32", "int8"]
+CALIBRATION_QUESTIONS = 128
+
+
+def quantize_encoder_int8(
+    folder: str | Path,
+    feed_forward: FeedForward = "smooth",
+    calibration: Sequence[tuple[str, str]] | None = None,
+    alpha: float = DEFAULT_ALPHA,
+) -> Path:
     """`<folder>/model.onnx` → `<folder>/model_quantized.onnx` for a BERT-style encoder: fuse, then dynamic int8.
 
     1. optimum's `ORTOptimizer` (level 2) fuses each layer's attention into one `Attention` op, bias + GELU and
        residual + LayerNorm, so that quantisation turns attention into ONNX Runtime's `QAttention` kernel;
-    2. onnxruntime's `quantize_dynamic` quantises the projections, attention and the embedding table — except the
-       feed-forward output projections (the MatMuls that read a GELU's output), which stay fp32: those inputs
-       have outliers that one per-tensor activation scale, chosen on the fly, rounds badly.
-    Measured on the SQuAD MiniLM (README): on all 4,961 validation questions this graph is 0.36 EM / 0.61 F1 below
-    fp32, where optimum's default recipe (every MatMul and Gather, no fusion) was 1.37 / 1.19 below; the fp32
-    feed-forward outputs cost ~5 ms a question at batch 1 (`benchmarks/qa_latency.py`, which also times this
-    graph with every MatMul quantised). (`ORTQuantizer` cannot quantise the fused graph: its shape inference does not type the
-    contrib ops' outputs, hence `DefaultTensorType`.) A graph the optimiser cannot fuse is quantised unfused.
-    `keep_feed_forward_fp32=False` quantises those too (the benchmark's "every MatMul" row).
+    2. onnxruntime's `quantize_dynamic` quantises the projections, attention and the embedding table.
+    The feed-forward output projections (the MatMuls that read a GELU's output) have outlier input channels
+    that one per-tensor activation scale, chosen on the fly, rounds badly. `feed_forward` says what to do:
+    "smooth" (default) moves the outliers into the weights first (`pocketlm.inference.smoothing`, calibrated on
+    `calibration` (question, context) pairs: 128 from SQuAD *train* by default) and quantises everything;
+    "fp32" leaves those six MatMuls unquantised; "int8" quantises them as they are.
+    Measured on the SQuAD MiniLM (README, `benchmarks/qa_latency.py`): "smooth" is as fast as "int8" and at
+    least as accurate as "fp32", which is ~5 ms a question slower at batch 1.
+    (`ORTQuantizer` cannot quantise the fused graph: its shape inference does not type the contrib ops'
+    outputs, hence `DefaultTensorType`.) A graph the optimiser cannot fuse is quantised unfused.
     """
     import tempfile
 
@@ -66,6 +79,8 @@ def quantize_encoder_int8(folder: str | Path, keep_feed_forward_fp32: bool = Tru
     from optimum.onnxruntime import ORTOptimizer
     from optimum.onnxruntime.configuration import OptimizationConfig
 
+    if feed_forward not in ("smooth", "fp32", "int8"):
+        raise ValueError(f"feed_forward must be 'smooth', 'fp32' or 'int8', not {feed_forward!r}")
     folder = Path(folder)
     written = folder / INT8_FILE
     with tempfile.TemporaryDirectory(dir=folder) as tmp:
@@ -73,13 +88,41 @@ def quantize_encoder_int8(folder: str | Path, keep_feed_forward_fp32: bool = Tru
             OptimizationConfig(optimization_level=2, optimize_for_gpu=False), save_dir=tmp
         )
         fused = Path(tmp) / FP32_FILE.replace(".onnx", "_optimized.onnx")
-        keep_fp32 = feed_forward_outputs(onnx.load(str(fused), load_external_data=False)) if keep_feed_forward_fp32 else []
+        model = onnx.load(str(fused))
+        outlier_matmuls = feed_forward_outputs(model)
+        if feed_forward == "smooth" and outlier_matmuls:
+            inputs = [next(n for n in model.graph.node if n.name == name).input[0] for name in outlier_matmuls]
+            batches = calibration_batches(folder, calibration or squad_calibration_pairs(), [i.name for i in model.graph.input])
+            smooth_matmuls(model, outlier_matmuls, activation_max(model, inputs, batches), alpha)
+            onnx.save(model, str(fused))
         quantize_dynamic(
             str(fused), str(written), weight_type=QuantType.QInt8, per_channel=True,
-            op_types_to_quantize=ENCODER_INT8_OPS, nodes_to_exclude=keep_fp32,
+            op_types_to_quantize=ENCODER_INT8_OPS, nodes_to_exclude=outlier_matmuls if feed_forward == "fp32" else [],
             extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
         )
     return written
+
+
+def squad_calibration_pairs(count: int = CALIBRATION_QUESTIONS) -> list[tuple[str, str]]:
+    """(question, context) pairs spread over SQuAD *train* — never the validation set the int8 graph is judged on."""
+    from pocketlm.data import load_squad
+
+    train = load_squad("train")
+    rows = train.select(range(0, len(train), max(len(train) // count, 1))[:count])
+    return list(zip(rows["question"], rows["context"]))
+
+
+def calibration_batches(folder: Path, pairs: Sequence[tuple[str, str]], input_names: Sequence[str], batch_size: int = 16):
+    """The QA windows of `pairs`, tokenised as `OnnxQuestionAnswerer` tokenises them, in padded batches."""
+    from tokenizers import Tokenizer
+
+    from pocketlm.data.qa import encode_qa, pad_batch, pad_token_id, qa_tokenizer
+    from pocketlm.inference.qa_engine import window_settings
+
+    tokenizer = qa_tokenizer(Tokenizer.from_file(str(folder / "tokenizer.json")), **window_settings(folder))
+    features = encode_qa(tokenizer, [q for q, _ in pairs], [c for _, c in pairs])
+    for start in range(0, len(features), batch_size):
+        yield pad_batch(features, range(start, min(start + batch_size, len(features))), pad_token_id(tokenizer), input_names)
 
 
 def feed_forward_outputs(model) -> list[str]:
@@ -164,7 +207,7 @@ def publish_question_answering_onnx(model: str, repo_id: str, records: list[dict
         title=repo_id.split("/")[-1],
         summary=f"`{model}` exported to ONNX by optimum (`question-answering` task, dynamic batch and sequence axes): "
         f"`{FP32_FILE}` (fp32, {sizes[FP32_FILE]:.1f} MB) and `{INT8_FILE}` (ONNX Runtime's transformer fusions, then "
-        f"dynamic int8 with the feed-forward output projections kept in fp32, {sizes[INT8_FILE]:.1f} MB), with `tokenizer.json` so that onnxruntime + `tokenizers` serve it without torch.",
+        f"dynamic int8 with each feed-forward output projection smoothed first (SmoothQuant, α {DEFAULT_ALPHA:g}, calibrated on {CALIBRATION_QUESTIONS} SQuAD-train questions), {sizes[INT8_FILE]:.1f} MB), with `tokenizer.json` so that onnxruntime + `tokenizers` serve it without torch.",
         how_to_load=(
             "from pocketlm.inference.qa_engine import OnnxQuestionAnswerer\n"
             f"qa = OnnxQuestionAnswerer.from_pretrained(\"{repo_id}\", quantized=True)  # a local folder\n"
