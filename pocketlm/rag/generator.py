@@ -235,6 +235,13 @@ def generate_answers(model, tokenizer, prompts: Sequence[str], batch_size: int =
     return answers
 
 
+def gain_over_seeds(before: float, afters: Sequence[float]) -> dict[str, float | bool]:
+    """The issue's test of a fine-tuning: the mean gain over the base model against the seed spread (max - min)."""
+    mean = float(np.mean(afters))
+    gain, spread = mean - before, max(afters) - min(afters)
+    return {"rougeL_after_mean": mean, "rougeL_gain": gain, "rougeL_seed_spread": spread, "gain_exceeds_spread": gain > spread}
+
+
 def rouge_l(predictions: Sequence[str], references: Sequence[str]) -> float:
     """Mean ROUGE-L F1 (rouge-score, Porter stemming): `evaluate.load("rouge")` would fetch from the Hub."""
     from rouge_score import rouge_scorer

@@ -27,6 +27,7 @@ from pocketlm.rag.generator import (
     context_length,
     copy_accuracy,
     finetune_lora,
+    gain_over_seeds,
     generate_answers,
     load_tokenizer,
     write_pairs,
@@ -153,12 +154,9 @@ def run_experiment(config: LoraExperimentConfig, repo_id: str | None = TINY_LM_R
         "before": before,
         "after": runs,
         "rougeL_before": before["rougeL"],
-        "rougeL_after_mean": statistics.mean(afters),
         "rougeL_after_median": statistics.median(afters),
-        "rougeL_gain": statistics.mean(afters) - before["rougeL"],
-        "rougeL_seed_spread": max(afters) - min(afters),
+        **gain_over_seeds(before["rougeL"], afters),
     }
-    summary["gain_exceeds_spread"] = summary["rougeL_gain"] > summary["rougeL_seed_spread"]
     table_rows = [{"model": "base (no LoRA)", "seed": "-", **before}] + [{"model": "base + LoRA", **r} for r in runs]
     table = markdown_table(table_rows, ["model", "seed", "rougeL", "exact_match", "f1", "copy_accuracy"],
                            {"exact_match": ".1f", "f1": ".1f", "rougeL": ".4f", "copy_accuracy": ".3f"})

@@ -154,8 +154,9 @@ def test_lora_sweep_reports_gain_and_seed_spread_per_config(squad_pairs, tiny_lm
     [config] = results["configs"]
     scores = [r["rougeL"] for r in results["runs"]]
     assert sorted(r["seed"] for r in results["runs"]) == [0, 1] and config["seeds"] == 2
-    assert config["gain"] == pytest.approx(sum(scores) / 2 - results["rougeL_before"])
-    assert config["spread"] == pytest.approx(max(scores) - min(scores))
+    assert config["rougeL_gain"] == pytest.approx(sum(scores) / 2 - results["rougeL_before"])
+    assert config["rougeL_seed_spread"] == pytest.approx(max(scores) - min(scores))
+    assert config["gain_exceeds_spread"] == (config["rougeL_gain"] > config["rougeL_seed_spread"])
     assert (out / "rag_lora_sweep.png").is_file() and "gain > spread" in (out / "rag_lora_sweep.md").read_text()
 
     bad = subprocess.run([*command[:2], "--pairs", str(tmp_path / "missing.json")], capture_output=True, text=True, timeout=120)
