@@ -120,24 +120,22 @@ def test_smoothing_keeps_the_fp32_function_and_flattens_outlier_channels(minilm_
     from optimum.onnxruntime.configuration import OptimizationConfig
 
     from pocketlm.inference.onnx_export import calibration_batches, feed_forward_outputs
-    from pocketlm.inference.smoothing import activation_max, smooth_matmuls
+    from pocketlm.inference.smoothing import activation_max, matmul_inputs, smooth_matmuls
 
     folder = export_question_answering(str(minilm_checkpoint), tmp_path / "onnx", quantize=False)
     ORTOptimizer.from_pretrained(folder, file_names=["model.onnx"]).optimize(
         OptimizationConfig(optimization_level=2, optimize_for_gpu=False), save_dir=tmp_path / "fused")
     model = onnx.load(str(tmp_path / "fused" / "model_optimized.onnx"))
     names = [i.name for i in model.graph.input]
-    pairs = [(r["question"], r["context"]) for r in squad_records]
-    batches = list(calibration_batches(folder, pairs, names))
+    batches = list(calibration_batches(folder, [(r["question"], r["context"]) for r in squad_records], names))
     matmuls = feed_forward_outputs(model)
     assert len(matmuls) == 2  # one per layer of the 2-layer MiniLM
-    inputs = [next(n for n in model.graph.node if n.name == m).input[0] for m in matmuls]
-    before = activation_max(model, inputs, batches)
+    before = activation_max(model, matmul_inputs(model, matmuls), batches)
 
     smoothed = onnx.ModelProto()
     smoothed.CopyFrom(model)
-    smooth_matmuls(smoothed, matmuls, before, alpha=0.8)
-    after = activation_max(smoothed, [next(n for n in smoothed.graph.node if n.name == m).input[0] for m in matmuls], batches)
+    smooth_matmuls(smoothed, matmuls, batches, alpha=0.8)
+    after = activation_max(smoothed, matmul_inputs(smoothed, matmuls), batches)
     for b, a in zip(before, after):
         assert a.max() / np.median(a) < b.max() / np.median(b) / 2  # the outlier channels are much closer to the rest
 
@@ -146,4 +144,4 @@ def test_smoothing_keeps_the_fp32_function_and_flattens_outlier_channels(minilm_
         for expected, got in zip(*(session.run(None, batch) for session in runs)):
             assert np.abs(expected - got).max() <= 1e-3 * max(1.0, np.abs(expected).max())
     with pytest.raises(ValueError, match="alpha"):
-        smooth_matmuls(smoothed, matmuls, before, alpha=1.5)
+        smooth_matmuls(smoothed, matmuls, batches, alpha=1.5)

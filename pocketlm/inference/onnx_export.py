@@ -17,7 +17,7 @@ from typing import Literal
 
 from pocketlm.hub import resolve
 from pocketlm.inference.qa_engine import FP32_FILE, INT8_FILE
-from pocketlm.inference.smoothing import DEFAULT_ALPHA, activation_max, smooth_matmuls
+from pocketlm.inference.smoothing import DEFAULT_ALPHA, smooth_matmuls
 
 QA_OUTPUTS = ("start_logits", "end_logits")
 
@@ -91,9 +91,8 @@ def quantize_encoder_int8(
         model = onnx.load(str(fused))
         outlier_matmuls = feed_forward_outputs(model)
         if feed_forward == "smooth" and outlier_matmuls:
-            inputs = [next(n for n in model.graph.node if n.name == name).input[0] for name in outlier_matmuls]
             batches = calibration_batches(folder, calibration or squad_calibration_pairs(), [i.name for i in model.graph.input])
-            smooth_matmuls(model, outlier_matmuls, activation_max(model, inputs, batches), alpha)
+            smooth_matmuls(model, outlier_matmuls, batches, alpha)
             onnx.save(model, str(fused))
         quantize_dynamic(
             str(fused), str(written), weight_type=QuantType.QInt8, per_channel=True,

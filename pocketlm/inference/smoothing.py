@@ -45,15 +45,22 @@ def activation_max(model, tensor_names: Sequence[str], batches: Iterable[dict[st
     return maxima  # type: ignore[return-value]
 
 
-def smooth_matmuls(model, node_names: Sequence[str], maxima: Sequence[np.ndarray], alpha: float = DEFAULT_ALPHA) -> None:
+def matmul_inputs(model, node_names: Sequence[str]) -> list[str]:
+    """The activation input (the first) of each named MatMul of `model`."""
+    nodes = {node.name: node for node in model.graph.node}
+    return [nodes[name].input[0] for name in node_names]
+
+
+def smooth_matmuls(model, node_names: Sequence[str], batches: Iterable[dict[str, np.ndarray]], alpha: float = DEFAULT_ALPHA) -> None:
     """Smooth the MatMuls `node_names` of `model` in place: scale their weight rows by s, their input by 1/s.
 
-    Each MatMul must read its weight (in, out) from an initializer; `maxima` are the per-channel max |input|.
-    The graph computes the same function in fp32 (up to rounding)."""
+    Each MatMul must read its weight (in, out) from an initializer; its inputs' per-channel max |x| is measured
+    on the calibration `batches` (the model's own inputs). The graph computes the same function in fp32."""
     from onnx import helper, numpy_helper
 
     if not 0 <= alpha <= 1:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    maxima = activation_max(model, matmul_inputs(model, node_names), batches)
     nodes = {node.name: node for node in model.graph.node}
     initializers = {init.name: init for init in model.graph.initializer}
     for name, channel_max in zip(node_names, maxima):
