@@ -42,7 +42,7 @@ from pocketlm.settings import runs_dir
 class LoraExperimentConfig:
     model_name_or_path: str = field(default=TINY_LM, metadata={"help": "base causal LM: pocketlm/tiny-lm (default), gpt2, any causal LM id or path"})
     train_pairs: int = field(default=500, metadata={"help": "training pairs"})
-    eval_pairs: int = field(default=300, metadata={"help": "held-out pairs for ROUGE-L before/after (at 100, sampling noise alone moves a seed's score by ~0.01, as much as the effect)"})
+    eval_pairs: int = field(default=300, metadata={"help": "held-out pairs for ROUGE-L before/after (at 100, which pairs are drawn moves a seed's score about as much as the effect)"})
     max_articles: int = field(default=0, metadata={"help": "use only this many SQuAD-train articles (0: all 44)"})
     held_out_fraction: float = field(default=0.15, metadata={"help": "share of the articles kept for held-out pairs"})
     k: int = field(default=2, metadata={"help": "fragments per prompt"})
