@@ -1,6 +1,7 @@
 """ONNX export of QA models: a random DistilBERT and a (shortened) real MiniLM, reloaded with onnxruntime."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
@@ -60,7 +61,23 @@ def _check_int8_recipe(folder):
     layers = config.get("num_hidden_layers") or config["n_layers"]
     assert ops.count("QAttention") == layers and "Attention" not in ops
     assert "MatMul" not in ops and ("DynamicQuantizeMatMul" in ops or "MatMulInteger" in ops)
+    assert "SkipLayerNormalization" not in ops and "LayerNormalization" in ops  # the slow fused kernel is avoided
     assert sum(node.op_type == "Mul" and node.name.endswith("/smooth") for node in nodes) == layers
+
+
+def _check_session_keeps_layer_norm_unfused(folder, runs):
+    """The graph ONNX Runtime actually runs (what `cpu_session` caches after its own optimisations, here in a
+    fresh runs folder) has no SkipLayerNormalization: the session does not fuse back what the export left apart."""
+    import os
+    from unittest import mock
+
+    import onnx
+
+    with mock.patch.dict(os.environ, {"POCKETLM_RUNS_DIR": str(runs)}):
+        OnnxQuestionAnswerer.from_pretrained(folder, quantized=True, threads=1)
+    [cached] = (runs / "ort-cache").glob("*.onnx")
+    ops = {node.op_type for node in onnx.load(str(cached)).graph.node}
+    assert "SkipLayerNormalization" not in ops and "QAttention" in ops
 
 
 def _check_export(checkpoint, output, squad_records, expected_inputs):
@@ -96,6 +113,7 @@ def _check_export(checkpoint, output, squad_records, expected_inputs):
 
     int8 = OnnxQuestionAnswerer.from_pretrained(folder, quantized=True, threads=1, **SMALL_WINDOWS)
     int8_answers = int8.answer_batch(questions, contexts)
+    _check_session_keeps_layer_norm_unfused(folder, Path(output).parent / "runs")
     assert len(int8_answers) == len(questions) and all(contexts[i][a.start : a.end] == a.text for i, a in enumerate(int8_answers))
     return folder
 

@@ -59,8 +59,9 @@ def quantize_encoder_int8(
 ) -> Path:
     """`<folder>/model.onnx` → `<folder>/model_quantized.onnx` for a BERT-style encoder: fuse, then dynamic int8.
 
-    1. optimum's `ORTOptimizer` (level 2) fuses each layer's attention into one `Attention` op, bias + GELU and
-       residual + LayerNorm, so that quantisation turns attention into ONNX Runtime's `QAttention` kernel;
+    1. optimum's `ORTOptimizer` (level 2) fuses each layer's attention into one `Attention` op and bias + GELU,
+       so that quantisation turns attention into ONNX Runtime's `QAttention` kernel (residual + LayerNorm are
+       left unfused: `pocketlm.inference.qa_engine.QA_DISABLED_FUSIONS`);
     2. onnxruntime's `quantize_dynamic` quantises the projections, attention and the embedding table.
     The feed-forward output projections (the MatMuls that read a GELU's output) have outlier input channels
     that one per-tensor activation scale, chosen on the fly, rounds badly. `feed_forward` says what to do:
@@ -85,7 +86,8 @@ def quantize_encoder_int8(
     written = folder / INT8_FILE
     with tempfile.TemporaryDirectory(dir=folder) as tmp:
         ORTOptimizer.from_pretrained(folder, file_names=[FP32_FILE]).optimize(
-            OptimizationConfig(optimization_level=2, optimize_for_gpu=False), save_dir=tmp
+            # residual + LayerNorm stay two ops: the fused CPU kernel is slower (`QA_DISABLED_FUSIONS`)
+            OptimizationConfig(optimization_level=2, optimize_for_gpu=False, disable_skip_layer_norm_fusion=True), save_dir=tmp
         )
         fused = Path(tmp) / FP32_FILE.replace(".onnx", "_optimized.onnx")
         model = onnx.load(str(fused))

@@ -51,13 +51,14 @@ def session_options(intra_op_num_threads: int | None = None):
     return options
 
 
-def cpu_session(model_path: str | Path, intra_op_num_threads: int | None = None):
+def cpu_session(model_path: str | Path, intra_op_num_threads: int | None = None, disabled_optimizers: Sequence[str] = ()):
     """An onnxruntime CPU session whose optimised graph is cached on disk after the first load.
 
     Optimising a graph at load time costs 0.15-0.25 s per model here, a quarter of the REST server's one-second
     start-up budget; loading the cached result with optimisation off takes half that or less. The cache is keyed by the
     graph's size and mtime and the onnxruntime version (the optimised graph may use this CPU's kernels, so it is
     kept per machine, under the runs folder); a cache that cannot be written just costs the slower load.
+    `disabled_optimizers` names ONNX Runtime graph transformers to skip (`QA_DISABLED_FUSIONS` says why).
     """
     import onnxruntime as ort
 
@@ -66,7 +67,8 @@ def cpu_session(model_path: str | Path, intra_op_num_threads: int | None = None)
     model_path = Path(model_path)
     options = session_options(intra_op_num_threads)
     stat = model_path.stat()
-    key = hashlib.sha1(f"{model_path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{ort.__version__}".encode()).hexdigest()[:16]
+    disabled = sorted(disabled_optimizers)
+    key = hashlib.sha1(f"{model_path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{ort.__version__}|{disabled}".encode()).hexdigest()[:16]
     cached = runs_dir() / "ort-cache" / f"{model_path.stem}-{key}.onnx"
     providers = ["CPUExecutionProvider"]
     if cached.is_file():
@@ -77,9 +79,10 @@ def cpu_session(model_path: str | Path, intra_op_num_threads: int | None = None)
         cached.parent.mkdir(parents=True, exist_ok=True)
         options.optimized_model_filepath = str(staging)
         options.log_severity_level = 3  # ORT warns that the graph is hardware-specific: this cache never leaves the machine
-        session = ort.InferenceSession(str(model_path), options, providers=providers)
+        session = ort.InferenceSession(str(model_path), options, providers=providers, disabled_optimizers=disabled)
     except (OSError, RuntimeError):  # e.g. a read-only runs folder: load without the cache (a model error re-raises here)
-        return ort.InferenceSession(str(model_path), session_options(intra_op_num_threads), providers=providers)
+        return ort.InferenceSession(str(model_path), session_options(intra_op_num_threads), providers=providers,
+                                    disabled_optimizers=disabled)
     try:
         os.replace(staging, cached)
     except OSError:  # the session is good; only the cache is lost, so the next start optimises again
