@@ -17,3 +17,16 @@ def test_results_are_json_markdown_and_png(tmp_path):
     write_results(tmp_path, "demo", {"value": 1}, table, lambda figure: figure.add_subplot(1, 1, 1).plot([1, 2]))
     assert json.loads((tmp_path / "demo.json").read_text())["value"] == 1
     assert "Machine:" in (tmp_path / "demo.md").read_text() and (tmp_path / "demo.png").stat().st_size > 1000
+
+
+def test_time_interleaved_takes_turns_request_by_request_and_rotates_who_goes_first():
+    from pocketlm.inference.latency import time_interleaved
+
+    order = []
+    calls = {name: (lambda request, name=name: order.append((name, request))) for name in "abc"}
+    timings = time_interleaved(calls, ["r1", "r2", "r3"], warmup=1)
+    assert {name: len(ms) for name, ms in timings.items()} == {"a": 3, "b": 3, "c": 3}
+    assert all(ms >= 0 for values in timings.values() for ms in values)
+    assert order[:3] == [("a", "r1"), ("b", "r1"), ("c", "r1")]  # warm-up
+    assert order[3:] == [("a", "r1"), ("b", "r1"), ("c", "r1"), ("b", "r2"), ("c", "r2"), ("a", "r2"),
+                         ("c", "r3"), ("a", "r3"), ("b", "r3")]

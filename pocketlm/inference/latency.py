@@ -9,7 +9,7 @@ from __future__ import annotations
 import shlex
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,25 @@ def time_requests(call: Callable[[Any], object], requests: Sequence[Any], warmup
         started = time.perf_counter()
         call(request)
         timings.append((time.perf_counter() - started) * 1000)
+    return timings
+
+
+def time_interleaved(calls: Mapping[str, Callable[[Any], object]], requests: Sequence[Any], warmup: int) -> dict[str, list[float]]:
+    """Milliseconds of each of `calls` on each request, the calls taking turns request by request.
+
+    On a shared VM the host's speed drifts by up to 2× within minutes; timing one runtime after another would
+    compare them under different conditions, so each request is timed on every runtime back to back (starting
+    with a different one each time, so none always runs first). `warmup` untimed requests each, first."""
+    names = list(calls)
+    for request in list(requests)[:warmup]:
+        for name in names:
+            calls[name](request)
+    timings: dict[str, list[float]] = {name: [] for name in names}
+    for i, request in enumerate(requests):
+        for name in names[i % len(names):] + names[: i % len(names)]:
+            started = time.perf_counter()
+            calls[name](request)
+            timings[name].append((time.perf_counter() - started) * 1000)
     return timings
 
 
