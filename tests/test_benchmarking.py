@@ -19,14 +19,14 @@ def test_results_are_json_markdown_and_png(tmp_path):
     assert "Machine:" in (tmp_path / "demo.md").read_text() and (tmp_path / "demo.png").stat().st_size > 1000
 
 
-def test_time_interleaved_takes_turns_request_by_request_and_rotates_who_goes_first():
+def test_time_interleaved_takes_turns_in_blocks_and_rotates_who_goes_first():
     from pocketlm.inference.latency import time_interleaved
 
     order = []
     calls = {name: (lambda request, name=name: order.append((name, request))) for name in "abc"}
-    timings = time_interleaved(calls, ["r1", "r2", "r3"], warmup=1)
+    timings = time_interleaved(calls, ["r1", "r2", "r3"], warmup=1, block=2, settle_s=0)
     assert {name: len(ms) for name, ms in timings.items()} == {"a": 3, "b": 3, "c": 3}
     assert all(ms >= 0 for values in timings.values() for ms in values)
     assert order[:3] == [("a", "r1"), ("b", "r1"), ("c", "r1")]  # warm-up
-    assert order[3:] == [("a", "r1"), ("b", "r1"), ("c", "r1"), ("b", "r2"), ("c", "r2"), ("a", "r2"),
-                         ("c", "r3"), ("a", "r3"), ("b", "r3")]
+    assert order[3:] == [("a", "r1"), ("a", "r2"), ("b", "r1"), ("b", "r2"), ("c", "r1"), ("c", "r2"),
+                         ("b", "r3"), ("c", "r3"), ("a", "r3")]

@@ -33,22 +33,28 @@ def time_requests(call: Callable[[Any], object], requests: Sequence[Any], warmup
     return timings
 
 
-def time_interleaved(calls: Mapping[str, Callable[[Any], object]], requests: Sequence[Any], warmup: int) -> dict[str, list[float]]:
-    """Milliseconds of each of `calls` on each request, the calls taking turns request by request.
+def time_interleaved(calls: Mapping[str, Callable[[Any], object]], requests: Sequence[Any], warmup: int,
+                     block: int = 10, settle_s: float = 0.1) -> dict[str, list[float]]:
+    """Milliseconds of each of `calls` on each request, the calls taking turns in blocks of `block` requests.
 
     On a shared VM the host's speed drifts by up to 2× within minutes; timing one runtime after another would
-    compare them under different conditions, so each request is timed on every runtime back to back (starting
-    with a different one each time, so none always runs first). `warmup` untimed requests each, first."""
+    compare them under different conditions, so the runtimes take turns, starting each round with a different
+    one. Turns are blocks, not single requests, with an untimed `settle_s` pause at each switch: the thread
+    pools of PyTorch (OpenMP) and ONNX Runtime spin for a while after a call, and a runtime timed right after
+    another would share the two cores with those spinning threads. `warmup` untimed requests each, first."""
     names = list(calls)
     for request in list(requests)[:warmup]:
         for name in names:
             calls[name](request)
     timings: dict[str, list[float]] = {name: [] for name in names}
-    for i, request in enumerate(requests):
-        for name in names[i % len(names):] + names[: i % len(names)]:
-            started = time.perf_counter()
-            calls[name](request)
-            timings[name].append((time.perf_counter() - started) * 1000)
+    for round_number, start in enumerate(range(0, len(requests), block)):
+        shift = round_number % len(names)
+        for name in names[shift:] + names[:shift]:
+            time.sleep(settle_s)
+            for request in requests[start : start + block]:
+                started = time.perf_counter()
+                calls[name](request)
+                timings[name].append((time.perf_counter() - started) * 1000)
     return timings
 
 
