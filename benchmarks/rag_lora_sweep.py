@@ -26,7 +26,7 @@ from pocketlm import TINY_LM
 from pocketlm.benchmarking import markdown_table, write_results
 from pocketlm.hub import resolve
 from pocketlm.rag.generator import (
-    LoraTrainingConfig, copy_accuracy, finetune_lora, gain_over_seeds, generate_answers, load_base, read_pairs, rouge_l,
+    LoraTrainingConfig, finetune_lora, gain_over_seeds, load_base, read_pairs, score_generator,
 )
 from pocketlm.settings import REPO_ROOT
 
@@ -47,11 +47,9 @@ def train_and_score(base_path: str, pairs_path: str, learning_rate: float, epoch
     started = time.perf_counter()
     config = LoraTrainingConfig(num_train_epochs=epochs, learning_rate=learning_rate, seed=seed, save_checkpoints=False)
     model, tokenizer, history = finetune_lora(base_path, train, held_out, config, run_dir)
-    predictions = generate_answers(model, tokenizer, [p.prompt for p in held_out], batch_size=32)
+    scores, _ = score_generator(model, tokenizer, held_out, batch_size=32)
     return {
-        "learning_rate": learning_rate, "epochs": epochs, "seed": seed,
-        "rougeL": rouge_l(predictions, [p.answer for p in held_out]),
-        "copy_accuracy": copy_accuracy(model, model.config.vocab_size),
+        "learning_rate": learning_rate, "epochs": epochs, "seed": seed, **scores,
         "eval_loss": next((r["eval_loss"] for r in reversed(history) if "eval_loss" in r), None),
         "seconds": time.perf_counter() - started,
     }
@@ -93,8 +91,8 @@ def main(argv: list[str] | None = None) -> int:
     base_path = resolve(args.model_name_or_path)
     _, held_out = read_pairs(args.pairs)
     model, tokenizer = load_base(base_path)
-    baseline = rouge_l(generate_answers(model, tokenizer, [p.prompt for p in held_out], batch_size=32), [p.answer for p in held_out])
-    base_copy = copy_accuracy(model, model.config.vocab_size)
+    base_scores, _ = score_generator(model, tokenizer, held_out, batch_size=32)
+    baseline, base_copy = base_scores["rougeL"], base_scores["copy_accuracy"]
     print(f"base model: ROUGE-L {baseline:.4f} on {len(held_out)} held-out pairs, copy accuracy {base_copy:.3f}", flush=True)
 
     grid = list(itertools.product(learning_rates, epochs, seeds))

@@ -282,6 +282,13 @@ def copy_accuracy(model, vocab_size: int, length: int = 40, sequences: int = 16,
     return float((predicted == ids[:, length + 1 :]).float().mean())
 
 
+def score_generator(model, tokenizer, pairs: Sequence[RagPair], batch_size: int = 8) -> tuple[dict[str, float], list[str]]:
+    """ROUGE-L of greedy answers to the pairs' prompts and the model's copy accuracy; and the answers."""
+    predictions = generate_answers(model, tokenizer, [p.prompt for p in pairs], batch_size=batch_size)
+    scores = {"rougeL": rouge_l(predictions, [p.answer for p in pairs]), "copy_accuracy": copy_accuracy(model, model.config.vocab_size)}
+    return scores, predictions
+
+
 def save_lora(peft_model, tokenizer, folder: str | Path, base_model_id: str) -> None:
     """Write the LoRA (safetensors + adapter_config.json naming the base by its id) and the tokenizer."""
     peft_model.peft_config["default"].base_model_name_or_path = base_model_id

@@ -25,14 +25,12 @@ from pocketlm.rag.generator import (
     RagPair,
     build_rag_pairs,
     context_length,
-    copy_accuracy,
     finetune_lora,
     gain_over_seeds,
-    generate_answers,
     load_tokenizer,
-    write_pairs,
-    rouge_l,
     save_lora,
+    score_generator,
+    write_pairs,
 )
 from pocketlm.rag.index import IndexSpec, PassageIndex
 from pocketlm.settings import runs_dir
@@ -110,9 +108,8 @@ def make_pairs(config: LoraExperimentConfig, tokenizer, max_prompt_tokens: int) 
 
 def evaluate_answers(model, tokenizer, pairs: list[RagPair]) -> tuple[dict[str, float], list[str]]:
     """ROUGE-L, EM and F1 of greedy answers to the pairs' prompts, the copy accuracy, and the answers."""
-    predictions = generate_answers(model, tokenizer, [p.prompt for p in pairs])
-    scores = {"rougeL": rouge_l(predictions, [p.answer for p in pairs]), **answer_report(predictions, [[p.answer] for p in pairs])}
-    return {**scores, "copy_accuracy": copy_accuracy(model, model.config.vocab_size)}, predictions
+    scores, predictions = score_generator(model, tokenizer, pairs)
+    return {**scores, **answer_report(predictions, [[p.answer] for p in pairs])}, predictions
 
 
 def run_experiment(config: LoraExperimentConfig, repo_id: str | None = TINY_LM_RAG_LORA, push_to_hub: bool = False, token: str | None = None) -> dict:
