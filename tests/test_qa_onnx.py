@@ -12,7 +12,7 @@ from pocketlm.data import load_squad
 from pocketlm.data.qa import encode_qa, pad_batch, pad_token_id
 from pocketlm.hub import resolve
 from pocketlm.inference.onnx_export import export_question_answering
-from pocketlm.inference.qa_engine import OnnxQuestionAnswerer
+from pocketlm.inference.qa_engine import OnnxQuestionAnswerer, qa_model_file
 from pocketlm.inference.qa_torch import TorchQuestionAnswerer
 
 SMALL_WINDOWS = {"max_length": 96, "stride": 32}  # short windows, so that long contexts span several features
@@ -65,6 +65,16 @@ def _check_int8_recipe(folder):
     assert sum(node.op_type == "Mul" and node.name.endswith("/smooth") for node in nodes) == layers
 
 
+def _check_fused_graph(folder):
+    """The fp32 graph pocketlm runs has one fused Attention per layer, and keeps residual + LayerNorm apart."""
+    import onnx
+
+    ops = [node.op_type for node in onnx.load(str(folder / "model_optimized.onnx")).graph.node]
+    config = json.loads((folder / "config.json").read_text())
+    assert ops.count("Attention") == (config.get("num_hidden_layers") or config["n_layers"])
+    assert "SkipLayerNormalization" not in ops and "Softmax" not in ops
+
+
 def _check_session_keeps_layer_norm_unfused(folder, runs):
     """The graph ONNX Runtime actually runs (what `cpu_session` caches after its own optimisations, here in a
     fresh runs folder) has no SkipLayerNormalization: the session does not fuse back what the export left apart."""
@@ -82,8 +92,9 @@ def _check_session_keeps_layer_norm_unfused(folder, runs):
 
 def _check_export(checkpoint, output, squad_records, expected_inputs):
     folder = export_question_answering(str(checkpoint), output)
-    assert {"model.onnx", "model_quantized.onnx", "config.json", "tokenizer.json"} <= {p.name for p in folder.iterdir()}
+    assert {"model.onnx", "model_optimized.onnx", "model_quantized.onnx", "config.json", "tokenizer.json"} <= {p.name for p in folder.iterdir()}
     assert (folder / "model_quantized.onnx").stat().st_size < 0.5 * (folder / "model.onnx").stat().st_size
+    _check_fused_graph(folder)
     _check_int8_recipe(folder)
 
     session = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
@@ -93,16 +104,18 @@ def _check_export(checkpoint, output, squad_records, expected_inputs):
 
     torch_qa = TorchQuestionAnswerer.from_pretrained(str(checkpoint), **SMALL_WINDOWS)
     onnx_qa = OnnxQuestionAnswerer.from_pretrained(folder, threads=1, **SMALL_WINDOWS)
+    assert onnx_qa.model_path.name == "model_optimized.onnx"  # the fused graph is what runs
     assert onnx_qa.input_names == torch_qa.input_names == expected_inputs
 
-    # Logits agree for batches of other sizes and lengths than the export's dummy input (dynamic axes).
+    # Logits of both fp32 graphs agree for batches of other sizes and lengths than the export's dummy input
+    # (dynamic axes), padding included.
     features = encode_qa(torch_qa.tokenizer, [r["question"] for r in squad_records], [r["context"] for r in squad_records])
     pad = pad_token_id(torch_qa.tokenizer)
     for indices in ([0], [1, 2, 3], list(range(len(features)))):
         batch = pad_batch(features, indices, pad, expected_inputs)
-        for expected, got in zip(torch_qa.logits(batch), onnx_qa.logits(batch)):
-            assert expected.shape == got.shape == batch["input_ids"].shape
-            assert np.abs(expected - got).max() <= 1e-4
+        for expected, fused, plain in zip(torch_qa.logits(batch), onnx_qa.logits(batch), session.run(None, batch)):
+            assert expected.shape == fused.shape == plain.shape == batch["input_ids"].shape
+            assert np.abs(expected - fused).max() <= 1e-4 and np.abs(expected - plain).max() <= 1e-4
 
     questions, contexts = [r["question"] for r in squad_records], [r["context"] for r in squad_records]
     torch_answers = torch_qa.answer_batch(questions, contexts)
@@ -134,16 +147,13 @@ def test_minilm_export_matches_pytorch_and_loads_with_tokenizers_alone(minilm_ch
 def test_smoothing_keeps_the_fp32_function_and_flattens_outlier_channels(minilm_checkpoint, tmp_path, squad_records):
     """SmoothQuant on the feed-forward outputs: same logits in fp32; the MatMul inputs' channel ranges evened out."""
     import onnx
-    from optimum.onnxruntime import ORTOptimizer
-    from optimum.onnxruntime.configuration import OptimizationConfig
 
     from pocketlm.inference.onnx_export import calibration_batches, feed_forward_outputs
     from pocketlm.inference.smoothing import activation_max, matmul_inputs, smooth_matmuls
 
     folder = export_question_answering(str(minilm_checkpoint), tmp_path / "onnx", quantize=False)
-    ORTOptimizer.from_pretrained(folder, file_names=["model.onnx"]).optimize(
-        OptimizationConfig(optimization_level=2, optimize_for_gpu=False), save_dir=tmp_path / "fused")
-    model = onnx.load(str(tmp_path / "fused" / "model_optimized.onnx"))
+    assert not (folder / "model_quantized.onnx").exists()
+    model = onnx.load(str(folder / "model_optimized.onnx"))
     names = [i.name for i in model.graph.input]
     batches = list(calibration_batches(folder, [(r["question"], r["context"]) for r in squad_records], names))
     matmuls = feed_forward_outputs(model)
@@ -163,3 +173,17 @@ def test_smoothing_keeps_the_fp32_function_and_flattens_outlier_channels(minilm_
             assert np.abs(expected - got).max() <= 1e-3 * max(1.0, np.abs(expected).max())
     with pytest.raises(ValueError, match="alpha"):
         smooth_matmuls(smoothed, matmuls, batches, alpha=1.5)
+
+
+def test_fp32_runs_the_fused_graph_where_the_export_has_one(tmp_path):
+    """Exports by other tools have only model.onnx; pocketlm's also have model_optimized.onnx, preferred for fp32."""
+    from pocketlm.hub import ArtifactNotFoundError
+
+    with pytest.raises(ArtifactNotFoundError, match="model.onnx"):
+        qa_model_file(tmp_path, quantized=False)
+    (tmp_path / "model.onnx").write_bytes(b"")
+    assert qa_model_file(tmp_path, quantized=False).name == "model.onnx"
+    (tmp_path / "model_optimized.onnx").write_bytes(b"")
+    assert qa_model_file(tmp_path, quantized=False).name == "model_optimized.onnx"
+    with pytest.raises(ArtifactNotFoundError, match="model_quantized.onnx"):
+        qa_model_file(tmp_path, quantized=True)

@@ -19,6 +19,10 @@ from pocketlm.inference.qa_postprocess import Answer, best_span
 from pocketlm.inference.squad_metrics import squad_scores
 
 FP32_FILE = "model.onnx"
+"""optimum's export: standard ONNX operators only, so any ONNX runtime can load it."""
+OPTIMIZED_FILE = "model_optimized.onnx"
+"""The same fp32 function after ONNX Runtime's transformer fusions (one `Attention` op per layer, bias + GELU):
+what the fp32 QA path runs, since ORT does not fuse this export's attention when it loads `model.onnx`."""
 INT8_FILE = "model_quantized.onnx"
 QA_DISABLED_FUSIONS = ("SkipLayerNormFusion",)
 """ONNX Runtime fusions the QA encoder runs faster without. ORT 1.32's CPU `SkipLayerNormalization` kernel took
@@ -85,16 +89,14 @@ class OnnxQuestionAnswerer(QuestionAnswerer):
 
     @classmethod
     def from_pretrained(cls, folder: str | Path, quantized: bool = False, threads: int | None = None, **kwargs) -> "OnnxQuestionAnswerer":
-        """Load `model.onnx` (or `model_quantized.onnx`) and `tokenizer.json` from an export folder or repo id
-        (through `pocketlm.hub.resolve`: the local hub folder first)."""
+        """Load the fp32 (or, with `quantized`, the int8) graph and `tokenizer.json` from an export folder or repo
+        id (through `pocketlm.hub.resolve`: the local hub folder first). See `qa_model_file` for which fp32 file."""
         from tokenizers import Tokenizer
 
-        from pocketlm.hub import ArtifactNotFoundError, resolve
+        from pocketlm.hub import resolve
 
         folder = Path(resolve(str(folder)))
-        model_file = folder / (INT8_FILE if quantized else FP32_FILE)
-        if not model_file.is_file():
-            raise ArtifactNotFoundError(f"no {model_file.name} in {folder} (export it with training_scripts/export_qa_onnx.py)")
+        model_file = qa_model_file(folder, quantized)
         for key, value in window_settings(folder).items():
             kwargs.setdefault(key, value)
         return cls(model_file, Tokenizer.from_file(str(folder / "tokenizer.json")), threads=threads, **kwargs)
@@ -102,6 +104,18 @@ class OnnxQuestionAnswerer(QuestionAnswerer):
     def logits(self, batch: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         start, end = self.session.run(["start_logits", "end_logits"], batch)
         return start, end
+
+
+def qa_model_file(folder: Path, quantized: bool) -> Path:
+    """`model_quantized.onnx` for int8; for fp32 `model_optimized.onnx` where the export has it (the fused graph,
+    faster), else `model.onnx` (exports made by other tools). A clear error when the file is missing."""
+    from pocketlm.hub import ArtifactNotFoundError
+
+    candidates = [INT8_FILE] if quantized else [OPTIMIZED_FILE, FP32_FILE]
+    for name in candidates:
+        if (folder / name).is_file():
+            return folder / name
+    raise ArtifactNotFoundError(f"no {candidates[-1]} in {folder} (export it with training_scripts/export_qa_onnx.py)")
 
 
 def window_settings(folder: str | Path) -> dict[str, int]:

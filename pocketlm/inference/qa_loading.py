@@ -7,16 +7,16 @@ from functools import lru_cache
 from pathlib import Path
 
 from pocketlm.hub import resolve
-from pocketlm.inference.qa_engine import FP32_FILE, OnnxQuestionAnswerer, QuestionAnswerer
+from pocketlm.inference.qa_engine import FP32_FILE, INT8_FILE, OPTIMIZED_FILE, OnnxQuestionAnswerer, QuestionAnswerer
 
 BACKENDS = ("pytorch", "onnxruntime-fp32", "onnxruntime-int8")
 
 
 def onnx_folder(model: str) -> Path:
-    """The ONNX export of `model`: the folder itself when it holds `model.onnx`, else an export of the
-    PyTorch checkpoint it names into a temporary folder (made once per process and checkpoint version)."""
+    """The ONNX export of `model`: the folder itself when it holds one of the export's graphs, else an export of
+    the PyTorch checkpoint it names into a temporary folder (made once per process and checkpoint version)."""
     path = Path(resolve(model))
-    if (path / FP32_FILE).is_file():
+    if any((path / name).is_file() for name in (FP32_FILE, OPTIMIZED_FILE, INT8_FILE)):
         return path
     weights = sorted(path.glob("*.safetensors"))
     return _export_once(str(path), tuple(w.stat().st_mtime_ns for w in weights))
