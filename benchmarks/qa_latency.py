@@ -6,9 +6,10 @@ Each runtime answers the same `--requests` validation questions one at a time (b
 tokenise, model, span selection) after `--warmup` untimed requests, with the same intra-op thread count, the
 runtimes taking turns request by request (the host's speed drifts); p50/p95 in ms, model file size in MB, and
 EM/F1 at batch 1 on `--eval_samples` validation questions (the same for all).
-Two more rows quantise the same fused graph with the other treatments of the feed-forward outputs
-(`pocketlm.inference.onnx_export.quantize_encoder_int8`): left in fp32 (accurate, slower) and quantised without
-smoothing (fast, less accurate) — what the published smoothed recipe gains over each.
+The fp32 row runs the export's fused graph (`model_optimized.onnx`, `pocketlm.inference.onnx_export.fuse_encoder`).
+Three more rows (skipped with `--no_variants`) show what each step buys: the unfused `model.onnx`, and the same fused
+graph quantised with the other treatments of the feed-forward outputs (`quantize_encoder_int8`): left in fp32
+(accurate, slower) and quantised without smoothing (fast, less accurate).
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from pathlib import Path
 from pocketlm import MINILM_SQUAD, MINILM_SQUAD_ONNX
 from pocketlm.cli import run
 
-BACKEND_LABELS = {"pytorch": "PyTorch fp32", "onnxruntime-fp32": "ONNX Runtime fp32", "onnxruntime-int8": "ONNX Runtime int8 (published: smoothed)"}
+BACKEND_LABELS = {"pytorch": "PyTorch fp32", "onnxruntime-fp32": "ONNX Runtime fp32 (fused)", "onnxruntime-int8": "ONNX Runtime int8 (published: smoothed)"}
+UNFUSED_LABEL = "ONNX Runtime fp32, unfused export"
 ALTERNATIVE_RECIPES = {"fp32": "ONNX Runtime int8, FFN outputs fp32", "int8": "ONNX Runtime int8, FFN outputs unsmoothed"}
 
 
@@ -35,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2, help="intra-op threads, the same for every runtime (default: %(default)s)")
     parser.add_argument("--eval_samples", type=int, default=1000, help="validation questions for EM/F1; 0 skips (default: %(default)s)")
     parser.add_argument("--no_variants", action="store_true",
-                        help="skip the two extra int8 rows (feed-forward outputs left fp32 / quantised without smoothing)")
+                        help="skip the three extra rows (unfused fp32 export; int8 with feed-forward outputs left fp32 / unsmoothed)")
     parser.add_argument("--output_dir", type=Path, default=None, help="default: benchmarks/results/qa_latency")
     args = parser.parse_args(argv)
     if args.requests < 1 or args.warmup < 0 or args.threads < 1 or args.eval_samples < 0:
@@ -45,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     from pocketlm.hub import resolve
     from pocketlm.inference.latency import markdown_table, summarise, time_interleaved, write_results
     from pocketlm.inference.onnx_export import quantize_encoder_int8
-    from pocketlm.inference.qa_engine import FP32_FILE, INT8_FILE, evaluate_squad
+    from pocketlm.inference.qa_engine import FP32_FILE, INT8_FILE, OPTIMIZED_FILE, evaluate_squad, qa_model_file
     from pocketlm.inference.qa_loading import BACKENDS, load_question_answerer, onnx_folder
 
     validation = load_squad("validation").to_list()
@@ -59,19 +61,29 @@ def main(argv: list[str] | None = None) -> int:
     onnx_dir = onnx_folder(args.onnx_model)
     sizes = {
         "pytorch": sum(p.stat().st_size for p in Path(resolve(args.model)).glob("*.safetensors")),
-        "onnxruntime-fp32": (onnx_dir / FP32_FILE).stat().st_size,
+        "onnxruntime-fp32": qa_model_file(onnx_dir, quantized=False).stat().st_size,
         "onnxruntime-int8": (onnx_dir / INT8_FILE).stat().st_size,
     }
     # (row key, label, model, the loader backend that runs it)
     runs = [(backend, BACKEND_LABELS[backend], args.model if backend == "pytorch" else str(onnx_dir), backend) for backend in BACKENDS]
     scratch = tempfile.TemporaryDirectory()
+    if not args.no_variants and (onnx_dir / OPTIMIZED_FILE).is_file():
+        # What the fusions buy: the export before them (a folder without the fused graph loads model.onnx)
+        unfused = Path(scratch.name) / "unfused"
+        unfused.mkdir()
+        for file in onnx_dir.iterdir():
+            if file.is_file() and file.suffix != ".onnx":
+                shutil.copy2(file, unfused / file.name)
+        (unfused / FP32_FILE).symlink_to(onnx_dir / FP32_FILE)
+        sizes["onnxruntime-fp32-unfused"] = (onnx_dir / FP32_FILE).stat().st_size
+        runs.append(("onnxruntime-fp32-unfused", UNFUSED_LABEL, str(unfused), "onnxruntime-fp32"))
     if not args.no_variants:
         # The other two ways to treat the feed-forward outputs, from the same fp32 graph: what smoothing buys.
         for feed_forward, label in ALTERNATIVE_RECIPES.items():
             variant = Path(scratch.name) / feed_forward
             variant.mkdir()
             for file in onnx_dir.iterdir():
-                if file.is_file() and file.name != INT8_FILE:
+                if file.is_file() and file.name not in (INT8_FILE, FP32_FILE):  # the fused graph is what is quantised
                     shutil.copy2(file, variant / file.name)
             key = f"onnxruntime-int8-ffn-{feed_forward}"
             sizes[key] = quantize_encoder_int8(variant, feed_forward=feed_forward).stat().st_size

@@ -1,0 +1,181 @@
+"""How fast can int8 QA get on this CPU? The encoder's matrix products alone, against the whole model call.
+
+    flock /work/heavy.lock python benchmarks/qa_int8_ceiling.py      # writes benchmarks/results/qa_int8_ceiling/
+
+The QA latency target asks ONNX Runtime int8 for 3× PyTorch fp32. Most of an encoder's time is its matrix
+products, so this times them alone, at the model's own shapes (every layer's QKV, output, feed-forward up and
+down projections for one `--tokens`-token window at batch 1), in one graph per runtime: PyTorch fp32 (`x @ w`),
+ONNX Runtime fp32 and ONNX Runtime dynamic int8 (the same `quantize_dynamic` settings as the published graph:
+int8 weights per channel, activations quantised at run time). Each product reads its own input, so every
+dynamic quantisation of an activation is paid, as in the model. Next to them, the whole model call of each
+runtime on a window of the same length. PyTorch's whole call divided by int8's matrix products alone is the
+ceiling of the int8 speed-up with everything else (attention softmax, GELU, LayerNorm, tokenising) free.
+All runtimes take turns in blocks (`time_interleaved`), with the same intra-op thread count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from pocketlm import MINILM_SQUAD, MINILM_SQUAD_ONNX
+from pocketlm.cli import run
+
+RUNTIMES = ("pytorch", "onnxruntime-fp32", "onnxruntime-int8")
+LABELS = {"pytorch": "PyTorch fp32", "onnxruntime-fp32": "ONNX Runtime fp32 (fused)", "onnxruntime-int8": "ONNX Runtime int8 (published)"}
+
+
+def projection_shapes(config: dict) -> list[tuple[int, int]]:
+    """(in, out) of every matrix product with a weight in a BERT-style encoder, layer after layer."""
+    hidden = config.get("hidden_size") or config["dim"]
+    inner = config.get("intermediate_size") or config["hidden_dim"]
+    layers = config.get("num_hidden_layers") or config["n_layers"]
+    return [(hidden, 3 * hidden), (hidden, hidden), (hidden, inner), (inner, hidden)] * layers
+
+
+def projections_graph(shapes: list[tuple[int, int]], path: Path, seed: int = 0) -> Path:
+    """One ONNX graph of independent MatMuls `x_i @ w_i` (one input per product, random weights)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    nodes, inputs, outputs, weights = [], [], [], []
+    for i, (fan_in, fan_out) in enumerate(shapes):
+        nodes.append(helper.make_node("MatMul", [f"x{i}", f"w{i}"], [f"y{i}"]))
+        inputs.append(helper.make_tensor_value_info(f"x{i}", TensorProto.FLOAT, ["tokens", fan_in]))
+        outputs.append(helper.make_tensor_value_info(f"y{i}", TensorProto.FLOAT, ["tokens", fan_out]))
+        weights.append(numpy_helper.from_array((rng.standard_normal((fan_in, fan_out)) * 0.05).astype(np.float32), f"w{i}"))
+    graph = helper.make_graph(nodes, "projections", inputs, outputs, weights)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=MINILM_SQUAD, help="PyTorch QA checkpoint (default: %(default)s)")
+    parser.add_argument("--onnx_model", default=MINILM_SQUAD_ONNX, help="its ONNX export (default: %(default)s)")
+    parser.add_argument("--tokens", type=int, default=146,
+                        help="window length; 146 is the mean window of qa_latency.py's 100 requests (default: %(default)s)")
+    parser.add_argument("--threads", type=int, default=2, help="intra-op threads, the same for every runtime (default: %(default)s)")
+    parser.add_argument("--rounds", type=int, default=20, help="blocks of 10 timed calls per runtime and measure (default: %(default)s)")
+    parser.add_argument("--output_dir", type=Path, default=None, help="default: benchmarks/results/qa_int8_ceiling")
+    args = parser.parse_args(argv)
+    if args.tokens < 8 or args.threads < 1 or args.rounds < 1:
+        parser.error("--tokens must be at least 8, --threads and --rounds positive")
+
+    import onnxruntime as ort
+    import torch
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from pocketlm.inference.latency import markdown_table, summarise, time_interleaved, write_results
+    from pocketlm.inference.onnx_lm import session_options
+    from pocketlm.inference.qa_engine import QA_DISABLED_FUSIONS, qa_model_file
+    from pocketlm.inference.qa_loading import onnx_folder
+    from pocketlm.inference.qa_torch import TorchQuestionAnswerer
+
+    torch.set_num_threads(args.threads)
+    onnx_dir = onnx_folder(args.onnx_model)
+    config = json.loads((onnx_dir / "config.json").read_text())
+    shapes = projection_shapes(config)
+    rng = np.random.default_rng(0)
+
+    def session(path: Path) -> ort.InferenceSession:
+        return ort.InferenceSession(str(path), session_options(args.threads), providers=["CPUExecutionProvider"],
+                                    disabled_optimizers=list(QA_DISABLED_FUSIONS))
+
+    # the whole model on one window: random ids, a question segment of 16 tokens, no padding (batch 1)
+    window = {
+        "input_ids": rng.integers(1000, config["vocab_size"], (1, args.tokens)).astype(np.int64),
+        "attention_mask": np.ones((1, args.tokens), np.int64),
+        "token_type_ids": (np.arange(args.tokens) >= 16).astype(np.int64)[None],
+    }
+    torch_model = TorchQuestionAnswerer.from_pretrained(args.model).model
+    torch_window = {name: torch.from_numpy(window[name]) for name in ("input_ids", "attention_mask", "token_type_ids")}
+    model_sessions = {"onnxruntime-fp32": session(qa_model_file(onnx_dir, quantized=False)),
+                      "onnxruntime-int8": session(qa_model_file(onnx_dir, quantized=True))}
+
+    # the matrix products alone, the same shapes in every runtime
+    scratch = tempfile.TemporaryDirectory()
+    fp32_graph = projections_graph(shapes, Path(scratch.name) / "projections.onnx")
+    int8_graph = Path(scratch.name) / "projections_int8.onnx"
+    quantize_dynamic(str(fp32_graph), str(int8_graph), weight_type=QuantType.QInt8, per_channel=True)
+    feeds = {f"x{i}": rng.standard_normal((args.tokens, fan_in)).astype(np.float32) for i, (fan_in, _) in enumerate(shapes)}
+    gemm_sessions = {"onnxruntime-fp32": session(fp32_graph), "onnxruntime-int8": session(int8_graph)}
+    torch_pairs = [(torch.from_numpy(feeds[f"x{i}"]), torch.tensor(w)) for i, w in enumerate(_weights(fp32_graph))]
+
+    @torch.inference_mode()
+    def torch_model_call(_):
+        torch_model(**torch_window)
+
+    @torch.inference_mode()
+    def torch_gemms(_):
+        for x, w in torch_pairs:
+            x @ w
+
+    calls = {("pytorch", "model"): torch_model_call, ("pytorch", "gemms"): torch_gemms}
+    for runtime in ("onnxruntime-fp32", "onnxruntime-int8"):
+        model_feed = {i.name: window[i.name] for i in model_sessions[runtime].get_inputs()}
+        calls[(runtime, "model")] = lambda _, s=model_sessions[runtime], f=model_feed: s.run(None, f)
+        calls[(runtime, "gemms")] = lambda _, s=gemm_sessions[runtime]: s.run(None, feeds)
+    print(f"{len(calls)} measures taking turns, {args.rounds} blocks of 10 each, {args.tokens}-token window", flush=True)
+    timings = time_interleaved({f"{r}|{m}": call for (r, m), call in calls.items()}, list(range(10 * args.rounds)), warmup=10)
+    scratch.cleanup()
+
+    p50 = {key: summarise(values)["p50_ms"] for key, values in timings.items()}
+    torch_model_ms = p50["pytorch|model"]
+    rows = []
+    for runtime in RUNTIMES:
+        model_ms, gemm_ms = p50[f"{runtime}|model"], p50[f"{runtime}|gemms"]
+        rows.append({
+            "runtime": LABELS[runtime], "model_p50_ms": model_ms, "gemms_p50_ms": gemm_ms,
+            "gemm_share": round(min(gemm_ms / model_ms, 1.0), 2),
+            "model_speedup": round(torch_model_ms / model_ms, 2),
+            "gemm_speedup": round(p50["pytorch|gemms"] / gemm_ms, 2),
+            "ceiling": round(torch_model_ms / gemm_ms, 2),
+        })
+    columns = [("runtime", "runtime"), ("model_p50_ms", "model call p50 ms"), ("gemms_p50_ms", "its matrix products alone, p50 ms"),
+               ("model_speedup", "model × PyTorch"), ("gemm_speedup", "matrix products × PyTorch's"),
+               ("ceiling", "ceiling: PyTorch model ÷ these products")]
+    table = markdown_table(rows, columns)
+    settings = {"model": args.model, "onnx_model": str(args.onnx_model), "tokens": args.tokens, "threads": args.threads,
+                "rounds": args.rounds, "projections": len(shapes)}
+    folder = write_results("qa_int8_ceiling", {"settings": settings, "rows": rows}, table,
+                           lambda path: _plot(rows, args, path), args.output_dir)
+    print(table)
+    print(f"results in {folder}")
+    return 0
+
+
+def _weights(graph_path: Path) -> list[np.ndarray]:
+    import onnx
+    from onnx import numpy_helper
+
+    return [numpy_helper.to_array(w) for w in onnx.load(str(graph_path)).graph.initializer]
+
+
+def _plot(rows: list[dict], args, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x = np.arange(len(rows))
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.bar(x - 0.2, [r["model_p50_ms"] for r in rows], width=0.4, label="whole model call")
+    ax.bar(x + 0.2, [r["gemms_p50_ms"] for r in rows], width=0.4, label="its matrix products alone")
+    ax.axhline(rows[0]["model_p50_ms"] / 3, color="gray", linestyle="--", label="3× faster than PyTorch")
+    ax.set_xticks(x, [r["runtime"] for r in rows])
+    ax.set_ylabel("ms per window (p50)")
+    ax.set_title(f"QA encoder, {args.tokens}-token window, batch 1, {args.threads} threads")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    run(main)
