@@ -57,6 +57,24 @@ def test_best_span_picks_the_best_window_of_a_long_context():
     assert (answer.text, answer.start) == ("Berlin", 32)
 
 
+def test_best_span_equals_an_exhaustive_search_over_every_pair():
+    """The banded search finds the same span as trying every (start, end) pair, ties included (rounded logits),
+    with question tokens and gaps among the context tokens."""
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        n = int(rng.integers(1, 80))
+        offsets = [None if rng.random() < 0.15 else (i, i + 1) for i in range(n)]
+        starts, ends = rng.normal(size=n).round(1), rng.normal(size=n).round(1)
+        max_tokens = int(rng.integers(1, 40))
+        best, span = -np.inf, None
+        for i in range(n):
+            for j in range(i, min(n, i + max_tokens)):
+                if offsets[i] is not None and offsets[j] is not None and starts[i] + ends[j] > best:
+                    best, span = starts[i] + ends[j], (offsets[i][0], offsets[j][1])
+        answer = best_span([starts], [ends], [offsets], "x" * n, max_answer_tokens=max_tokens)
+        assert (answer.start, answer.end) == (span if span else (0, 0))
+
+
 def test_best_span_without_context_tokens_is_no_answer():
     assert best_span([np.zeros(4)], [np.zeros(4)], [[None] * 4], CONTEXT) == NO_ANSWER
 

@@ -68,18 +68,24 @@ def best_span(
     exact. An example with no context token at all gets `NO_ANSWER`.
     """
     best: tuple[float, int, int, int] | None = None  # (logit sum, feature, start token, end token)
+    band = np.arange(max_answer_tokens)
     for feature, (starts, ends, feature_offsets) in enumerate(zip(start_logits, end_logits, offsets)):
         positions = np.flatnonzero([offset is not None for offset in feature_offsets])
         if positions.size == 0:
             continue
         start_scores = np.asarray(starts, dtype=np.float64)[positions]
         end_scores = np.asarray(ends, dtype=np.float64)[positions]
-        length = positions[None, :] - positions[:, None]  # token distance end - start, for every (start, end) pair
-        valid = (length >= 0) & (length < max_answer_tokens)
-        totals = np.where(valid, start_scores[:, None] + end_scores[None, :], -np.inf)
-        i, j = np.unravel_index(int(np.argmax(totals)), totals.shape)
-        if best is None or totals[i, j] > best[0]:
-            best = (float(totals[i, j]), feature, int(positions[i]), int(positions[j]))
+        # Row i holds the ends i, i+1, ... i+max_answer_tokens-1 (indices into `positions`): positions increase,
+        # so no valid end lies further, and the search costs O(n · max_answer_tokens), not O(n²). Scanned row by
+        # row, the candidates come in the same (start, end) order as the full matrix's, so ties break alike.
+        ends_at = np.arange(positions.size)[:, None] + band[None, :]
+        inside = ends_at < positions.size
+        ends_at = np.minimum(ends_at, positions.size - 1)
+        length = positions[ends_at] - positions[:, None]  # token distance end - start
+        totals = np.where(inside & (length < max_answer_tokens), start_scores[:, None] + end_scores[ends_at], -np.inf)
+        i, k = np.unravel_index(int(np.argmax(totals)), totals.shape)
+        if best is None or totals[i, k] > best[0]:
+            best = (float(totals[i, k]), feature, int(positions[i]), int(positions[ends_at[i, k]]))
     if best is None:
         return NO_ANSWER
     _, feature, start_token, end_token = best
