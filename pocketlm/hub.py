@@ -173,6 +173,7 @@ def publish(
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.staging-", dir=target.parent))
     try:
+        staging.chmod(0o777 & ~_umask())  # mkdtemp's 0700 would make the published folder private to its writer
         save(staging)
         (staging / "metrics.json").write_text(json.dumps(card.metrics, indent=2, sort_keys=True) + "\n")
         render_model_card(card).save(staging / "README.md")
@@ -183,6 +184,12 @@ def publish(
     if push_to_hub:
         push(target, repo_id, token=token)
     return target
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def push(folder: Path, repo_id: str, *, token: str | None = None) -> str:

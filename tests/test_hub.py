@@ -1,6 +1,7 @@
 """publish() writes a complete artifact with a model card carrying the metrics; resolve() finds it offline."""
 
 import json
+import os
 
 import pytest
 import yaml
@@ -31,6 +32,9 @@ def test_publish_writes_artifact_card_and_metrics():
     assert result["metrics"][0] == {"type": "perplexity", "value": 88.5, "name": "perplexity"}
     assert "print('hi')" in readme
     assert resolve("pocketlm/test-publish") == str(folder)
+    mask = os.umask(0)
+    os.umask(mask)
+    assert folder.stat().st_mode & 0o777 == 0o777 & ~mask  # readable like any folder the user makes, not 0700
 
 
 def test_failed_publish_keeps_the_previous_artifact():
