@@ -53,6 +53,27 @@ def test_optimised_graph_cache_is_written_once_and_gives_the_same_tokens(tiny_lm
     assert first.generate_ids([prompts[5]], greedy) == second.generate_ids([prompts[5]], greedy)
 
 
+def test_a_changed_graph_replaces_its_cached_copy(tiny_lm_onnx_repo, tmp_path, monkeypatch):
+    """A graph written again (a republished model) gets a new cached copy, and the old one is removed; the cached
+    copies of other graphs stay."""
+    import os
+    import shutil
+
+    monkeypatch.setenv("POCKETLM_RUNS_DIR", str(tmp_path / "runs"))
+    folder = Path(shutil.copytree(resolve(tiny_lm_onnx_repo), tmp_path / "lm"))
+    OnnxCausalLM(folder)
+    OnnxCausalLM(folder, quantized=True)
+    cache = tmp_path / "runs" / "ort-cache"
+    before = {p.name for p in cache.glob("*.onnx")}
+    assert len(before) == 2
+    graph = folder / "model.onnx"
+    os.utime(graph, ns=(graph.stat().st_atime_ns, graph.stat().st_mtime_ns + 10**9))  # "republished"
+    OnnxCausalLM(folder)
+    after = {p.name for p in cache.glob("*.onnx")}
+    assert len(after) == 2 and len(after - before) == 1
+    assert {n for n in before if n.startswith("model_quantized-")} <= after  # the int8 graph's copy is untouched
+
+
 def test_cached_steps_equal_a_full_recompute(lm, prompts):
     """Each token of the cached loop is the argmax of re-running the whole sequence so far without a cache,
     and the graph returns last-position logits only (the prefill skips the other positions' output matmul)."""

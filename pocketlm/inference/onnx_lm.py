@@ -57,7 +57,8 @@ def cpu_session(model_path: str | Path, intra_op_num_threads: int | None = None,
     Optimising a graph at load time costs 0.15-0.25 s per model here, a quarter of the REST server's one-second
     start-up budget; loading the cached result with optimisation off takes half that or less. The cache is keyed by the
     graph's size and mtime and the onnxruntime version (the optimised graph may use this CPU's kernels, so it is
-    kept per machine, under the runs folder); a cache that cannot be written just costs the slower load.
+    kept per machine, under the runs folder); a cache that cannot be written just costs the slower load. Writing
+    a new version removes the older ones of the same graph (a republished model would otherwise leave them behind).
     `disabled_optimizers` names ONNX Runtime graph transformers to skip (`QA_DISABLED_FUSIONS` says why).
     """
     import onnxruntime as ort
@@ -68,8 +69,9 @@ def cpu_session(model_path: str | Path, intra_op_num_threads: int | None = None,
     options = session_options(intra_op_num_threads)
     stat = model_path.stat()
     disabled = sorted(disabled_optimizers)
-    key = hashlib.sha1(f"{model_path.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{ort.__version__}|{disabled}".encode()).hexdigest()[:16]
-    cached = runs_dir() / "ort-cache" / f"{model_path.stem}-{key}.onnx"
+    graph = hashlib.sha1(f"{model_path.resolve()}|{disabled}".encode()).hexdigest()[:12]  # which graph, loaded how
+    version = hashlib.sha1(f"{stat.st_size}|{stat.st_mtime_ns}|{ort.__version__}".encode()).hexdigest()[:12]
+    cached = runs_dir() / "ort-cache" / f"{model_path.stem}-{graph}-{version}.onnx"
     providers = ["CPUExecutionProvider"]
     if cached.is_file():
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
@@ -87,6 +89,10 @@ def cpu_session(model_path: str | Path, intra_op_num_threads: int | None = None,
         os.replace(staging, cached)
     except OSError:  # the session is good; only the cache is lost, so the next start optimises again
         staging.unlink(missing_ok=True)
+        return session
+    for stale in cached.parent.glob(f"{model_path.stem}-{graph}-*.onnx"):
+        if stale != cached:
+            stale.unlink(missing_ok=True)
     return session
 
 
