@@ -4,7 +4,7 @@
 
 Each runtime answers the same `--requests` validation questions one at a time (batch 1, end to end:
 tokenise, model, span selection) after `--warmup` untimed requests, with the same intra-op thread count, the
-runtimes taking turns request by request (the host's speed drifts); p50/p95 in ms, model file size in MB, and
+runtimes taking turns in blocks of 10 requests (the host's speed drifts: `time_interleaved`); p50/p95 in ms, model file size in MB, and
 EM/F1 at batch 1 on `--eval_samples` validation questions (the same for all).
 The fp32 row runs the export's fused graph (`model_optimized.onnx`, `pocketlm.inference.onnx_export.fuse_encoder`).
 Three more rows (skipped with `--no_variants`) show what each step buys: the unfused `model.onnx`, and the same fused
