@@ -158,23 +158,14 @@ def _weights(graph_path: Path) -> list[np.ndarray]:
 
 
 def _plot(rows: list[dict], args, path: Path) -> None:
-    import matplotlib
+    from pocketlm.inference.latency import paired_bar_plot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    x = np.arange(len(rows))
-    fig, ax = plt.subplots(figsize=(7, 4))
-    ax.bar(x - 0.2, [r["model_p50_ms"] for r in rows], width=0.4, label="whole model call")
-    ax.bar(x + 0.2, [r["gemms_p50_ms"] for r in rows], width=0.4, label="its matrix products alone")
-    ax.axhline(rows[0]["model_p50_ms"] / 3, color="gray", linestyle="--", label="3× faster than PyTorch")
-    ax.set_xticks(x, [r["runtime"] for r in rows])
-    ax.set_ylabel("ms per window (p50)")
-    ax.set_title(f"QA encoder, {args.tokens}-token window, batch 1, {args.threads} threads")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    paired_bar_plot(
+        path, [r["runtime"] for r in rows],
+        {"whole model call": [r["model_p50_ms"] for r in rows], "its matrix products alone": [r["gemms_p50_ms"] for r in rows]},
+        "ms per window (p50)", f"QA encoder, {args.tokens}-token window, batch 1, {args.threads} threads",
+        reference=(rows[0]["model_p50_ms"] / 3, "3× faster than PyTorch"),
+    )
 
 
 if __name__ == "__main__":

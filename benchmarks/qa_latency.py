@@ -121,25 +121,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _plot(rows: list[dict], args, path: Path) -> None:
-    import matplotlib
+    from pocketlm.inference.latency import paired_bar_plot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    labels = [row["runtime"] for row in rows]
-    x = range(len(rows))
-    fig, ax = plt.subplots(figsize=(7, 4))
-    ax.bar([i - 0.2 for i in x], [row["p50_ms"] for row in rows], width=0.4, label="p50")
-    ax.bar([i + 0.2 for i in x], [row["p95_ms"] for row in rows], width=0.4, label="p95")
-    for i, row in zip(x, rows):
-        ax.annotate(f"{row['speedup_p50']:.2f}x", (i - 0.2, row["p50_ms"]), ha="center", va="bottom")
-    ax.set_xticks(list(x), labels)
-    ax.set_ylabel("latency per question (ms)")
-    ax.set_title(f"QA latency, batch 1, {args.threads} threads, {args.requests} requests")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    paired_bar_plot(
+        path, [row["runtime"] for row in rows], {"p50": [row["p50_ms"] for row in rows], "p95": [row["p95_ms"] for row in rows]},
+        "latency per question (ms)", f"QA latency, batch 1, {args.threads} threads, {args.requests} requests",
+        annotations=[f"{row['speedup_p50']:.2f}x" for row in rows],
+    )
 
 
 if __name__ == "__main__":

@@ -97,3 +97,31 @@ def write_results(name: str, results: dict, table: str, plot: Callable[[Path], N
     )
     plot(folder / f"{name}.png")
     return folder
+
+
+def paired_bar_plot(path: Path, labels: Sequence[str], bars: Mapping[str, Sequence[float]], ylabel: str, title: str,
+                    annotations: Sequence[str] | None = None, reference: tuple[float, str] | None = None) -> None:
+    """Two bars per row (e.g. p50 and p95) with the rows' labels under them, written to `path` as a PNG.
+
+    `annotations` go above each row's first bar (speed-ups); `reference` is a (value, label) dashed line (a target)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    (first, first_values), (second, second_values) = bars.items()
+    x = np.arange(len(labels))
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.bar(x - 0.2, first_values, width=0.4, label=first)
+    ax.bar(x + 0.2, second_values, width=0.4, label=second)
+    for i, note in enumerate(annotations or []):
+        ax.annotate(note, (i - 0.2, first_values[i]), ha="center", va="bottom")
+    if reference:
+        ax.axhline(reference[0], color="gray", linestyle="--", label=reference[1])
+    ax.set_xticks(x, labels)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
