@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     from pocketlm.hub import resolve
     from pocketlm.inference.latency import markdown_table, summarise, time_interleaved, write_results
     from pocketlm.inference.onnx_export import quantize_encoder_int8
-    from pocketlm.inference.qa_engine import FP32_FILE, INT8_FILE, OPTIMIZED_FILE, evaluate_squad, qa_model_file
+    from pocketlm.inference.qa_engine import FP32_FILE, OPTIMIZED_FILE, evaluate_squad
     from pocketlm.inference.qa_loading import BACKENDS, load_question_answerer, onnx_folder
 
     validation = load_squad("validation").to_list()
@@ -59,42 +59,30 @@ def main(argv: list[str] | None = None) -> int:
             requests.append(record)
     requests = requests[: args.requests]
     onnx_dir = onnx_folder(args.onnx_model)
-    sizes = {
-        "pytorch": sum(p.stat().st_size for p in Path(resolve(args.model)).glob("*.safetensors")),
-        "onnxruntime-fp32": qa_model_file(onnx_dir, quantized=False).stat().st_size,
-        "onnxruntime-int8": (onnx_dir / INT8_FILE).stat().st_size,
-    }
+    pytorch_bytes = sum(p.stat().st_size for p in Path(resolve(args.model)).glob("*.safetensors"))
     # (row key, label, model, the loader backend that runs it)
     runs = [(backend, BACKEND_LABELS[backend], args.model if backend == "pytorch" else str(onnx_dir), backend) for backend in BACKENDS]
     scratch = tempfile.TemporaryDirectory()
-    if not args.no_variants and (onnx_dir / OPTIMIZED_FILE).is_file():
-        # What the fusions buy: the export before them (a folder without the fused graph loads model.onnx)
-        unfused = Path(scratch.name) / "unfused"
-        unfused.mkdir()
-        for file in onnx_dir.iterdir():
-            if file.is_file() and file.suffix != ".onnx":
-                shutil.copy2(file, unfused / file.name)
-        (unfused / FP32_FILE).symlink_to(onnx_dir / FP32_FILE)
-        sizes["onnxruntime-fp32-unfused"] = (onnx_dir / FP32_FILE).stat().st_size
-        runs.append(("onnxruntime-fp32-unfused", UNFUSED_LABEL, str(unfused), "onnxruntime-fp32"))
     if not args.no_variants:
+        fused = onnx_dir / OPTIMIZED_FILE
+        if fused.is_file():
+            # What the fusions buy: the export before them (a folder without the fused graph loads model.onnx)
+            unfused = _export_copy(onnx_dir, Path(scratch.name) / "unfused", FP32_FILE)
+            runs.append(("onnxruntime-fp32-unfused", UNFUSED_LABEL, str(unfused), "onnxruntime-fp32"))
         # The other two ways to treat the feed-forward outputs, from the same fp32 graph: what smoothing buys.
         for feed_forward, label in ALTERNATIVE_RECIPES.items():
-            variant = Path(scratch.name) / feed_forward
-            variant.mkdir()
-            for file in onnx_dir.iterdir():
-                if file.is_file() and file.name not in (INT8_FILE, FP32_FILE):  # the fused graph is what is quantised
-                    shutil.copy2(file, variant / file.name)
-            key = f"onnxruntime-int8-ffn-{feed_forward}"
-            sizes[key] = quantize_encoder_int8(variant, feed_forward=feed_forward).stat().st_size
-            runs.append((key, label, str(variant), "onnxruntime-int8"))
+            variant = _export_copy(onnx_dir, Path(scratch.name) / feed_forward, OPTIMIZED_FILE if fused.is_file() else FP32_FILE)
+            quantize_encoder_int8(variant, feed_forward=feed_forward)
+            runs.append((f"onnxruntime-int8-ffn-{feed_forward}", label, str(variant), "onnxruntime-int8"))
     answerers = {backend: load_question_answerer(model, loader, threads=args.threads, batch_size=1) for backend, _, model, loader in runs}
     print(f"{len(answerers)} runtimes, taking turns: {args.requests} requests after {args.warmup} warm-up", flush=True)
     timings = time_interleaved({backend: (lambda r, a=answerer: a.answer(r["question"], r["context"]))
                                 for backend, answerer in answerers.items()}, requests, args.warmup)
     rows = []
     for backend, label, _, _ in runs:
-        row = {"backend": backend, "runtime": label, **summarise(timings[backend]), "size_mb": round(sizes[backend] / 2**20, 1)}
+        # the bytes of what each runtime runs: the checkpoint's safetensors, or the ONNX graph its answerer loaded
+        size = pytorch_bytes if backend == "pytorch" else answerers[backend].model_path.stat().st_size
+        row = {"backend": backend, "runtime": label, **summarise(timings[backend]), "size_mb": round(size / 2**20, 1)}
         if args.eval_samples:
             # batch 1, as timed and as the server answers: dynamic int8 scores move by ~1 point with batch
             # composition (padded positions enter the per-tensor activation ranges); fp32 does not move
@@ -118,6 +106,16 @@ def main(argv: list[str] | None = None) -> int:
     print(table)
     print(f"results in {folder}")
     return 0
+
+
+def _export_copy(source: Path, folder: Path, graph: str) -> Path:
+    """`folder` with `source`'s config and tokenizer files and its one graph `graph` (linked, not copied)."""
+    folder.mkdir()
+    for file in source.iterdir():
+        if file.is_file() and file.suffix != ".onnx":
+            shutil.copy2(file, folder / file.name)
+    (folder / graph).symlink_to(source / graph)
+    return folder
 
 
 def _plot(rows: list[dict], args, path: Path) -> None:
