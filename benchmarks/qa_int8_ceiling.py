@@ -25,7 +25,6 @@ import numpy as np
 from pocketlm import MINILM_SQUAD, MINILM_SQUAD_ONNX
 from pocketlm.cli import run
 
-RUNTIMES = ("pytorch", "onnxruntime-fp32", "onnxruntime-int8")
 LABELS = {"pytorch": "PyTorch fp32", "onnxruntime-fp32": "ONNX Runtime fp32 (fused)", "onnxruntime-int8": "ONNX Runtime int8 (published)"}
 
 
@@ -37,19 +36,19 @@ def projection_shapes(config: dict) -> list[tuple[int, int]]:
     return [(hidden, 3 * hidden), (hidden, hidden), (hidden, inner), (inner, hidden)] * layers
 
 
-def projections_graph(shapes: list[tuple[int, int]], path: Path, seed: int = 0) -> Path:
-    """One ONNX graph of independent MatMuls `x_i @ w_i` (one input per product, random weights)."""
+def projections_graph(weights: list[np.ndarray], path: Path) -> Path:
+    """One ONNX graph of independent MatMuls `x_i @ weights[i]` (one input per product)."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    rng = np.random.default_rng(seed)
-    nodes, inputs, outputs, weights = [], [], [], []
-    for i, (fan_in, fan_out) in enumerate(shapes):
+    nodes, inputs, outputs, initializers = [], [], [], []
+    for i, weight in enumerate(weights):
+        fan_in, fan_out = weight.shape
         nodes.append(helper.make_node("MatMul", [f"x{i}", f"w{i}"], [f"y{i}"]))
         inputs.append(helper.make_tensor_value_info(f"x{i}", TensorProto.FLOAT, ["tokens", fan_in]))
         outputs.append(helper.make_tensor_value_info(f"y{i}", TensorProto.FLOAT, ["tokens", fan_out]))
-        weights.append(numpy_helper.from_array((rng.standard_normal((fan_in, fan_out)) * 0.05).astype(np.float32), f"w{i}"))
-    graph = helper.make_graph(nodes, "projections", inputs, outputs, weights)
+        initializers.append(numpy_helper.from_array(weight, f"w{i}"))
+    graph = helper.make_graph(nodes, "projections", inputs, outputs, initializers)
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
     return path
 
@@ -73,43 +72,39 @@ def main(argv: list[str] | None = None) -> int:
 
     from pocketlm.inference.latency import markdown_table, summarise, time_interleaved, write_results
     from pocketlm.inference.onnx_lm import session_options
-    from pocketlm.inference.qa_engine import QA_DISABLED_FUSIONS, qa_model_file
-    from pocketlm.inference.qa_loading import onnx_folder
-    from pocketlm.inference.qa_torch import TorchQuestionAnswerer
+    from pocketlm.inference.qa_loading import BACKENDS, load_question_answerer, onnx_folder
 
-    torch.set_num_threads(args.threads)
     onnx_dir = onnx_folder(args.onnx_model)
     config = json.loads((onnx_dir / "config.json").read_text())
     shapes = projection_shapes(config)
     rng = np.random.default_rng(0)
 
-    def session(path: Path) -> ort.InferenceSession:
-        return ort.InferenceSession(str(path), session_options(args.threads), providers=["CPUExecutionProvider"],
-                                    disabled_optimizers=list(QA_DISABLED_FUSIONS))
-
-    # the whole model on one window: random ids, a question segment of 16 tokens, no padding (batch 1)
+    # the whole model on one window: random ids, a question segment of 16 tokens, no padding (batch 1); each
+    # runtime as the QA path loads it (the same graphs, sessions and thread settings as qa_latency.py)
     window = {
         "input_ids": rng.integers(1000, config["vocab_size"], (1, args.tokens)).astype(np.int64),
         "attention_mask": np.ones((1, args.tokens), np.int64),
         "token_type_ids": (np.arange(args.tokens) >= 16).astype(np.int64)[None],
     }
-    torch_model = TorchQuestionAnswerer.from_pretrained(args.model).model
-    torch_window = {name: torch.from_numpy(window[name]) for name in ("input_ids", "attention_mask", "token_type_ids")}
-    model_sessions = {"onnxruntime-fp32": session(qa_model_file(onnx_dir, quantized=False)),
-                      "onnxruntime-int8": session(qa_model_file(onnx_dir, quantized=True))}
+    answerers = {runtime: load_question_answerer(args.model if runtime == "pytorch" else str(onnx_dir), runtime, threads=args.threads)
+                 for runtime in BACKENDS}  # sets torch's threads too
+    torch_window = {name: torch.from_numpy(window[name]) for name in answerers["pytorch"].input_names}
 
-    # the matrix products alone, the same shapes in every runtime
+    # the matrix products alone, the same shapes and weights in every runtime
     scratch = tempfile.TemporaryDirectory()
-    fp32_graph = projections_graph(shapes, Path(scratch.name) / "projections.onnx")
+    weights = [(rng.standard_normal(shape) * 0.05).astype(np.float32) for shape in shapes]
+    feeds = {f"x{i}": rng.standard_normal((args.tokens, fan_in)).astype(np.float32) for i, (fan_in, _) in enumerate(shapes)}
+    fp32_graph = projections_graph(weights, Path(scratch.name) / "projections.onnx")
     int8_graph = Path(scratch.name) / "projections_int8.onnx"
     quantize_dynamic(str(fp32_graph), str(int8_graph), weight_type=QuantType.QInt8, per_channel=True)
-    feeds = {f"x{i}": rng.standard_normal((args.tokens, fan_in)).astype(np.float32) for i, (fan_in, _) in enumerate(shapes)}
-    gemm_sessions = {"onnxruntime-fp32": session(fp32_graph), "onnxruntime-int8": session(int8_graph)}
-    torch_pairs = [(torch.from_numpy(feeds[f"x{i}"]), torch.tensor(w)) for i, w in enumerate(_weights(fp32_graph))]
+    # plain sessions, not `cpu_session`: these throwaway graphs must not enter its on-disk cache
+    gemm_sessions = {runtime: ort.InferenceSession(str(graph), session_options(args.threads), providers=["CPUExecutionProvider"])
+                     for runtime, graph in (("onnxruntime-fp32", fp32_graph), ("onnxruntime-int8", int8_graph))}
+    torch_pairs = [(torch.from_numpy(feeds[f"x{i}"]), torch.from_numpy(w)) for i, w in enumerate(weights)]
 
     @torch.inference_mode()
     def torch_model_call(_):
-        torch_model(**torch_window)
+        answerers["pytorch"].model(**torch_window)
 
     @torch.inference_mode()
     def torch_gemms(_):
@@ -118,8 +113,8 @@ def main(argv: list[str] | None = None) -> int:
 
     calls = {("pytorch", "model"): torch_model_call, ("pytorch", "gemms"): torch_gemms}
     for runtime in ("onnxruntime-fp32", "onnxruntime-int8"):
-        model_feed = {i.name: window[i.name] for i in model_sessions[runtime].get_inputs()}
-        calls[(runtime, "model")] = lambda _, s=model_sessions[runtime], f=model_feed: s.run(None, f)
+        model_feed = {name: window[name] for name in answerers[runtime].input_names}
+        calls[(runtime, "model")] = lambda _, a=answerers[runtime], f=model_feed: a.logits(f)
         calls[(runtime, "gemms")] = lambda _, s=gemm_sessions[runtime]: s.run(None, feeds)
     print(f"{len(calls)} measures taking turns, {args.rounds} blocks of 10 each, {args.tokens}-token window", flush=True)
     timings = time_interleaved({f"{r}|{m}": call for (r, m), call in calls.items()}, list(range(10 * args.rounds)), warmup=10)
@@ -128,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     p50 = {key: summarise(values)["p50_ms"] for key, values in timings.items()}
     torch_model_ms = p50["pytorch|model"]
     rows = []
-    for runtime in RUNTIMES:
+    for runtime in BACKENDS:
         model_ms, gemm_ms = p50[f"{runtime}|model"], p50[f"{runtime}|gemms"]
         rows.append({
             "runtime": LABELS[runtime], "model_p50_ms": model_ms, "gemms_p50_ms": gemm_ms,
@@ -148,13 +143,6 @@ def main(argv: list[str] | None = None) -> int:
     print(table)
     print(f"results in {folder}")
     return 0
-
-
-def _weights(graph_path: Path) -> list[np.ndarray]:
-    import onnx
-    from onnx import numpy_helper
-
-    return [numpy_helper.to_array(w) for w in onnx.load(str(graph_path)).graph.initializer]
 
 
 def _plot(rows: list[dict], args, path: Path) -> None:
