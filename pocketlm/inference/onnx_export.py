@@ -196,18 +196,14 @@ def compare_backends(model: str, onnx_dir: str | Path, records: list[dict], thre
 
     One window at a time, as the server answers and the latency benchmark times: dynamic int8 takes one activation
     range per tensor over a whole batch, padding included, so its score moves by ~1 point with batch composition."""
-    from pocketlm.inference.qa_engine import OnnxQuestionAnswerer, evaluate_squad
-    from pocketlm.inference.qa_loading import load_question_answerer
+    from pocketlm.inference.qa_engine import evaluate_squad
+    from pocketlm.inference.qa_loading import BACKENDS, load_question_answerer
 
-    answerers = {
-        "pytorch": lambda: load_question_answerer(model, "pytorch", threads=threads, batch_size=1),
-        "onnxruntime-fp32": lambda: OnnxQuestionAnswerer.from_pretrained(onnx_dir, threads=threads, batch_size=1),
-        "onnxruntime-int8": lambda: OnnxQuestionAnswerer.from_pretrained(onnx_dir, quantized=True, threads=threads, batch_size=1),
-    }
     scores = {}
-    for backend, load in answerers.items():
+    for backend in BACKENDS:
         print(f"scoring {backend} on {len(records)} questions", flush=True)
-        scores[backend] = evaluate_squad(load(), records)
+        answerer = load_question_answerer(model if backend == "pytorch" else str(onnx_dir), backend, threads=threads, batch_size=1)
+        scores[backend] = evaluate_squad(answerer, records)
     return scores
 
 
