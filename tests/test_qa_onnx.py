@@ -12,7 +12,7 @@ from pocketlm.data import load_squad
 from pocketlm.data.qa import encode_qa, pad_batch, pad_token_id
 from pocketlm.hub import resolve
 from pocketlm.inference.onnx_export import export_question_answering
-from pocketlm.inference.qa_engine import OnnxQuestionAnswerer, qa_model_file
+from pocketlm.inference.qa_engine import OnnxQuestionAnswerer, pick_onnx_file
 from pocketlm.inference.qa_torch import TorchQuestionAnswerer
 
 SMALL_WINDOWS = {"max_length": 96, "stride": 32}  # short windows, so that long contexts span several features
@@ -180,10 +180,10 @@ def test_fp32_runs_the_fused_graph_where_the_export_has_one(tmp_path):
     from pocketlm.hub import ArtifactNotFoundError
 
     with pytest.raises(ArtifactNotFoundError, match="model.onnx"):
-        qa_model_file(tmp_path, quantized=False)
+        pick_onnx_file(tmp_path, quantized=False)
     (tmp_path / "model.onnx").write_bytes(b"")
-    assert qa_model_file(tmp_path, quantized=False).name == "model.onnx"
+    assert pick_onnx_file(tmp_path, quantized=False).name == "model.onnx"
     (tmp_path / "model_optimized.onnx").write_bytes(b"")
-    assert qa_model_file(tmp_path, quantized=False).name == "model_optimized.onnx"
+    assert pick_onnx_file(tmp_path, quantized=False).name == "model_optimized.onnx"
     with pytest.raises(ArtifactNotFoundError, match="model_quantized.onnx"):
-        qa_model_file(tmp_path, quantized=True)
+        pick_onnx_file(tmp_path, quantized=True)

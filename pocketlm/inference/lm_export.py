@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pocketlm.inference.onnx_lm import FP32_FILE, INT8_FILE, OnnxCausalLM, SamplingParams
+from pocketlm.inference.onnx_lm import OnnxCausalLM, SamplingParams
+from pocketlm.inference.qa_engine import FP32_FILE, INT8_FILE
 
 TASK = "text-generation-with-past"
 

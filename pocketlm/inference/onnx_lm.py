@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from pocketlm.errors import ConfigError
-from pocketlm.inference.qa_engine import FP32_FILE, INT8_FILE
+from pocketlm.inference.qa_engine import pick_onnx_file
 
 
 @dataclass(frozen=True)
@@ -94,15 +94,6 @@ def cpu_session(model_path: str | Path, intra_op_num_threads: int | None = None,
         if stale != cached:
             stale.unlink(missing_ok=True)
     return session
-
-
-def pick_onnx_file(folder: Path, quantized: bool) -> Path:
-    """The int8 (`model_quantized.onnx`) or fp32 (`model.onnx`) graph of an export folder; a clear error if absent."""
-    path = folder / (INT8_FILE if quantized else FP32_FILE)
-    if not path.is_file():
-        present = sorted(p.name for p in folder.glob("*.onnx"))
-        raise ConfigError(f"{path} not found (the folder has: {', '.join(present) or 'no .onnx file'})")
-    return path
 
 
 class OnnxCausalLM:

@@ -90,13 +90,13 @@ class OnnxQuestionAnswerer(QuestionAnswerer):
     @classmethod
     def from_pretrained(cls, folder: str | Path, quantized: bool = False, threads: int | None = None, **kwargs) -> "OnnxQuestionAnswerer":
         """Load the fp32 (or, with `quantized`, the int8) graph and `tokenizer.json` from an export folder or repo
-        id (through `pocketlm.hub.resolve`: the local hub folder first). See `qa_model_file` for which fp32 file."""
+        id (through `pocketlm.hub.resolve`: the local hub folder first). See `pick_onnx_file` for which fp32 file."""
         from tokenizers import Tokenizer
 
         from pocketlm.hub import resolve
 
         folder = Path(resolve(str(folder)))
-        model_file = qa_model_file(folder, quantized)
+        model_file = pick_onnx_file(folder, quantized)
         for key, value in window_settings(folder).items():
             kwargs.setdefault(key, value)
         return cls(model_file, Tokenizer.from_file(str(folder / "tokenizer.json")), threads=threads, **kwargs)
@@ -106,16 +106,18 @@ class OnnxQuestionAnswerer(QuestionAnswerer):
         return start, end
 
 
-def qa_model_file(folder: Path, quantized: bool) -> Path:
-    """`model_quantized.onnx` for int8; for fp32 `model_optimized.onnx` where the export has it (the fused graph,
-    faster), else `model.onnx` (exports made by other tools). A clear error when the file is missing."""
+def pick_onnx_file(folder: Path, quantized: bool) -> Path:
+    """The graph of an export folder (QA or LM) that pocketlm runs: `model_quantized.onnx` for int8; for fp32 the
+    fused `model_optimized.onnx` where the export has one (QA exports do), else `model.onnx` (LM exports, and
+    exports made by other tools). A clear error naming what the folder holds when the file is missing."""
     from pocketlm.hub import ArtifactNotFoundError
 
     candidates = [INT8_FILE] if quantized else [OPTIMIZED_FILE, FP32_FILE]
     for name in candidates:
         if (folder / name).is_file():
             return folder / name
-    raise ArtifactNotFoundError(f"no {candidates[-1]} in {folder} (export it with training_scripts/export_qa_onnx.py)")
+    present = sorted(p.name for p in folder.glob("*.onnx"))
+    raise ArtifactNotFoundError(f"no {candidates[-1]} in {folder} (the folder has: {', '.join(present) or 'no .onnx file'})")
 
 
 def window_settings(folder: str | Path) -> dict[str, int]:
