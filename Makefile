@@ -2,6 +2,7 @@
 #   make demo   build every missing artifact with the demo presets, publish them, and run the suite
 #               (make demo ARGS="--port 7861": flags of python -m pocketlm.demo)
 #   make test   run the test suite (what CI runs)
+#   make docs   build the docs site into site/ (strict: a broken link, page or anchor fails)
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -22,7 +23,7 @@ CHROMIUM ?= /usr/bin/chromium
 export POCKETLM_CHROMIUM := $(CHROMIUM)
 SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: install demo test clean-artifacts
+.PHONY: install demo test docs clean-artifacts
 
 # The demo gets the runtime stack only; the tests add the [dev] extras (pytest, schemathesis, Playwright).
 # --no-compile: pip would byte-compile every module of every package (torch alone ships thousands), most of which
@@ -44,6 +45,9 @@ demo: $(STAMP)
 
 test: $(DEV_STAMP) $(CHROMIUM)
 	$(BIN)/python -m pytest -q
+
+docs: $(DEV_STAMP)
+	$(BIN)/python -m mkdocs build --strict
 
 $(CHROMIUM):
 	$(SUDO) apt-get update -qq

@@ -3,7 +3,7 @@
     python benchmarks/gpu_4gb.py                      # needs one CUDA GPU; writes benchmarks/results/gpu_4gb/
 
 Runs the real scripts under `accelerate_configs/single_gpu_4gb.yaml` (fp16 mixed precision) with the batch ×
-accumulation the README recommends: pretraining (a short time budget) and the PEFT classifier (its `quick`
+accumulation docs/scaling.md recommends: pretraining (a short time budget) and the PEFT classifier (its `quick`
 preset). Peak memory is what `nvidia-smi` shows the GPU using above its idle level, sampled every 100 ms —
 the whole process, CUDA context and allocator cache included, i.e. what must fit on a 4 GB card, not only
 `torch.cuda.max_memory_allocated`. Then CUDA inference latency (batch 1, median of `--repeats`) of the QA

@@ -93,7 +93,7 @@ def bench_encoder(name: str, passages, questions, adapter_dir: str | None, repea
         row["recall@5_vs_flat_ratio"] = row["stock_recall@5"] / rows[0]["stock_recall@5"] if rows else 1.0
         rows.append(row)
         print(f"{name} {row['index']}: {row['size_MB']:.3f} MB, R@5 {row['stock_recall@5']:.3f}", flush=True)
-    # The reference setting of the issue: stock MiniLM, flat index over the 913 dev passages alone.
+    # The reference setting: stock MiniLM, flat index over the 913 dev passages alone.
     own = [i for i, p in enumerate(passages) if not p.id.startswith("wiki-")]
     dev_only = PassageIndex.build(vectors[own], [passages[i] for i in own], IndexSpec("flat"), common["encoder"])
     reference = {**common, "index": "Flat (913 dev passages only)", "passages": len(own)}

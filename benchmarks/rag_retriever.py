@@ -5,7 +5,7 @@
 1. Choose the hybrid weight on the SQuAD-*train* articles the query adapter was not trained on (the same
    article split as `train_query_adapter.py`, over all 2,400 train paragraphs): recall@1/5/10 and MRR@10 for
    each weight; the best MRR@10 is the default (`pocketlm.rag.lexical.HYBRID_WEIGHT`).
-2. Measure on the 300 dev questions — never used for a choice — in the issue's reference setting (a flat
+2. Measure on the 300 dev questions — never used for a choice — in the reference setting (a flat
    index over the 913 dev passages alone) and on the published index (with the WikiText distractors): each
    retriever's recall@1/5/10, MRR@10 and ms per query, through `RagRetriever` itself.
 """

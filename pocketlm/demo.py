@@ -55,9 +55,8 @@ STEPS: list[Step] = [
     # Pretraining lab: corpus → tokenizer + chunks → tiny LM (demo preset: a 2.5-minute budget; `--preset quick`
     # is the real run) → published pocketlm/tiny-lm with its model card. The generation report
     # (`training_scripts/generation_report.py`, 68 s measured) is left out: the suite does not use it.
-    # The demo presets are sized for the 20-minute budget with room to spare, because this machine's speed varies:
-    # the same QA demo training measured 333 s one day and 484 s another (benchmarks/demo_fresh.py). Installing
-    # only the runtime stack, without byte-compiling it, took the venv from 168 s to 76 s.
+    # The demo presets are sized for the 20-minute budget with room to spare, because a shared machine's speed
+    # varies by up to a third between days (benchmarks/demo_fresh.py; docs/spaces.md).
     Step("Prepare the corpus (clean, BPE tokenizer, 512-token chunks)", [sys.executable, "training_scripts/prepare_corpus.py"],
          in_runs("corpus", "stats.json")),
     Step("Pretrain the tiny LM and publish pocketlm/tiny-lm (demo preset)",

@@ -1,8 +1,8 @@
-"""Regenerate or check the README's seeded pipeline examples (`generate_text`, `answer_question`).
+"""Regenerate or check the docs' seeded pipeline examples (`generate_text`, `answer_question`).
 
     python training_scripts/pipeline_examples.py                     # print the block
-    python training_scripts/pipeline_examples.py --write README.md   # put it into the README
-    python training_scripts/pipeline_examples.py --check README.md   # exit 1 if the README's block differs
+    python training_scripts/pipeline_examples.py --write docs/inference.md   # put it into the page
+    python training_scripts/pipeline_examples.py --check docs/inference.md   # exit 1 if the page's block differs
 """
 
 from __future__ import annotations

@@ -1,14 +1,14 @@
 """Torch-free text generation: a numpy decode loop over the LM's ONNX export with its KV cache.
 
-Why this path and not onnxruntime-genai (DESIGN.md measured both): genai's `generate` is faster per token
-(19–23 ms vs ~30 ms for 32 tokens at batch 1), but both are far under the server's 200 ms budget, while
+Why this path and not onnxruntime-genai (docs/design.md): genai's `generate` is faster per token, but both
+are far under the server's 200 ms budget, while
 genai's model builder (0.18) targets transformers 5 and only runs under our pinned 4.57 with stand-in
 classes patched in — a fragile export step. optimum's `text-generation-with-past` export is the supported
 route for this stack, and owning the ~100-line loop below is what lets the batching schemes be explicit:
 left padding with an attention mask (dynamic padding: each batch pads only to its own longest prompt),
 position ids that count real tokens only (so a padded prompt sees the RoPE angles it would see alone),
 per-row stopping at EOS, and token-by-token streaming — all with numpy and onnxruntime only, so the REST
-server never imports torch or transformers (DESIGN.md: those imports alone cost 1.4 s and 2.6–3 s).
+server never imports torch or transformers (their imports alone take longer than the server's start-up budget).
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
-"""The README's seeded pipeline examples, generated from a run rather than typed by hand.
+"""The docs' seeded pipeline examples (docs/inference.md), generated from a run rather than typed by hand.
 
-`training_scripts/pipeline_examples.py --write README.md` runs `EXAMPLES` with the published models and
-writes the calls and their outputs between the markers below; `--check README.md` reruns them and fails
-when the README no longer matches (a new model was published, or sampling stopped being reproducible).
+`training_scripts/pipeline_examples.py --write docs/inference.md` runs `EXAMPLES` with the published models and
+writes the calls and their outputs between the markers below; `--check docs/inference.md` reruns them and
+fails when the page no longer matches (a new model was published, or sampling stopped being reproducible).
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ import numpy as np
 
 DEFAULT_ALPHA = 0.8
 """Share of the outlier range moved into the weights: the paper's 0.5 left F1 1.8 below fp32 on the SQuAD MiniLM,
-0.8 left 0.55 (first 1,000 validation questions, batches of 16; README, "ONNX export and int8")."""
+0.8 left 0.55 (first 1,000 validation questions, batches of 16; docs/inference.md)."""
 
 
 def activation_max(model, tensor_names: Sequence[str], batches: Iterable[dict[str, np.ndarray]]) -> list[np.ndarray]:

@@ -236,7 +236,7 @@ def generate_answers(model, tokenizer, prompts: Sequence[str], batch_size: int =
 
 
 def gain_over_seeds(before: float, afters: Sequence[float]) -> dict[str, float | bool]:
-    """The issue's test of a fine-tuning: the mean gain over the base model against the seed spread (max - min)."""
+    """The test of a fine-tuning: the mean gain over the base model against the seed spread (max - min)."""
     mean = float(np.mean(afters))
     gain, spread = mean - before, max(afters) - min(afters)
     return {"rougeL_after_mean": mean, "rougeL_gain": gain, "rougeL_seed_spread": spread, "gain_exceeds_spread": gain > spread}

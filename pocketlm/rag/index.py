@@ -4,15 +4,15 @@ Vectors are unit length, so inner product is cosine similarity. An index is save
 binary (`faiss.write_index`) beside JSON metadata — `passages.jsonl` (id, title, text, in index order) and
 `index_config.json` (encoder, dimension, FAISS factory string, size, build time).
 
-Why the OPQ parameters are what they are (measured in `benchmarks/rag_index.py`; see the README):
+Why the OPQ parameters are what they are (the sweep is `benchmarks/rag_index.py`; docs/rag.md has its table):
 at a few thousand passages the codes are not what dominates an OPQ index's size — the OPQ matrix
 (`d_out × d` floats) and the PQ codebooks (`2**nbits × d_out` floats) are. A full-width `OPQ48_384,PQ48`
 stores a 384×384 rotation (0.59 MB) and 0.39 MB of codebooks, more than the 8× budget (0.77 MB) for the
 4,000-passage index (6.2 MB flat) before any code. So the rotation also reduces the dimension (384 → `d_out`),
 which shrinks both, and each sub-quantiser keeps 8 bits (256 centroids, trained on the indexed vectors
-themselves). The default `OPQ32_128,PQ32` (128 dims, 4 per sub-quantiser, 32 bytes per passage) is 13.5×
-smaller than flat at 0.93× its recall@5; 64 dims lose too much (`OPQ16_64`: 0.81×), and `OPQ48_192` buys
-0.98× at 9× — too close to the size budget for a smaller corpus. IVF is left out
+themselves). The default `OPQ32_128,PQ32` (128 dims, 4 per sub-quantiser, 32 bytes per passage) keeps recall@5
+above 0.9× flat well inside the size budget; 64 dims lose too much recall, and 192 dims sit too close to the
+size budget for a smaller corpus. IVF is left out
 by default: an exhaustive scan of 4,000 PQ codes takes well under a millisecond, while IVF would add a
 coarse quantiser (`nlist × d_out` floats) and miss neighbours in unprobed lists — it pays off from roughly
 10^5 vectors on. `ivf_nlist` is there for larger corpora.

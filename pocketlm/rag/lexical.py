@@ -4,7 +4,7 @@ Why: SQuAD-style questions reuse the rare words of the passage that answers them
 represented the AFC at Super Bowl 50?"), and a 22M-parameter sentence encoder blurs exactly those words
 (names, numbers, titles). BM25 keeps them. Fusing both ranks the gold passage first far more often than
 either alone, at a cost of well under a millisecond per query — measured in `benchmarks/rag_retriever.py`
-(the README has the table).
+(docs/rag.md has the table).
 
 BM25 comes from `bm25s` (sparse-matrix BM25, numpy only). Its index is rebuilt from the passages when the
 retriever loads (a fraction of a second for thousands of passages), so the published index folder holds no

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -25,6 +26,10 @@ INPUTS = [
     "!reset",
     "!quit",
 ]
+
+CDN_FONT = re.compile(r',\s*url\("https?://[^"]*"\) format\("[^"]*"\)')
+"""The web fonts rich's SVG template fetches from a CDN. The docs site makes no outbound request, so the SVG keeps
+only its `local()` fonts (a viewer without Fira Code falls back to its monospace font)."""
 
 
 def record(output_dir: Path, inputs: list[str], repl_args: list[str], width: int = 110) -> tuple[Path, Path]:
@@ -45,7 +50,7 @@ def record(output_dir: Path, inputs: list[str], repl_args: list[str], width: int
     console.print("$ python -m pocketlm.rag " + " ".join(repl_args), style="bold")
     console.print(Text.from_ansi(raw))
     svg = output_dir / "rag_repl.svg"
-    console.save_svg(str(svg), title="python -m pocketlm.rag")
+    atomic_write_text(svg, CDN_FONT.sub("", console.export_svg(title="python -m pocketlm.rag")))
     return transcript, svg
 
 

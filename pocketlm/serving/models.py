@@ -1,7 +1,7 @@
 """The models the REST API serves: ONNX exports resolved by Hub id, loaded once, before the first request.
 
-Only onnxruntime, `tokenizers` and numpy are imported here — never torch or transformers (DESIGN.md: those
-two imports alone take 4 s on this CPU, four times the server's whole start-up budget).
+Only onnxruntime, `tokenizers` and numpy are imported here — never torch or transformers: those
+two imports alone take longer than the server's whole start-up budget (docs/design.md).
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 """Drive the suite in headless Chromium like a user: open each tab, submit its example, wait for the answer,
-screenshot it — shared by the browser test and `python -m pocketlm.spaces.screenshots` (the README's images).
+screenshot it — shared by the browser test and `python -m pocketlm.spaces.screenshots` (the docs' images).
 
 Playwright runs the system Chromium (`/usr/bin/chromium`, or `POCKETLM_CHROMIUM`), so nothing is downloaded.
 Every request the page makes is recorded: the suite must work with no outbound network at all.

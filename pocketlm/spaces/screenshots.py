@@ -1,4 +1,4 @@
-"""The README's screenshots: start the suite on the published models, run each tab's example in headless
+"""The docs' screenshots (docs/spaces.md): start the suite on the published models, run each tab's example in headless
 Chromium, save one PNG per tab (and one of the message an empty question gets).
 
     python -m pocketlm.spaces.screenshots                      # writes docs/screenshots/<tab>.png
@@ -18,7 +18,7 @@ README_COLOURS = 64
 
 
 def shrink_png(path: Path, colours: int = README_COLOURS) -> None:
-    """Rewrite a screenshot as a palette PNG: a flat UI needs few colours, and the README's images stay ~40 KB
+    """Rewrite a screenshot as a palette PNG: a flat UI needs few colours, and the docs' images stay ~40 KB
     instead of ~120 KB (Pillow, which matplotlib already installs)."""
     from PIL import Image
 

@@ -1,6 +1,6 @@
 """The pretraining loop: `TransformerLM` on prepared chunks, with `accelerate`, callbacks and resumable checkpoints.
 
-Why a hand-written loop rather than transformers' `Trainer`: the issue sets a throughput target against
+Why a hand-written loop rather than transformers' `Trainer`: the project sets a throughput target against
 `Trainer` (≥ 1.5× its tokens/s on the same model and data), and the loop is short enough to read in one go.
 It still uses the libraries for everything they do: `accelerate.Accelerator` (device placement, mixed
 precision, gradient accumulation, DDP, seedable samplers, `save_state`/`load_state`), transformers'

@@ -257,7 +257,7 @@ def markdown_table(rows: list[dict], peaks: dict) -> str:
 
 
 def target_verdict(rows: list[dict]) -> str:
-    """The issue's target: the best pocketlm variant at ≥ 1.5× the Trainer-with-bf16 tokens/s."""
+    """The target: the best pocketlm variant at ≥ 1.5× the Trainer-with-bf16 tokens/s."""
     ours = [r for r in rows if r["loop"] == "pocketlm"]
     if not ours or not any(r["name"] == "trainer_bf16" for r in rows):
         return "target not evaluated (needs trainer_bf16 and a pocketlm variant)"
