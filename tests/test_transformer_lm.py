@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM, pipeline
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, pipeline
 
 from pocketlm.hub import resolve
 from pocketlm.models.transformer_lm import TransformerLM, TransformerLMConfig
@@ -62,6 +62,12 @@ def test_saved_checkpoint_loads_with_auto_classes_and_pipeline(tmp_path, tiny_lm
     ids = tiny_tokenizer("The history of the city", return_tensors="pt")["input_ids"]
     with torch.no_grad():
         assert (ours(ids)["logits"] - hf(ids).logits).abs().max() < 1e-4
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    encoded = tokenizer("The history of the city", return_tensors="pt")
+    assert "token_type_ids" not in encoded
+    with torch.no_grad():  # the most common idiom: every tokenizer output is a keyword the model takes
+        continued = hf.generate(**encoded, max_new_tokens=4, do_sample=False)
+    assert continued.shape[1] == encoded["input_ids"].shape[1] + 4
     generator = pipeline("text-generation", model=folder, device="cpu")
     text = generator("The history", max_new_tokens=8, do_sample=False)[0]["generated_text"]
     assert text.startswith("The history") and len(text) > len("The history")

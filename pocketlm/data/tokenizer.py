@@ -43,4 +43,7 @@ def train_bpe_tokenizer(texts: Iterable[str], vocab_size: int = 8000, model_max_
         mask_token=MASK_TOKEN,
         model_max_length=model_max_length,
         clean_up_tokenization_spaces=False,
+        # A causal LM takes no segment ids: without this the tokenizer emits `token_type_ids` and
+        # `model.generate(**tokenizer(text, return_tensors="pt"))` refuses them.
+        model_input_names=["input_ids", "attention_mask"],
     )
