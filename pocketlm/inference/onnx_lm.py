@@ -256,9 +256,9 @@ def choose_next_tokens(logits: np.ndarray, params: SamplingParams, rng: np.rando
     top = np.argpartition(-logits, k - 1, axis=-1)[:, :k]
     top_logits = np.take_along_axis(logits, top, axis=-1)
     best = top_logits.max(-1, keepdims=True)
-    with np.errstate(invalid="ignore", over="ignore"):  # -inf - -inf (a row of -inf) is NaN, handled below
+    best = np.where(np.isfinite(best), best, 0.0)  # a row of -inf only: left at -inf, not NaN
+    with np.errstate(over="ignore", under="ignore"):  # (x - best) / 1e-310 is -inf, and exp(-inf) is 0: as meant
         probs = np.exp((top_logits - best) / params.temperature)
-    probs = np.nan_to_num(probs, nan=0.0)
     totals = probs.sum(-1, keepdims=True)
     picks = [
         rng.choice(k, p=row / total) if total > 0 and np.isfinite(total) else int(np.argmax(row_logits))

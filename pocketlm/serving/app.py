@@ -26,7 +26,7 @@ import pocketlm
 from pocketlm.errors import ConfigError
 from pocketlm.inference.onnx_lm import OnnxCausalLM, SamplingParams
 from pocketlm.serving.admission import Admission, Limits, Overloaded, Ticket
-from pocketlm.serving.http_limits import BodyReadTimeout
+from pocketlm.serving.http_limits import BodyLimits
 from pocketlm.serving.models import ServedModel, ServingModels
 from pocketlm.serving.schemas import (
     BatchGenerateRequest,
@@ -142,9 +142,9 @@ def create_app(models: ServingModels, limits: Limits | None = None) -> FastAPI:
         openapi_tags=TAGS,
         docs_url=None,  # served below from local assets: the default page pulls Swagger UI from a CDN
         redoc_url=None,
-        max_body_size=limits.max_body_bytes,  # 413 from Content-Length or the streamed bytes, before parsing
     )
-    app.add_middleware(BodyReadTimeout, seconds=limits.read_timeout_s)
+    # 413 from Content-Length or the streamed bytes, 408 for a late body: before anything parses it
+    app.add_middleware(BodyLimits, max_bytes=limits.max_body_bytes, timeout_s=limits.read_timeout_s)
     app.state.models = models
     app.state.admission = admission = Admission(limits)
     app.state.started = time.monotonic()
@@ -234,9 +234,6 @@ def _install_error_handlers(app: FastAPI) -> None:
         # a 422 there, so make both a 422 naming the body. No route here raises 400 itself.
         if err.status_code == 400:
             return JSONResponse({"detail": [{"type": "json_invalid", "loc": ["body"], "msg": str(err.detail)}]}, 422)
-        if err.status_code == 413:  # Starlette's body limit says only "Content Too Large"
-            limit = app.state.admission.limits.max_body_bytes
-            return JSONResponse({"detail": f"request body larger than {limit} bytes"}, 413)
         return await http_exception_handler(request, err)
 
     @app.exception_handler(ModelNotLoaded)
@@ -250,11 +247,19 @@ def _install_error_handlers(app: FastAPI) -> None:
 
 
 def _shortened(value):
-    """`value` as it is when short, else its first `ECHO_CHARS` characters (as JSON text for non-strings) and its length."""
-    text = value if isinstance(value, str) else json.dumps(jsonable_encoder(value))
-    if len(text) <= ECHO_CHARS:
-        return value
-    return f"{text[:ECHO_CHARS]}… ({len(text)} characters)"
+    """`value` as it is when short and valid JSON, else its first `ECHO_CHARS` characters (as JSON text for
+    non-strings: NaN and Infinity, which JSON cannot carry, become text too) and its length."""
+    if isinstance(value, str):
+        text = value
+    else:
+        text = json.dumps(jsonable_encoder(value))
+        if len(text) <= ECHO_CHARS:
+            try:
+                json.dumps(jsonable_encoder(value), allow_nan=False)
+                return value
+            except ValueError:
+                return text
+    return value if len(text) <= ECHO_CHARS else f"{text[:ECHO_CHARS]}… ({len(text)} characters)"
 
 
 def _install_docs(app: FastAPI) -> None:

@@ -1,15 +1,16 @@
-"""Read timeouts for slow clients, and the uvicorn settings that go with `Limits`.
+"""The request-level limits of `Limits` that no library setting covers: body size and read timeouts.
 
-The body-size cap needs nothing here: FastAPI's `max_body_size` (Starlette's `RequestBodyLimitMiddleware`)
-counts `Content-Length` and the streamed bytes and answers 413 before the body is parsed. Two timeouts
-have no library setting, so they are written here:
-
+* **Body size.** `BodyLimits` answers 413 to a `Content-Length` over the cap without reading a byte, and
+  stops a body sent without one (chunked) as soon as the bytes received pass the cap — before anything
+  parses it. Hand-written rather than FastAPI's `max_body_size` (Starlette's `RequestBodyLimitMiddleware`):
+  that one replaces the app's response with a plain-text 413 whenever `Content-Length` is over the cap, and
+  every refusal of this API is JSON.
+* **Body time.** `BodyLimits` also answers 408 when the whole body has not arrived within `read_timeout_s`
+  of the app's first read of it.
 * **Headers.** uvicorn's only timer is `timeout_keep_alive`, armed after a response and cancelled by any
   byte received; a client that trickles its request headers (slowloris) holds the connection forever.
-  `HeaderTimeoutH11Protocol` closes a connection whose next request's headers are not complete within
+  `header_timeout_protocol` closes a connection whose next request's headers are not complete within
   `read_timeout_s` of the connection opening or the previous response ending.
-* **Body.** Once the headers are in, the app reads the body through ASGI `receive`; `BodyReadTimeout`
-  answers 408 when the whole body has not arrived within `read_timeout_s` of the first read.
 """
 
 from __future__ import annotations
@@ -27,42 +28,52 @@ if TYPE_CHECKING:
     import uvicorn
 
 
-class BodyTimeout(HTTPException):
-    """Raised from `receive` when the body is late. An `HTTPException`, so FastAPI's body reading re-raises
-    it as it is (anything else becomes a 400 there) and the app's handler renders it."""
-
-    def __init__(self, seconds: float):
-        super().__init__(408, f"request body not received within {seconds:g} s")
+class BodyRefused(HTTPException):
+    """Raised from `receive` when the body is too large or too late. An `HTTPException`, so FastAPI's body
+    reading re-raises it as it is (anything else becomes a 400 there) and the app's handler renders it."""
 
 
-class BodyReadTimeout:
-    """ASGI middleware: the request body must arrive within `seconds` of the app's first read of it.
+def too_large(max_bytes: int) -> BodyRefused:
+    return BodyRefused(413, f"request body larger than {max_bytes} bytes")
 
-    Only reads of the body are timed: once the last chunk is in, `receive` is passed through untouched (a
-    streaming response waits on it for the client's disconnect, for as long as the stream lasts).
+
+class BodyLimits:
+    """ASGI middleware: a request body may have at most `max_bytes` and must arrive within `timeout_s` of
+    the app's first read of it; else 413 or 408, as short JSON, before the body is parsed.
+
+    Once the last chunk is in, `receive` is passed through untouched (a streaming response waits on it for
+    the client's disconnect, for as long as the stream lasts).
     """
 
-    def __init__(self, app: ASGIApp, seconds: float):
-        self.app, self.seconds = app, seconds
+    def __init__(self, app: ASGIApp, max_bytes: int, timeout_s: float):
+        self.app, self.max_bytes, self.timeout_s = app, max_bytes, timeout_s
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            return await self._refuse(too_large(self.max_bytes), scope, receive, send)
         loop = asyncio.get_running_loop()
         deadline: float | None = None
+        received = 0
         body_done = False
         started = False
 
-        async def timed_receive() -> Message:
-            nonlocal deadline, body_done
+        async def limited_receive() -> Message:
+            nonlocal deadline, received, body_done
             if body_done:
                 return await receive()
-            deadline = deadline or loop.time() + self.seconds
+            deadline = deadline or loop.time() + self.timeout_s
             try:
                 async with asyncio.timeout_at(deadline):
                     message = await receive()
             except TimeoutError:
-                raise BodyTimeout(self.seconds) from None
+                raise BodyRefused(408, f"request body not received within {self.timeout_s:g} s") from None
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise too_large(self.max_bytes)
             body_done = message["type"] != "http.request" or not message.get("more_body", False)
             return message
 
@@ -72,11 +83,15 @@ class BodyReadTimeout:
             await send(message)
 
         try:
-            await self.app(scope, timed_receive, tracked_send)
-        except BodyTimeout as err:  # not rendered inside (a mounted app, a route that streams the body itself)
+            await self.app(scope, limited_receive, tracked_send)
+        except BodyRefused as err:  # not rendered inside (a mounted app, a route that reads the body itself)
             if started:
                 raise
-            await JSONResponse({"detail": err.detail}, err.status_code, headers={"Connection": "close"})(scope, receive, send)
+            await self._refuse(err, scope, receive, send)
+
+    @staticmethod
+    async def _refuse(err: BodyRefused, scope: Scope, receive: Receive, send: Send) -> None:
+        await JSONResponse({"detail": err.detail}, err.status_code)(scope, receive, send)
 
 
 def header_timeout_protocol(seconds: float) -> type:
