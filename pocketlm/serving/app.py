@@ -89,7 +89,9 @@ TAGS = [
 ]
 
 REFUSALS = {
-    422: {"description": "Invalid input; `detail[].loc` names the field."},
+    408: {"model": ErrorResponse, "description": "The request body did not arrive within the read timeout."},
+    413: {"model": ErrorResponse, "description": "The request body is over the size cap (checked before parsing)."},
+    422: {"description": "Invalid input; `detail[].loc` names the field (long inputs are shortened, not echoed)."},
     503: {"model": ErrorResponse, "description": "Overloaded (retry after `Retry-After` seconds), or model not loaded."},
 }
 
