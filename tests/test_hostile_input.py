@@ -13,7 +13,7 @@ import json
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
@@ -93,7 +93,7 @@ def post(path: str, body=None, *, content: bytes | None = None, **kwargs):
     return send
 
 
-def raw(head: str, body: bytes = b"") -> callable:
+def raw(head: str, body: bytes = b"") -> Callable[[str], Reply]:
     """Bytes written on a socket as they are (a lying Content-Length, headers that never end...), then
     everything the server sends until it closes the connection."""
 

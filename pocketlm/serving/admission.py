@@ -89,7 +89,7 @@ class Admission:
         as the `Retry-After` header wants)."""
         return max(1, math.ceil(self.expected_wait_s()))
 
-    def admit(self) -> "Ticket":
+    def admit(self) -> Ticket:
         """Take a place in flight, or raise `Overloaded` when all are taken. Never waits."""
         if self.in_flight >= self.capacity:
             raise Overloaded(f"server busy: {self.in_flight} model requests in flight (capacity {self.capacity})",
@@ -137,7 +137,7 @@ class Admission:
                 result = await run_in_threadpool(fn, *args)
                 return result, time.perf_counter() - started
 
-    def steps(self, steps: Iterator[T], ticket: "Ticket | None" = None) -> "GuardedSteps[T]":
+    def steps(self, steps: Iterator[T], ticket: Ticket | None = None) -> GuardedSteps[T]:
         """The guarded call for a generator: see `GuardedSteps`. Pass a `ticket` already taken when the refusal
         must happen before the stream starts (the REST API answers it with a 503 status, not an event)."""
         return GuardedSteps(self, steps, ticket)
@@ -149,7 +149,7 @@ class GuardedSteps(Generic[T]):
     ticket (taken on the first step unless given) is released however the iteration ends; `model_s` sums
     the time spent inside the generator."""
 
-    def __init__(self, admission: Admission, steps: Iterator[T], ticket: "Ticket | None" = None):
+    def __init__(self, admission: Admission, steps: Iterator[T], ticket: Ticket | None = None):
         self.admission, self._steps, self._ticket = admission, steps, ticket
         self.model_s = 0.0
 

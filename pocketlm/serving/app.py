@@ -14,8 +14,8 @@ import time
 from collections.abc import AsyncIterator, Sequence
 
 from fastapi import FastAPI, Request
-from fastapi.exception_handlers import http_exception_handler
 from fastapi.encoders import jsonable_encoder
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
@@ -32,15 +32,15 @@ from pocketlm.serving.schemas import (
     BatchGenerateRequest,
     BatchGenerateResponse,
     ErrorResponse,
-    Generation,
+    FinishReason,
     GenerateRequest,
     GenerateResponse,
+    Generation,
     HealthResponse,
     QARequest,
     QAResponse,
     SamplingFields,
     StreamEnd,
-    FinishReason,
     StreamToken,
 )
 

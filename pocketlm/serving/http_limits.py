@@ -131,7 +131,7 @@ def header_timeout_protocol(seconds: float) -> type:
     return HeaderTimeoutH11Protocol
 
 
-def server_config(app: ASGIApp, host: str, port: int, limits: Limits | None = None, **kwargs: Any) -> "uvicorn.Config":
+def server_config(app: ASGIApp, host: str, port: int, limits: Limits | None = None, **kwargs: Any) -> uvicorn.Config:
     """The uvicorn settings of both servers (REST API and the Spaces suite): the header timeout, keep-alive,
     a connection cap; `kwargs` go to `uvicorn.Config` as they are (log level...)."""
     import uvicorn
