@@ -161,7 +161,7 @@ def test_overload_is_refused_fast_and_the_server_recovers(tiny_lm_onnx_repo, tin
         served = [r for r in results if r[0] == 200]
         assert len(refused) + len(served) == 24
         assert 1 <= len(served) and len(refused) >= 12
-        assert all(r[2] == "1" for r in refused)  # Retry-After
+        assert all(r[2] is not None and int(r[2]) >= 1 for r in refused)  # Retry-After: whole seconds, at least 1
         assert max(r[1] for r in refused) < max(r[1] for r in served)  # refusals did not wait for the model
         health = http.get("/health").json()
         assert health["in_flight"] == 0

@@ -40,3 +40,16 @@ def test_waiting_longer_than_max_wait_is_refused():
         assert admission.service_s > 0
 
     asyncio.run(scenario())
+
+
+def test_retry_after_is_the_queue_drain_time_at_least_one_second():
+    admission = Admission(Limits(max_active=1, max_waiting=100, max_wait_s=100.0))
+    assert admission.retry_after_s() == 1  # nothing known yet
+    admission.service_s = 0.4
+    for _ in range(10):
+        admission.admit()
+    assert admission.retry_after_s() == 4  # 10 requests × 0.4 s
+    with pytest.raises(Overloaded) as refused:
+        for _ in range(92):  # the 92nd is over the capacity of 101
+            admission.admit()
+    assert refused.value.retry_after_s == 41  # 101 in flight × 0.4 s, rounded up

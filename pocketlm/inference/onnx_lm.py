@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,9 @@ class SamplingParams:
     seed: int | None = None
     stop_at_eos: bool = True
     """False keeps generating past the end-of-text token (benchmarks use it to time a fixed token count)."""
+    max_time: float | None = None
+    """Seconds of wall clock after which decoding stops between two steps (as transformers' `max_time`);
+    the server's compute budget per call. None: no limit."""
 
 
 def session_options(intra_op_num_threads: int | None = None):
@@ -187,6 +191,7 @@ class OnnxCausalLM:
         cache = self._empty_cache(batch)
         finished = np.zeros(batch, dtype=bool)
         rng = np.random.default_rng(params.seed)
+        deadline = None if params.max_time is None else time.monotonic() + params.max_time
         for _ in range(params.max_new_tokens):
             feed = {"input_ids": input_ids, "attention_mask": attention_mask, **cache}
             if self.uses_position_ids:
@@ -199,6 +204,8 @@ class OnnxCausalLM:
                 finished |= next_ids == self.eos_token_id
                 if finished.all():
                     return
+            if deadline is not None and time.monotonic() > deadline:
+                return
             attention_mask = np.concatenate([attention_mask, np.ones((batch, 1), np.int64)], axis=1)
             if use_cache:
                 cache = dict(zip(cache, presents, strict=True))
@@ -235,14 +242,26 @@ class OnnxCausalLM:
 
 
 def choose_next_tokens(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator) -> np.ndarray:
-    """Greedy argmax, or top-k sampling at `temperature` (softmax over the k best logits of each row)."""
+    """Greedy argmax, or top-k sampling at `temperature` (softmax over the k best logits of each row).
+
+    Numerically safe for any positive temperature: the best logit is subtracted *before* dividing, so every
+    scaled logit is <= 0 and `exp` cannot overflow (dividing first turns `logit / 1e-310` into inf and the
+    softmax into NaN); non-finite logits count as impossible, and a row left with no finite choice falls
+    back to its argmax.
+    """
     if not params.do_sample or params.temperature <= 0:
         return logits.argmax(-1)
-    logits = logits.astype(np.float64) / params.temperature
+    logits = np.where(np.isfinite(logits), logits.astype(np.float64), -np.inf)
     k = min(params.top_k, logits.shape[-1]) if params.top_k > 0 else logits.shape[-1]
     top = np.argpartition(-logits, k - 1, axis=-1)[:, :k]
     top_logits = np.take_along_axis(logits, top, axis=-1)
-    probs = np.exp(top_logits - top_logits.max(-1, keepdims=True))
-    probs /= probs.sum(-1, keepdims=True)
-    picks = [rng.choice(k, p=row) for row in probs]
+    best = top_logits.max(-1, keepdims=True)
+    best = np.where(np.isfinite(best), best, 0.0)  # a row of -inf only: left at -inf, not NaN
+    with np.errstate(over="ignore", under="ignore"):  # (x - best) / 1e-310 is -inf, and exp(-inf) is 0: as meant
+        probs = np.exp((top_logits - best) / params.temperature)
+    totals = probs.sum(-1, keepdims=True)
+    picks = [
+        rng.choice(k, p=row / total) if total > 0 and np.isfinite(total) else int(np.argmax(row_logits))
+        for row, total, row_logits in zip(probs, totals[:, 0], top_logits)
+    ]
     return top[np.arange(len(top)), picks]

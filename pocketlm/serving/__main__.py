@@ -32,6 +32,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="requests that may queue for the model; more are refused with 503")
     parser.add_argument("--max-wait-s", type=float, default=defaults.max_wait_s,
                         help="a queued request waiting longer than this gets 503")
+    parser.add_argument("--max-compute-s", type=float, default=defaults.max_compute_s,
+                        help="wall-clock budget of one generation; past it the text ends with finish_reason "
+                        "'time_limit' (default %(default)s)")
+    parser.add_argument("--max-body-bytes", type=int, default=defaults.max_body_bytes,
+                        help="larger request bodies get 413 before they are parsed (default %(default)s)")
+    parser.add_argument("--read-timeout-s", type=float, default=defaults.read_timeout_s,
+                        help="time a client has to send its request headers, and again its body (default %(default)s)")
     parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     parser.add_argument("--access-log", action="store_true", help="log every request (off: it costs time under load)")
     args = parser.parse_args(argv)
@@ -43,6 +50,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             parser.error(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
     if args.max_waiting < 0 or args.max_wait_s <= 0:
         parser.error("--max-waiting must be >= 0 and --max-wait-s > 0")
+    for flag in ("max_compute_s", "max_body_bytes", "read_timeout_s"):
+        if getattr(args, flag) <= 0:
+            parser.error(f"--{flag.replace('_', '-')} must be positive, got {getattr(args, flag)}")
     if args.lm == "none" and args.qa == "none":
         parser.error("--lm and --qa are both 'none': nothing to serve")
     return args
@@ -77,15 +87,18 @@ def main(argv: list[str] | None = None) -> int:
         import uvicorn
 
         from pocketlm.serving.app import create_app
+        from pocketlm.serving.http_limits import server_config
 
         models = loading.result()
-    limits = Limits(max_active=args.max_active, max_waiting=args.max_waiting, max_wait_s=args.max_wait_s)
+    limits = Limits(max_active=args.max_active, max_waiting=args.max_waiting, max_wait_s=args.max_wait_s,
+                    max_compute_s=args.max_compute_s, max_body_bytes=args.max_body_bytes,
+                    read_timeout_s=args.read_timeout_s)
     app = create_app(models, limits)
     gc.freeze()
     gc.enable()
     print(f"pocketlm REST API on http://{args.host}:{args.port} (docs: /docs), pid {os.getpid()}", flush=True)
-    # ws="none": the API streams with server-sent events, so uvicorn need not import a websockets stack
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level, access_log=args.access_log, ws="none")
+    uvicorn.Server(server_config(app, args.host, args.port, limits, log_level=args.log_level,
+                                 access_log=args.access_log)).run()
     return 0
 
 

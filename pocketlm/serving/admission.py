@@ -1,4 +1,4 @@
-"""Overload protection: a bounded number of model requests in flight, the rest refused at once with 503.
+"""Overload protection and the one guarded path every model call takes, from the REST API and from the Spaces.
 
 Two CPU cores can run one model call at a time at full speed (each ONNX Runtime call already uses both);
 running more in parallel only makes every one of them slower. So model work takes turns on `max_active`
@@ -6,31 +6,61 @@ compute slots, at most `max_waiting` requests queue for one, and the next reques
 a fast 503 with `Retry-After` is something a client can act on; an ever-growing queue only times out.
 A request is also refused at once when the queue ahead of it would take longer than `max_wait_s` to drain
 at the recent service time (a slow machine gets a shorter queue), and one that still waits longer than
-`max_wait_s` for a slot gets 503 rather than hanging.
+`max_wait_s` for a slot gets 503 rather than hanging. `Retry-After` is that same estimate: the work queued
+ahead at the recent mean service time, at least one second.
+
+`Admission.run` (one call, answered whole) and `Admission.steps` (a generator, one compute slot per step)
+are the guarded call: `/generate`, `/qa` and the UI's clicks (`pocketlm.spaces.common.ComputeGuard`) all go
+through them, so they queue for the same slots in arrival order and are refused the same way.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from starlette.concurrency import run_in_threadpool
+
+T = TypeVar("T")
+_DONE = object()
 
 
 class Overloaded(Exception):
     """Raised instead of queueing; the app turns it into 503 with a Retry-After header."""
 
+    def __init__(self, message: str, retry_after_s: int = 1):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
 
 @dataclass(frozen=True)
 class Limits:
+    """Everything the server bounds, in one place: the CLI flags, `create_app` and the uvicorn settings read it."""
+
     max_active: int = 1
     """Model calls running at once."""
     max_waiting: int = 32
     """Requests allowed to queue for a compute slot (8 concurrent clients fit with room to spare)."""
     max_wait_s: float = 10.0
     """Longest time a request waits for a compute slot before it is refused."""
-    retry_after_s: int = 1
+    max_compute_s: float = 5.0
+    """Wall-clock budget of one generation, checked between decoding steps: past it the text ends with
+    `finish_reason: "time_limit"`. The largest valid request (a 32 × 128-token batch) takes ~2 s here."""
+    max_body_bytes: int = 2 * 1024 * 1024
+    """Request bodies above this get 413 before they are parsed. The largest valid body (32 prompts of 4,000
+    characters, each `\\uXXXX`-escaped) is ~0.8 MB."""
+    read_timeout_s: float = 10.0
+    """A client gets this long to send its request headers, and again to send its body; then the
+    connection is closed (headers) or answered 408 (body)."""
+    keep_alive_s: int = 5
+    """An idle keep-alive connection is closed after this long (uvicorn's `timeout_keep_alive`)."""
+    max_connections: int = 256
+    """Open connections and requests beyond this are answered 503 by uvicorn (`limit_concurrency`)."""
 
 
 class Admission:
@@ -50,13 +80,24 @@ class Admission:
     def capacity(self) -> int:
         return self.limits.max_active + self.limits.max_waiting
 
-    def admit(self) -> "Ticket":
+    def expected_wait_s(self) -> float:
+        """How long the requests in flight would take to drain at the recent service time."""
+        return self.in_flight * self.service_s / self.limits.max_active
+
+    def retry_after_s(self) -> int:
+        """Seconds a refused client should wait: the queue's expected drain time, at least 1 (whole seconds,
+        as the `Retry-After` header wants)."""
+        return max(1, math.ceil(self.expected_wait_s()))
+
+    def admit(self) -> Ticket:
         """Take a place in flight, or raise `Overloaded` when all are taken. Never waits."""
         if self.in_flight >= self.capacity:
-            raise Overloaded(f"server busy: {self.in_flight} model requests in flight (capacity {self.capacity})")
-        expected_wait = self.in_flight * self.service_s / self.limits.max_active
+            raise Overloaded(f"server busy: {self.in_flight} model requests in flight (capacity {self.capacity})",
+                             self.retry_after_s())
+        expected_wait = self.expected_wait_s()
         if expected_wait > self.limits.max_wait_s:
-            raise Overloaded(f"server busy: the {self.in_flight} requests ahead would take about {expected_wait:.1f} s")
+            raise Overloaded(f"server busy: the {self.in_flight} requests ahead would take about {expected_wait:.1f} s",
+                             self.retry_after_s())
         self.in_flight += 1
         return Ticket(self)
 
@@ -77,7 +118,8 @@ class Admission:
             async with asyncio.timeout(self.limits.max_wait_s):
                 await self._slots.acquire()
         except TimeoutError:
-            raise Overloaded(f"server busy: no compute slot within {self.limits.max_wait_s:g} s") from None
+            raise Overloaded(f"server busy: no compute slot within {self.limits.max_wait_s:g} s",
+                             self.retry_after_s()) from None
         started = time.perf_counter()
         try:
             yield
@@ -85,6 +127,45 @@ class Admission:
             self._slots.release()
             held = time.perf_counter() - started
             self.service_s = held if self.service_s == 0 else (1 - self.SMOOTHING) * self.service_s + self.SMOOTHING * held
+
+    async def run(self, fn: Callable[..., T], *args) -> tuple[T, float]:
+        """The guarded call: admit (or `Overloaded` at once), wait for a compute slot, run `fn(*args)` in a worker
+        thread (the event loop keeps serving); returns its result and the seconds it held the slot."""
+        with self.admitted():
+            async with self.compute_slot():
+                started = time.perf_counter()
+                result = await run_in_threadpool(fn, *args)
+                return result, time.perf_counter() - started
+
+    def steps(self, steps: Iterator[T], ticket: Ticket | None = None) -> GuardedSteps[T]:
+        """The guarded call for a generator: see `GuardedSteps`. Pass a `ticket` already taken when the refusal
+        must happen before the stream starts (the REST API answers it with a 503 status, not an event)."""
+        return GuardedSteps(self, steps, ticket)
+
+
+class GuardedSteps(Generic[T]):
+    """Iterate a blocking generator asynchronously; each `next` takes a compute slot of its own, so concurrent
+    streams and requests interleave step by step instead of waiting for whole generations. The in-flight
+    ticket (taken on the first step unless given) is released however the iteration ends; `model_s` sums
+    the time spent inside the generator."""
+
+    def __init__(self, admission: Admission, steps: Iterator[T], ticket: Ticket | None = None):
+        self.admission, self._steps, self._ticket = admission, steps, ticket
+        self.model_s = 0.0
+
+    async def __aiter__(self) -> AsyncIterator[T]:
+        ticket = self._ticket or self.admission.admit()
+        try:
+            while True:
+                async with self.admission.compute_slot():
+                    started = time.perf_counter()
+                    item = await run_in_threadpool(next, self._steps, _DONE)
+                    self.model_s += time.perf_counter() - started
+                if item is _DONE:
+                    return
+                yield item
+        finally:
+            ticket.release()
 
 
 class Ticket:

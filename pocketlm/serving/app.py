@@ -9,30 +9,33 @@ overload guard as `app.state.admission`. Nothing here imports torch or transform
 from __future__ import annotations
 
 import json
+import logging
 import time
 from collections.abc import AsyncIterator, Sequence
 
 from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
-from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import pocketlm
 from pocketlm.errors import ConfigError
 from pocketlm.inference.onnx_lm import OnnxCausalLM, SamplingParams
 from pocketlm.serving.admission import Admission, Limits, Overloaded, Ticket
+from pocketlm.serving.http_limits import BodyLimits
 from pocketlm.serving.models import ServedModel, ServingModels
 from pocketlm.serving.schemas import (
     BatchGenerateRequest,
     BatchGenerateResponse,
     ErrorResponse,
-    Generation,
+    FinishReason,
     GenerateRequest,
     GenerateResponse,
+    Generation,
     HealthResponse,
     QARequest,
     QAResponse,
@@ -40,6 +43,11 @@ from pocketlm.serving.schemas import (
     StreamEnd,
     StreamToken,
 )
+
+logger = logging.getLogger(__name__)
+
+ECHO_CHARS = 200
+"""A 422 echoes at most this much of the offending input (a 2 MB prompt must not come back as a 2 MB error)."""
 
 SWAGGER_ASSETS = "/static/swagger-ui"
 
@@ -67,8 +75,11 @@ the fp32 graph (the default) all three return the same tokens for the same promp
 activations per batch (dynamic quantisation), so there batching can change a token.
 
 ### Limits and overload
-Bad input gets **422** naming the field. The two CPU cores run one model call at a time; a bounded number
-of requests may queue, beyond that a request is refused at once with **503** and `Retry-After`.
+Bad input gets **422** naming the field (long inputs are not echoed back whole). A request body over the
+size cap gets **413**, one not sent in time **408**. The two CPU cores run one model call at a time; a
+bounded number of requests may queue, beyond that a request is refused at once with **503** and a
+`Retry-After` estimated from the queue. A generation that runs past the compute budget ends early with
+`finish_reason: "time_limit"`; `/generate/batch` has a budget of new tokens (prompts × `max_new_tokens`).
 """
 
 TAGS = [
@@ -78,7 +89,9 @@ TAGS = [
 ]
 
 REFUSALS = {
-    422: {"description": "Invalid input; `detail[].loc` names the field."},
+    408: {"model": ErrorResponse, "description": "The request body did not arrive within the read timeout."},
+    413: {"model": ErrorResponse, "description": "The request body is over the size cap (checked before parsing)."},
+    422: {"description": "Invalid input; `detail[].loc` names the field (long inputs are shortened, not echoed)."},
     503: {"model": ErrorResponse, "description": "Overloaded (retry after `Retry-After` seconds), or model not loaded."},
 }
 
@@ -122,7 +135,8 @@ class TicketedStreamingResponse(StreamingResponse):
 
 
 def create_app(models: ServingModels, limits: Limits | None = None) -> FastAPI:
-    """Build the REST app around loaded `models`; `limits` bounds the requests in flight (see `admission`)."""
+    """Build the REST app around loaded `models`; `limits` bounds bodies, waiting and compute (see `admission`)."""
+    limits = limits or Limits()
     app = FastAPI(
         title="pocketlm REST API",
         version=pocketlm.__version__,
@@ -131,26 +145,13 @@ def create_app(models: ServingModels, limits: Limits | None = None) -> FastAPI:
         docs_url=None,  # served below from local assets: the default page pulls Swagger UI from a CDN
         redoc_url=None,
     )
+    # 413 from Content-Length or the streamed bytes, 408 for a late body: before anything parses it
+    app.add_middleware(BodyLimits, max_bytes=limits.max_body_bytes, timeout_s=limits.read_timeout_s)
     app.state.models = models
-    app.state.admission = admission = Admission(limits or Limits())
+    app.state.admission = admission = Admission(limits)
     app.state.started = time.monotonic()
     _install_docs(app)
-
-    @app.exception_handler(Overloaded)
-    async def _overloaded(request: Request, err: Overloaded) -> JSONResponse:
-        return JSONResponse({"detail": str(err)}, 503, headers={"Retry-After": str(admission.limits.retry_after_s)})
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _unparsable_body(request: Request, err: StarletteHTTPException) -> JSONResponse:
-        # FastAPI answers 400 for a body it cannot even decode (bytes that are not UTF-8); malformed JSON is
-        # a 422 there, so make both a 422 naming the body. No route here raises 400 itself.
-        if err.status_code == 400:
-            return JSONResponse({"detail": [{"type": "json_invalid", "loc": ["body"], "msg": str(err.detail)}]}, 422)
-        return await http_exception_handler(request, err)
-
-    @app.exception_handler(ModelNotLoaded)
-    async def _not_loaded(request: Request, err: ModelNotLoaded) -> JSONResponse:
-        return JSONResponse({"detail": str(err)}, 503)
+    _install_error_handlers(app)
 
     @app.get("/health", tags=["service"], response_model=HealthResponse, summary="Liveness and the models served")
     async def health() -> HealthResponse:
@@ -167,18 +168,14 @@ def create_app(models: ServingModels, limits: Limits | None = None) -> FastAPI:
         served = _require(models.lm, "lm")
         lm: OnnxCausalLM = served.runtime
         ids = _encode_prompts(lm, [body.prompt], body.max_new_tokens, ("body", "prompt"))[0]
-        params = _sampling(body)
-        with admission.admitted():
-            async with admission.compute_slot():
-                started = time.perf_counter()
-                tokens = (await run_in_threadpool(lm.generate_ids, [ids], params))[0]
-                latency = time.perf_counter() - started
-        generation = _generation(lm, ids, tokens, params)
+        params = _sampling(body, limits)
+        outputs, latency = await admission.run(lm.generate_ids, [ids], params)
+        generation = _generation(lm, ids, outputs[0], params)
         return GenerateResponse(**generation.model_dump(), model=served.label, latency_ms=1000 * latency)
 
     @app.post("/generate/stream", tags=["generation"], responses={
         200: {"description": "Server-sent events: one `data:` event per token (StreamToken), then `event: end` "
-              "(StreamEnd); `event: error` if the server had to stop.",
+              "(StreamEnd); `event: error` if the server had to stop. Every stream ends with one of the two.",
               "content": {"text/event-stream": {"schema": SSE_EVENT_SCHEMA, "example": SSE_EXAMPLE}}},
         **REFUSALS,
     }, response_class=StreamingResponse, summary="Token by token: stream one prompt's tokens as they are produced")
@@ -186,9 +183,9 @@ def create_app(models: ServingModels, limits: Limits | None = None) -> FastAPI:
         served = _require(models.lm, "lm")
         lm: OnnxCausalLM = served.runtime
         ids = _encode_prompts(lm, [body.prompt], body.max_new_tokens, ("body", "prompt"))[0]
-        ticket = admission.admit()
+        ticket = admission.admit()  # refused here, the client gets a 503 status rather than an error event
         return TicketedStreamingResponse(
-            _token_events(lm, ids, _sampling(body), admission), ticket, media_type="text/event-stream",
+            _token_events(lm, ids, _sampling(body, limits), admission, ticket), ticket, media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
 
@@ -198,12 +195,8 @@ def create_app(models: ServingModels, limits: Limits | None = None) -> FastAPI:
         served = _require(models.lm, "lm")
         lm: OnnxCausalLM = served.runtime
         batch = _encode_prompts(lm, body.prompts, body.max_new_tokens, ("body", "prompts"))
-        params = _sampling(body)
-        with admission.admitted():
-            async with admission.compute_slot():
-                started = time.perf_counter()
-                outputs = await run_in_threadpool(lm.generate_ids, batch, params)
-                latency = time.perf_counter() - started
+        params = _sampling(body, limits)
+        outputs, latency = await admission.run(lm.generate_ids, batch, params)
         generations = [_generation(lm, ids, tokens, params) for ids, tokens in zip(batch, outputs, strict=True)]
         return BatchGenerateResponse(
             generations=generations, model=served.label, padded_shape=(len(batch), max(map(len, batch))),
@@ -214,18 +207,61 @@ def create_app(models: ServingModels, limits: Limits | None = None) -> FastAPI:
               summary="Find the answer to a question in a context")
     async def qa(body: QARequest) -> QAResponse:
         served = _require(models.qa, "qa")
-        with admission.admitted():
-            async with admission.compute_slot():
-                started = time.perf_counter()
-                try:
-                    answer = await run_in_threadpool(served.runtime.answer, body.question, body.context)
-                except ConfigError as err:  # the question leaves no room for the context in a window
-                    raise _field_error(("body", "question"), str(err), body.question) from None
-                latency = time.perf_counter() - started
+        try:
+            answer, latency = await admission.run(served.runtime.answer, body.question, body.context)
+        except ConfigError as err:  # the question leaves no room for the context in a window
+            raise _field_error(("body", "question"), str(err), body.question) from None
         return QAResponse(answer=answer.text, start=answer.start, end=answer.end, score=answer.score,
                           model=served.label, latency_ms=1000 * latency)
 
     return app
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    """Every refusal is a short JSON body: 422 naming the field, 413/408 for the body, 503 with `Retry-After`;
+    and an unexpected failure is a JSON 500, never a plain-text traceback page."""
+
+    @app.exception_handler(Overloaded)
+    async def _overloaded(request: Request, err: Overloaded) -> JSONResponse:
+        return JSONResponse({"detail": str(err)}, 503, headers={"Retry-After": str(err.retry_after_s)})
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, err: RequestValidationError) -> JSONResponse:
+        errors = [{**error, "input": _shortened(error["input"])} if "input" in error else error for error in err.errors()]
+        return JSONResponse({"detail": jsonable_encoder(errors)}, 422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, err: StarletteHTTPException) -> JSONResponse:
+        # FastAPI answers 400 for a body it cannot even decode (bytes that are not UTF-8); malformed JSON is
+        # a 422 there, so make both a 422 naming the body. No route here raises 400 itself.
+        if err.status_code == 400:
+            return JSONResponse({"detail": [{"type": "json_invalid", "loc": ["body"], "msg": str(err.detail)}]}, 422)
+        return await http_exception_handler(request, err)
+
+    @app.exception_handler(ModelNotLoaded)
+    async def _not_loaded(request: Request, err: ModelNotLoaded) -> JSONResponse:
+        return JSONResponse({"detail": str(err)}, 503)
+
+    @app.exception_handler(Exception)
+    async def _bug(request: Request, err: Exception) -> JSONResponse:
+        logger.exception("%s %s failed", request.method, request.url.path)
+        return JSONResponse({"detail": f"internal error ({type(err).__name__}); see the server log"}, 500)
+
+
+def _shortened(value):
+    """`value` as it is when short and valid JSON, else its first `ECHO_CHARS` characters (as JSON text for
+    non-strings: NaN and Infinity, which JSON cannot carry, become text too) and its length."""
+    if isinstance(value, str):
+        text = value
+    else:
+        text = json.dumps(jsonable_encoder(value))
+        if len(text) <= ECHO_CHARS:
+            try:
+                json.dumps(jsonable_encoder(value), allow_nan=False)
+                return value
+            except ValueError:
+                return text
+    return value if len(text) <= ECHO_CHARS else f"{text[:ECHO_CHARS]}… ({len(text)} characters)"
 
 
 def _install_docs(app: FastAPI) -> None:
@@ -274,19 +310,25 @@ def _encode_prompts(lm: OnnxCausalLM, prompts: Sequence[str], max_new_tokens: in
     return encoded
 
 
-def _sampling(body: SamplingFields) -> SamplingParams:
+def _sampling(body: SamplingFields, limits: Limits) -> SamplingParams:
     return SamplingParams(
         max_new_tokens=body.max_new_tokens, do_sample=body.do_sample, temperature=body.temperature,
-        top_k=body.top_k, seed=body.seed, stop_at_eos=not body.ignore_eos,
+        top_k=body.top_k, seed=body.seed, stop_at_eos=not body.ignore_eos, max_time=limits.max_compute_s,
     )
 
 
 def _generation(lm: OnnxCausalLM, prompt: list[int], tokens: list[int], params: SamplingParams) -> Generation:
-    ended = params.stop_at_eos and bool(tokens) and tokens[-1] == lm.eos_token_id
     return Generation(
         text=lm.decode(tokens), prompt_tokens=len(prompt), generated_tokens=len(tokens),
-        finish_reason="eos" if ended else "length",
+        finish_reason=_finish_reason(lm, tokens, params),
     )
+
+
+def _finish_reason(lm: OnnxCausalLM, tokens: list[int], params: SamplingParams) -> FinishReason:
+    if params.stop_at_eos and tokens and tokens[-1] == lm.eos_token_id:
+        return "eos"
+    # fewer tokens than asked, no EOS: the decoding loop stopped at the compute budget (`max_time`)
+    return "length" if len(tokens) >= params.max_new_tokens else "time_limit"
 
 
 def _sse(data: dict, event: str | None = None) -> str:
@@ -294,26 +336,24 @@ def _sse(data: dict, event: str | None = None) -> str:
     return f"{head}data: {json.dumps(data)}\n\n"
 
 
-async def _token_events(lm: OnnxCausalLM, ids: list[int], params: SamplingParams, admission: Admission) -> AsyncIterator[str]:
-    """Server-sent events for the token-by-token scheme: each decoding step takes a compute slot of its own,
-    so concurrent streams and requests interleave step by step instead of waiting for whole generations."""
-    steps = lm.stream_text(ids, params)
+async def _token_events(lm: OnnxCausalLM, ids: list[int], params: SamplingParams, admission: Admission,
+                        ticket: Ticket) -> AsyncIterator[str]:
+    """Server-sent events for the token-by-token scheme (each decoding step takes a compute slot of its own,
+    see `Admission.steps`). The stream always ends with `end` or `error`: the status line and headers are
+    long gone when a step fails, so an event is the only way left to tell the client."""
+    steps = admission.steps(lm.stream_text(ids, params), ticket)
     tokens: list[int] = []
-    model_time = 0.0
-    while True:
-        try:
-            async with admission.compute_slot():
-                step_started = time.perf_counter()
-                item = await run_in_threadpool(next, steps, None)
-                model_time += time.perf_counter() - step_started
-        except Overloaded as err:
-            yield _sse({"detail": str(err)}, event="error")
-            return
-        if item is None:
-            break
-        token, text = item
-        tokens.append(token)
-        yield _sse(StreamToken(index=len(tokens) - 1, token_id=token, text=text).model_dump())
+    try:
+        async for token, text in steps:
+            tokens.append(token)
+            yield _sse(StreamToken(index=len(tokens) - 1, token_id=token, text=text).model_dump())
+    except Overloaded as err:
+        yield _sse({"detail": str(err)}, event="error")
+        return
+    except Exception as err:
+        logger.exception("/generate/stream failed after %d tokens", len(tokens))
+        yield _sse({"detail": f"generation failed after {len(tokens)} tokens ({type(err).__name__}); "
+                              "see the server log"}, event="error")
+        return
     end = _generation(lm, ids, tokens, params)
-    yield _sse(StreamEnd(**end.model_dump(), latency_ms=1000 * model_time).model_dump(), event="end")
-
+    yield _sse(StreamEnd(**end.model_dump(), latency_ms=1000 * steps.model_s).model_dump(), event="end")

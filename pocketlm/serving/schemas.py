@@ -9,11 +9,15 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 MAX_PROMPT_CHARS = 4000
 MAX_NEW_TOKENS = 256
 MAX_BATCH_PROMPTS = 32
+MAX_BATCH_NEW_TOKENS = 4096
+"""Budget of one `/generate/batch`: prompts × `max_new_tokens` (32 × 128), ~2 s of the one compute slot here."""
+MIN_TEMPERATURE = 0.01
+MAX_TEMPERATURE = 5.0
 MAX_QUESTION_CHARS = 500
 MAX_CONTEXT_CHARS = 20000
 
@@ -47,7 +51,11 @@ class SamplingFields(BaseModel):
         False, description="false: greedy decoding (deterministic, identical across the batching schemes); "
         "true: top-k sampling with `temperature`, reproducible with `seed`."
     )
-    temperature: float = Field(1.0, gt=0.0, le=5.0, description="Softmax temperature when sampling (ignored when greedy).")
+    temperature: float = Field(
+        1.0, ge=MIN_TEMPERATURE, le=MAX_TEMPERATURE,
+        description=f"Softmax temperature when sampling ({MIN_TEMPERATURE:g}–{MAX_TEMPERATURE:g}; ignored when greedy). "
+        "Below ~0.05 sampling is all but greedy.",
+    )
     top_k: int = Field(50, ge=1, le=1000, description="Sample among the k most likely tokens (ignored when greedy).")
     seed: int | None = Field(None, ge=0, le=2**32 - 1, description="Random seed for sampling; omit for a fresh one.")
     ignore_eos: bool = Field(
@@ -70,14 +78,17 @@ class GenerateRequest(SamplingFields):
         return _has_text(value, "prompt")
 
 
-FinishReason = Literal["eos", "length"]
+FinishReason = Literal["eos", "length", "time_limit"]
 
 
 class Generation(BaseModel):
     text: str = Field(description="The generated continuation (the prompt not included).")
     prompt_tokens: int = Field(description="Tokens in the prompt.")
     generated_tokens: int = Field(description="Tokens generated.")
-    finish_reason: FinishReason = Field(description="`eos`: the model ended the text; `length`: `max_new_tokens` reached.")
+    finish_reason: FinishReason = Field(
+        description="`eos`: the model ended the text; `length`: `max_new_tokens` reached; `time_limit`: the "
+        "server's compute budget per call ran out first (the text so far is returned)."
+    )
 
 
 class GenerateResponse(Generation):
@@ -88,7 +99,8 @@ class GenerateResponse(Generation):
 class BatchGenerateRequest(SamplingFields):
     prompts: list[Prompt] = Field(
         min_length=1, max_length=MAX_BATCH_PROMPTS,
-        description=f"1–{MAX_BATCH_PROMPTS} prompts, decoded together as one dynamically padded batch.",
+        description=f"1–{MAX_BATCH_PROMPTS} prompts, decoded together as one dynamically padded batch; "
+        f"prompts × `max_new_tokens` at most {MAX_BATCH_NEW_TOKENS}.",
     )
 
     model_config = ConfigDict(
@@ -98,8 +110,15 @@ class BatchGenerateRequest(SamplingFields):
 
     @field_validator("prompts")
     @classmethod
-    def _prompts_have_text(cls, values: list[str]) -> list[str]:
-        return [_has_text(value, "every prompt") for value in values]
+    def _prompts_have_text(cls, values: list[str], info: ValidationInfo) -> list[str]:
+        values = [_has_text(value, "every prompt") for value in values]
+        max_new_tokens = info.data.get("max_new_tokens")  # validated before: SamplingFields' fields come first
+        if max_new_tokens is not None and len(values) * max_new_tokens > MAX_BATCH_NEW_TOKENS:
+            raise ValueError(
+                f"{len(values)} prompts × max_new_tokens {max_new_tokens} = {len(values) * max_new_tokens} new tokens; "
+                f"a batch may ask for at most {MAX_BATCH_NEW_TOKENS} (send fewer prompts or fewer tokens)"
+            )
+        return values
 
 
 class BatchGenerateResponse(BaseModel):

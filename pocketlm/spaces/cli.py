@@ -94,8 +94,10 @@ def space_main(space: str, argv: list[str] | None = None) -> int:
     check_models(args)
     print(f"loading the models of {space}…", flush=True)
     blocks = _build_space(space, args)
-    blocks.queue().launch(server_name=args.host, server_port=args.port, ssr_mode=False, show_error=True,
-                          footer_links=["api"])
+    from pocketlm.spaces.common import MAX_UPLOAD_BYTES, queued
+
+    queued(blocks).launch(server_name=args.host, server_port=args.port, ssr_mode=False, show_error=True,
+                          footer_links=["api"], max_file_size=MAX_UPLOAD_BYTES)
     return 0
 
 
@@ -160,9 +162,11 @@ def suite_main(argv: list[str] | None = None) -> int:
 
         rag = rag_chat.RagChat(args.rag_index, _chosen(args, "rag_generator"))
     app = create_suite_app(models, backends, rag)
+    from pocketlm.serving.http_limits import server_config
+
     # Open event streams (a browser tab, a streaming client) would hold a graceful shutdown forever: cap it.
-    server = uvicorn.Server(uvicorn.Config(app, host=args.host, port=args.port, log_level="warning", access_log=False,
-                                           timeout_graceful_shutdown=2))
+    server = uvicorn.Server(server_config(app, args.host, args.port, app.state.admission.limits, log_level="warning",
+                                          access_log=False, timeout_graceful_shutdown=2))
     background = [loader.load for loader in (backends, rag) if loader is not None]
     threading.Thread(target=_load_when_serving, args=(server, background, started), daemon=True).start()
     server.run()

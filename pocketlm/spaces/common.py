@@ -1,5 +1,6 @@
 """What every Space shares: input validation with the REST API's own schemas, turned into messages shown in
-the page; the REST API's admission guard around model calls; model folders resolved by repo id.
+the page; the REST API's guarded model call (`Admission.run` / `Admission.steps`); model folders resolved by
+repo id; the page's own limits (a bounded queue, uploads off, no analytics).
 
 Bad input never reaches the page as a stack trace: it becomes a `gr.Error` whose text names the field,
 with the same limits as the REST API (the pydantic schemas of `pocketlm.serving.schemas` are the one place
@@ -9,6 +10,7 @@ they live).
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -24,7 +26,15 @@ from pocketlm.serving.admission import Admission, Limits, Overloaded
 Schema = TypeVar("Schema", bound=BaseModel)
 T = TypeVar("T")
 
+logger = logging.getLogger(__name__)
+
 _DONE = object()
+
+MAX_UPLOAD_BYTES = 0
+"""No Space takes files, so Gradio's upload route refuses any file with content (413)."""
+DELETE_CACHE = (3600, 3600)
+"""Gradio's `delete_cache`: every hour, delete cached files older than an hour (what an upload or a
+component output left behind)."""
 
 
 def validated(schema: type[Schema], labels: dict[str, str] | None = None, **fields: Any) -> Schema:
@@ -54,7 +64,8 @@ def describe_validation_error(err: ValidationError, labels: dict[str, str]) -> s
 
 
 class ComputeGuard:
-    """Model calls from the page take the same admission ticket and compute slot as REST requests do.
+    """The REST API's guarded model call (`Admission.run`, `Admission.steps`), with its refusals and failures
+    turned into messages in the page.
 
     In the suite the guard wraps the REST app's own `Admission` (`app.state.admission`), so a click in the
     UI and a `/generate` request queue for the same two cores in arrival order and overload is refused the
@@ -64,39 +75,36 @@ class ComputeGuard:
     def __init__(self, admission: Admission | None = None):
         self.admission = admission or Admission(Limits())
 
-    def _admit(self):
-        try:
-            return self.admission.admit()
-        except Overloaded as err:
-            raise gr.Error(f"{err}; please try again in a moment", title="Busy") from None
-
     async def call(self, fn: Callable[..., T], *args: Any) -> T:
         """Run `fn(*args)` in a worker thread while holding one compute slot."""
-        ticket = self._admit()
         try:
-            async with self.admission.compute_slot():
-                return await run_in_threadpool(user_errors(fn), *args)
+            result, _ = await self.admission.run(user_errors(fn), *args)
         except Overloaded as err:
-            raise gr.Error(f"{err}; please try again in a moment", title="Busy") from None
-        finally:
-            ticket.release()
+            raise busy(err) from None
+        return result
 
     async def stream(self, steps: Iterator[T]) -> AsyncIterator[T]:
-        """Yield the items of `steps`; each `next` takes a compute slot of its own (as the REST API's token
-        stream does), so concurrent users interleave step by step rather than waiting for whole generations."""
-        ticket = self._admit()
+        """Yield the items of `steps`, each `next` with a compute slot of its own (as `/generate/stream`); a
+        failure midway ends the stream with a message in the page (Gradio's error event), never a hang."""
+        count = 0
         try:
-            while True:
-                try:
-                    async with self.admission.compute_slot():
-                        item = await run_in_threadpool(next, steps, _DONE)
-                except Overloaded as err:
-                    raise gr.Error(f"{err}; please try again in a moment", title="Busy") from None
-                if item is _DONE:
-                    return
+            async for item in self.admission.steps(steps):
+                count += 1
                 yield item
-        finally:
-            ticket.release()
+        except Overloaded as err:
+            raise busy(err) from None
+        except gr.Error:
+            raise
+        except PocketLMError as err:
+            raise gr.Error(str(err)) from None
+        except Exception as err:
+            logger.exception("a streamed model call failed after %d steps", count)
+            raise gr.Error(f"generation failed after {count} steps ({type(err).__name__}); see the server log",
+                           title="Generation stopped") from None
+
+
+def busy(err: Overloaded) -> gr.Error:
+    return gr.Error(f"{err}; please try again in {err.retry_after_s} s", title="Busy")
 
 
 async def in_batches(items: AsyncIterator[T]) -> AsyncIterator[list[T]]:
@@ -189,9 +197,21 @@ def local_folder(repo_id: str) -> str:
 
 
 
+def page(title: str) -> gr.Blocks:
+    """The Blocks of every page (a Space alone or the suite): analytics off in code, whatever the environment
+    says, and cached files cleaned up (`DELETE_CACHE`)."""
+    return gr.Blocks(title=title, analytics_enabled=False, delete_cache=DELETE_CACHE)
+
+
+def queued(blocks: gr.Blocks, limits: Limits | None = None) -> gr.Blocks:
+    """`blocks` with a bounded Gradio queue: as many events may wait as REST requests may (`max_waiting`);
+    beyond that Gradio refuses the event at once (HTTP 503, "Queue is full", shown in the page)."""
+    return blocks.queue(max_size=(limits or Limits()).max_waiting)
+
+
 def standalone(title: str, render: Callable[..., None], *args: Any) -> gr.Blocks:
     """A Space on its own page: its title, then `render(*args)`."""
-    with gr.Blocks(title=f"pocketlm · {title}") as demo:
+    with page(f"pocketlm · {title}") as demo:
         gr.Markdown(f"# pocketlm · {title}")
         render(*args)
     return demo

@@ -17,6 +17,7 @@ import gradio as gr
 
 from pocketlm import MINILM_SQUAD, MINILM_SQUAD_ONNX
 from pocketlm.inference.latency import RESULTS_DIR, markdown_table, summarise, time_requests
+from pocketlm.serving.schemas import MAX_CONTEXT_CHARS as QA_MAX_CONTEXT_CHARS
 from pocketlm.serving.schemas import QARequest
 from pocketlm.spaces import SPACE_TITLES
 from pocketlm.spaces.common import ComputeGuard, LoadOnce, local_folder, standalone, validated
@@ -29,6 +30,10 @@ TABLE_HEADERS = ["runtime", "p50 ms", "p95 ms", "speed-up (p50)", "answer", "sco
 RECORDED_RESULTS = RESULTS_DIR / "qa_latency"
 MAX_RUNS = 50
 DEFAULT_RUNS = 5
+MAX_CONTEXT_CHARS = 2000
+"""Tighter than `/qa`'s 20,000: each runtime holds the compute slot for 1 + `runs` answers, and PyTorch on a
+20,000-character context (~20 windows) would hold it for tens of seconds. 2,000 characters is one or two
+windows, more than most SQuAD paragraphs (~750 characters on average)."""
 
 
 class QABackends(LoadOnce[dict]):
@@ -131,6 +136,10 @@ def render(backends: QABackends, guard: ComputeGuard | None = None, recorded: Pa
 
     async def compare_runtimes(question: str, context: str, runs: float):
         request = validated(QARequest, LABELS, question=question, context=context)
+        if len(request.context) > MAX_CONTEXT_CHARS:
+            raise gr.Error(f"{LABELS['context']}: at most {MAX_CONTEXT_CHARS} characters in this benchmark (got "
+                           f"{len(request.context)}); the Question answering tab takes up to {QA_MAX_CONTEXT_CHARS}",
+                           title="Please check the input")
         runs = int(runs)
         if not 1 <= runs <= MAX_RUNS:
             raise gr.Error(f"Timed runs: between 1 and {MAX_RUNS}, got {runs}", title="Please check the input")

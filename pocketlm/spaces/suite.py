@@ -17,7 +17,7 @@ from pocketlm.serving.admission import Limits
 from pocketlm.serving.app import create_app
 from pocketlm.serving.models import ServingModels
 from pocketlm.spaces import onnx_benchmark, question_answering, text_generation
-from pocketlm.spaces.common import ComputeGuard
+from pocketlm.spaces.common import MAX_UPLOAD_BYTES, ComputeGuard, page, queued
 from pocketlm.spaces.onnx_benchmark import QABackends
 
 TITLE = "pocketlm Spaces"
@@ -27,7 +27,7 @@ GRADIO_PATH = "/"
 def build_suite(models: ServingModels, backends: QABackends | None, rag: Any = None, guard: ComputeGuard | None = None) -> gr.Blocks:
     """The Spaces whose models are loaded, one tab each (a missing model leaves its tab out)."""
     guard = guard or ComputeGuard()
-    with gr.Blocks(title=TITLE) as suite:
+    with page(TITLE) as suite:
         gr.Markdown(
             f"# {TITLE}\nThe models pocketlm builds, served on this CPU. The same process serves the REST API: "
             "[`/docs`](/docs) · [`/health`](/health)."
@@ -52,6 +52,10 @@ def build_suite(models: ServingModels, backends: QABackends | None, rag: Any = N
 
 def create_suite_app(models: ServingModels, backends: QABackends | None = None, rag: Any = None,
                      limits: Limits | None = None) -> FastAPI:
+    """The REST app with the suite mounted at `/`: the REST app's limits (body size, read timeout) cover the
+    page's routes too, the page's queue is bounded like the REST queue, and uploads are off."""
+    limits = limits or Limits()
     app = create_app(models, limits)  # REST routes first: they take precedence over the mount below
-    suite = build_suite(models, backends, rag, ComputeGuard(app.state.admission))
-    return gr.mount_gradio_app(app, suite, path=GRADIO_PATH, ssr_mode=False, show_error=True, footer_links=["api"])
+    suite = queued(build_suite(models, backends, rag, ComputeGuard(app.state.admission)), limits)
+    return gr.mount_gradio_app(app, suite, path=GRADIO_PATH, ssr_mode=False, show_error=True, footer_links=["api"],
+                               max_file_size=MAX_UPLOAD_BYTES)

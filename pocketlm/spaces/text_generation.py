@@ -61,7 +61,7 @@ def render(lm: ServedModel, guard: ComputeGuard | None = None) -> None:
                 f"the model's {runtime.max_positions}-token context", title="Please check the input",
             )
         params = SamplingParams(max_new_tokens=request.max_new_tokens, do_sample=True, temperature=request.temperature,
-                                top_k=request.top_k, seed=request.seed)
+                                top_k=request.top_k, seed=request.seed, max_time=guard.admission.limits.max_compute_s)
         text, count, started, first = "", 0, time.perf_counter(), None
         yield "", "_generating…_"
         async for batch in in_batches(guard.stream(runtime.stream_text(ids, params))):
