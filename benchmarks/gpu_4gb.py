@@ -136,7 +136,7 @@ def render_markdown(results: dict) -> str:
                for call, key in (("QA encoder, one 256-token window", "qa_256_tokens"),
                                  ("tiny LM, 50-token prompt + 32 greedy tokens", "lm_50_prompt_32_new"))]
     return (f"# One 4 GB GPU ({inference['device']}): training memory and inference latency\n\n"
-            + markdown_table(jobs, [("job", "job"), ("peak_gpu_mib", "peak GPU memory above idle (MiB)"), ("wall_s", "wall s")])
+            + markdown_table(jobs, [("job", "job"), ("peak_gpu_mib", "peak GPU memory above idle (MiB)"), ("wall_s", "wall s")], {"wall_s": ".1f"})
             + "\nCUDA latency, batch 1, median ms:\n\n"
             + markdown_table(latency, [("call", "call"), ("fp32", "fp32 ms"), ("fp16", "fp16 ms")], ".2f"))
 

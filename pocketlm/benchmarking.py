@@ -3,7 +3,7 @@
 Every benchmark in `benchmarks/` writes, through `write_results`, one folder `benchmarks/results/<name>/`:
 
 * `<name>.json` — the record: `name`, `command` (the exact command line to rerun), `machine`, `date` (UTC ISO),
-  `figures` (its headline numbers, label → text with the unit) and every number it measured;
+  `figures` (its headline numbers: [label, text with the unit] pairs, in order) and every number it measured;
 * `<name>.md` — its tables, ending with the machine, date and command;
 * `<name>.png` — its plot.
 
@@ -185,7 +185,7 @@ def write_results(name: str, results: Mapping[str, Any], markdown: str, *, figur
         raise ValueError(f"{name}: results must not use the record's keys {sorted(clash)}")
     folder = Path(output_dir) if output_dir is not None else RESULTS_DIR / name
     folder.mkdir(parents=True, exist_ok=True)
-    record = {"name": name, **provenance(), "figures": dict(figures), **results}
+    record = {"name": name, **provenance(), "figures": [[label, text] for label, text in figures.items()], **results}
     write_json(folder / f"{name}.json", record)
     atomic_write_text(folder / f"{name}.md", f"{markdown.rstrip()}\n\nMachine: {record['machine']}. "
                                              f"Date: {record['date']}. Command: `{record['command']}`.\n")

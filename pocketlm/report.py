@@ -81,7 +81,7 @@ def benchmark_section(folder: str, record: dict | None, script: BenchmarkScript 
     where = f"benchmarks/results/{folder}/{record['name']}"
     lines += [f"- **All its numbers**: `{where}.json`, tables in `{where}.md`, plot `{where}.png` (regenerated, not committed)", ""]
     if record["figures"]:
-        lines.append(figures_table(record["figures"]))
+        lines.append(figures_table(dict(record["figures"])))
     else:
         lines += ["No headline figures recorded.", ""]
     return "\n".join(lines)

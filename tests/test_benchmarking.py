@@ -35,7 +35,7 @@ def test_results_are_one_record_markdown_and_png_that_read_back(tmp_path, monkey
     folder = write_results("demo", {"value": 1.5}, table, figures={"value": "1.5 s"},
                            plot=lambda figure: figure.add_subplot(1, 1, 1).plot([1, 2]), output_dir=tmp_path)
     record = json.loads((folder / "demo.json").read_text())
-    assert set(RECORD_KEYS) <= set(record) and record["value"] == 1.5 and record["figures"] == {"value": "1.5 s"}
+    assert set(RECORD_KEYS) <= set(record) and record["value"] == 1.5 and record["figures"] == [["value", "1.5 s"]]
     assert record["command"] == "python benchmarks/demo.py --flag 'a b'" and "logical CPUs" in record["machine"]
     assert record["date"].endswith("Z") and record["date"][:2] == "20"
     markdown = (folder / "demo.md").read_text()
