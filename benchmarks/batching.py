@@ -118,14 +118,15 @@ def main(argv=None) -> int:
         ("padding_fraction", "padding share"), ("tokens_per_s", "tokens/s"), ("speedup", "× token by token"),
         ("first_token_ms", "first token (ms)"), ("token_agreement", "same tokens"),
     ])
-    summary = "\n".join(
-        f"* {key}: full batch of {args.prompts} = **{h['speedup_full_batch_vs_token_by_token']:.1f}×** token by token "
-        f"with the KV cache ({h['full_batch_tokens_per_s']:.0f} vs {h['token_by_token_tokens_per_s']:.0f} tokens/s), "
-        f"**{h['speedup_full_batch_vs_token_by_token_no_cache']:.1f}×** token by token without it "
-        f"({h['token_by_token_no_cache_tokens_per_s']:.0f} tokens/s); best: "
-        f"{h['best']['scheme'].replace('_', ' ')} of {h['best']['batch_size']}, {h['best']['speedup']:.1f}×"
+    figures = {
+        key: f"full batch of {args.prompts} = {h['speedup_full_batch_vs_token_by_token']:.1f}× token by token "
+             f"with the KV cache ({h['full_batch_tokens_per_s']:.0f} vs {h['token_by_token_tokens_per_s']:.0f} tokens/s), "
+             f"{h['speedup_full_batch_vs_token_by_token_no_cache']:.1f}× token by token without it "
+             f"({h['token_by_token_no_cache_tokens_per_s']:.0f} tokens/s); best: "
+             f"{h['best']['scheme'].replace('_', ' ')} of {h['best']['batch_size']}, {h['best']['speedup']:.1f}×"
         for key, h in headline.items()
-    )
+    }
+    summary = "\n".join(f"* {key}: {line}" for key, line in figures.items())
     markdown = (f"### Batching: {args.prompts} WikiText-2 prompts (10–{7 + 3 * args.prompts} tokens), greedy, {args.model}, "
                 f"{args.threads} threads (median of {args.repeats})\n\n{summary}\n\n{table}")
 
@@ -148,7 +149,7 @@ def main(argv=None) -> int:
             axis.legend(fontsize=8)
             axis.grid(alpha=0.3)
 
-    write_results(args.output_dir, "batching", results, markdown, plot)
+    write_results("batching", results, markdown, figures=figures, plot=plot, output_dir=args.output_dir)
     print(summary)
     return 0
 

@@ -1,6 +1,6 @@
 """One small GPU: do the training scripts fit 4 GB with fp16 + gradient accumulation, and how fast is inference?
 
-    python benchmarks/gpu_4gb.py                      # needs one CUDA GPU; writes benchmarks/results/gpu_4gb/
+    python benchmarks/gpu_4gb.py                      # needs one CUDA GPU; writes benchmarks/results/gpu_4gb/gpu_4gb.{json,md}
 
 Runs the real scripts under `accelerate_configs/single_gpu_4gb.yaml` (fp16 mixed precision) with the batch ×
 accumulation docs/scaling.md recommends: pretraining (a short time budget) and the PEFT classifier (its `quick`
@@ -22,9 +22,10 @@ import time
 from pathlib import Path
 
 from pocketlm import BASE_ENCODER, TINY_LM
+from pocketlm.benchmarking import markdown_table, write_results
 from pocketlm.cli import run
+from pocketlm.settings import REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 LAUNCH = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", "accelerate_configs/single_gpu_4gb.yaml"]
 
 
@@ -121,9 +122,35 @@ def main(argv: list[str] | None = None) -> int:
     results = {"pretrain_fp16_batch8_accum4": pretrain, "finetune_fp16_batch16_accum2": finetune,
                "inference": inference_latency(args.encoder, args.lm, args.repeats),
                "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
-    (args.output_dir / "results.json").write_text(json.dumps(results, indent=2) + "\n")
-    print(json.dumps(results, indent=2))
+    markdown = render_markdown(results)
+    write_results("gpu_4gb", results, markdown, figures=figures(results), output_dir=args.output_dir)
+    print(markdown)
     return 0
+
+
+def render_markdown(results: dict) -> str:
+    jobs = [{"job": "pretraining, fp16, batch 8 × accumulation 4", **results["pretrain_fp16_batch8_accum4"]},
+            {"job": "PEFT classifier, fp16, batch 16 × accumulation 2", **results["finetune_fp16_batch16_accum2"]}]
+    inference = results["inference"]
+    latency = [{"call": call, **{precision: inference.get(f"{key}_{precision}_ms") for precision in ("fp32", "fp16")}}
+               for call, key in (("QA encoder, one 256-token window", "qa_256_tokens"),
+                                 ("tiny LM, 50-token prompt + 32 greedy tokens", "lm_50_prompt_32_new"))]
+    return (f"# One 4 GB GPU ({inference['device']}): training memory and inference latency\n\n"
+            + markdown_table(jobs, [("job", "job"), ("peak_gpu_mib", "peak GPU memory above idle (MiB)"), ("wall_s", "wall s")], {"wall_s": ".1f"})
+            + "\nCUDA latency, batch 1, median ms:\n\n"
+            + markdown_table(latency, [("call", "call"), ("fp32", "fp32 ms"), ("fp16", "fp16 ms")], ".2f"))
+
+
+def figures(results: dict) -> dict[str, str]:
+    pretrain, finetune, inference = (results[k] for k in ("pretrain_fp16_batch8_accum4", "finetune_fp16_batch16_accum2", "inference"))
+    return {
+        "GPU": inference["device"],
+        "pretraining peak memory (fp16, batch 8 × 4)": f"{pretrain['peak_gpu_mib']} MiB",
+        "PEFT classifier peak memory (fp16, batch 16 × 2)": f"{finetune['peak_gpu_mib']} MiB",
+        "QA encoder, 256 tokens": f"{inference['qa_256_tokens_fp32_ms']:.2f} ms fp32, {inference['qa_256_tokens_fp16_ms']:.2f} ms fp16",
+        "tiny LM, 50 + 32 tokens": (f"{inference['lm_50_prompt_32_new_fp32_ms']:.2f} ms fp32, "
+                                    f"{inference['lm_50_prompt_32_new_fp16_ms']:.2f} ms fp16"),
+    }
 
 
 if __name__ == "__main__":

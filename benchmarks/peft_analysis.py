@@ -21,8 +21,7 @@ from pathlib import Path
 import torch
 
 from pocketlm.cli import run
-from pocketlm.hub import machine_description
-from pocketlm.io import atomic_write, atomic_write_text, write_json
+from pocketlm.benchmarking import markdown_table, write_results
 from pocketlm.settings import REPO_ROOT
 
 METHODS = ("full", "lora", "adapters", "lora+adapters")
@@ -204,7 +203,7 @@ def main(argv=None) -> int:
                for name, model in latency_variants(trained)]
 
     results = {
-        "machine": machine_description(), "threads": args.threads, "torch": torch.__version__,
+        "threads": args.threads, "torch": torch.__version__,
         "setup": {"train_samples": args.train_samples, "epochs": args.epochs, "seeds": args.seeds, "batch_size": args.batch_size,
                   "learning_rates": {m: LEARNING_RATES[m] for m in args.methods}, "validation_examples": len(splits["validation"]),
                   "batch_1_tokens": int(one["input_ids"].shape[1]), "batch_32_tokens": int(many["input_ids"].shape[1])},
@@ -212,17 +211,22 @@ def main(argv=None) -> int:
         "latency": latency,
         "benchmark_seconds": time.perf_counter() - benchmark_started,
     }
-    output_dir.mkdir(parents=True, exist_ok=True)
-    write_json(output_dir / "peft_analysis.json", results)
-    atomic_write_text(output_dir / "peft_analysis.md", render_markdown(results))
-    plot(results, output_dir / "peft_analysis.png")
+    write_results("peft_analysis", results, render_markdown(results), figures=figures(results),
+                  plot=lambda figure: plot(results, figure), output_dir=output_dir)
     print(render_markdown(results))
     return 0
 
 
 def render_markdown(results: dict) -> str:
     setup = results["setup"]
-    lines = [
+    methods = [{**row, "trainable": results["parameters"][row["method"]]["trainable"],
+                "percent": f"{results['parameters'][row['method']]['percent']:.2f} %",
+                "f1": f"{row['f1_macro_mean']:.4f} ± {row['f1_macro_std']:.4f}",
+                "seconds": f"{row['train_seconds_mean']:.0f} ± {row['train_seconds_std']:.0f}"} for row in results["summary"]]
+    memory = [{"method": method, "precision": precision, **m}
+              for method, by_precision in results["memory_mib"].items() for precision, m in by_precision.items()]
+    plan = [{**p, "split": f"{p['per_device_batch']} × {p['gradient_accumulation_steps']}"} for p in results["gpu_4gb_plan"]]
+    return "\n".join([
         "# PEFT analysis: MiniLM (all-MiniLM-L6-v2) on SST-2",
         "",
         f"Each run: a seeded {setup['train_samples']:,}-sentence subset of the train split, {setup['epochs']:g} epochs, batch "
@@ -230,45 +234,49 @@ def render_markdown(results: dict) -> str:
         f"sentences); mean ± std over seeds {', '.join(map(str, setup['seeds']))}. Learning rates: "
         + ", ".join(f"{m} {lr:g}" for m, lr in setup["learning_rates"].items())
         + f". AWP ε=0.01 in the second half of each epoch, mixout p=0.1 on the head. {results['threads']} threads; "
-        f"the whole analysis took {results['benchmark_seconds'] / 60:.1f} min on: {results['machine']}.",
+        f"the whole analysis took {results['benchmark_seconds'] / 60:.1f} min.",
         "",
-        "| method | trainable parameters | % of the model | regime | macro-F1 (validation) | training time (s) |",
-        "| --- | ---: | ---: | --- | ---: | ---: |",
-    ]
+        markdown_table(methods, [("method", "method"), ("trainable", "trainable parameters"), ("percent", "% of the model"),
+                                 ("regime", "regime"), ("f1", "macro-F1 (validation)"), ("seconds", "training time (s)")],
+                       {"trainable": ","}),
+        f"Training memory at the worst case: batch {setup['batch_size']} × 128 tokens (MiB; weights + gradients + "
+        "AdamW state from the parameter counts, activations saved for backward measured with autograd hooks):",
+        "",
+        markdown_table(memory, [("method", "method"), ("precision", "precision"), ("weights", "weights"), ("gradients", "gradients"),
+                                ("optimizer_state", "optimiser"), ("activations", "activations"), ("total", "total")], ".1f"),
+        "Fitting a 4 GB GPU (fp16, `accelerate_configs/single_gpu_4gb.yaml`) at an effective batch of 32 and 128-token "
+        "worst-case padding: weights + gradients + AdamW (fixed) and activations per example measured as above in half "
+        "precision; 3.5 GiB usable, 25 % headroom on activations:",
+        "",
+        markdown_table(plan, [("model", "model"), ("method", "method"), ("fixed_mib", "fixed (MiB)"),
+                              ("activation_mib_per_example", "activations / example (MiB)"),
+                              ("largest_batch_that_fits", "largest batch that fits"), ("split", "per-device batch × accumulation"),
+                              ("estimated_peak_mib", "estimated peak (MiB)")], {"activation_mib_per_example": ".1f"}),
+        f"Inference latency (median ms; batch 1 = one validation sentence of {setup['batch_1_tokens']} tokens, "
+        f"batch 32 = 32 sentences padded to {setup['batch_32_tokens']} tokens):",
+        "",
+        markdown_table(results["latency"], [("variant", "variant"), ("batch_1_ms", "batch 1 (ms)"), ("batch_32_ms", "batch 32 (ms)")],
+                       {"batch_1_ms": ".2f", "batch_32_ms": ".1f"}),
+    ])
+
+
+def figures(results: dict) -> dict[str, str]:
+    """Per method and regime: macro-F1, share of trainable parameters, training time; latency; the total time."""
+    lines = {}
     for row in results["summary"]:
         p = results["parameters"][row["method"]]
-        lines.append(f"| {row['method']} | {p['trainable']:,} | {p['percent']:.2f} % | {row['regime']} | "
-                     f"{row['f1_macro_mean']:.4f} ± {row['f1_macro_std']:.4f} | "
-                     f"{row['train_seconds_mean']:.0f} ± {row['train_seconds_std']:.0f} |")
-    lines += ["", f"Training memory at the worst case: batch {setup['batch_size']} × 128 tokens (MiB; weights + gradients + "
-              "AdamW state from the parameter counts, activations saved for backward measured with autograd hooks):", "",
-              "| method | precision | weights | gradients | optimiser | activations | total |",
-              "| --- | --- | ---: | ---: | ---: | ---: | ---: |"]
-    for method, by_precision in results["memory_mib"].items():
-        for precision, m in by_precision.items():
-            lines.append(f"| {method} | {precision} | {m['weights']} | {m['gradients']} | {m['optimizer_state']} | "
-                         f"{m['activations']} | {m['total']} |")
-    lines += ["", "Fitting a 4 GB GPU (fp16, `accelerate_configs/single_gpu_4gb.yaml`) at an effective batch of 32 and 128-token "
-              "worst-case padding: weights + gradients + AdamW (fixed) and activations per example measured as above in half "
-              "precision; 3.5 GiB usable, 25 % headroom on activations:", "",
-              "| model | method | fixed (MiB) | activations / example (MiB) | largest batch that fits | "
-              "per-device batch × accumulation | estimated peak (MiB) |", "| --- | --- | ---: | ---: | ---: | --- | ---: |"]
-    lines += [f"| {p['model']} | {p['method']} | {p['fixed_mib']} | {p['activation_mib_per_example']} | {p['largest_batch_that_fits']} | "
-              f"{p['per_device_batch']} × {p['gradient_accumulation_steps']} | {p['estimated_peak_mib']} |" for p in results["gpu_4gb_plan"]]
-    lines += ["", f"Inference latency (median ms; batch 1 = one validation sentence of {setup['batch_1_tokens']} tokens, "
-              f"batch 32 = 32 sentences padded to {setup['batch_32_tokens']} tokens):", "",
-              "| variant | batch 1 (ms) | batch 32 (ms) |", "| --- | ---: | ---: |"]
-    lines += [f"| {row['variant']} | {row['batch_1_ms']:.2f} | {row['batch_32_ms']:.1f} |" for row in results["latency"]]
-    return "\n".join(lines) + "\n"
+        lines[f"{row['method']}, {row['regime']}"] = (
+            f"macro-F1 {row['f1_macro_mean']:.4f} ± {row['f1_macro_std']:.4f} over {row['seeds']} seeds, "
+            f"{p['trainable']:,} trainable parameters ({p['percent']:.2f} %), {row['train_seconds_mean']:.0f} s training")
+    for row in results["latency"]:
+        lines[f"latency, {row['variant']}"] = f"{row['batch_1_ms']:.2f} ms at batch 1, {row['batch_32_ms']:.1f} ms at batch 32"
+    lines["the whole analysis"] = f"{results['benchmark_seconds'] / 60:.1f} min"
+    return lines
 
 
-def plot(results: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (f1_ax, latency_ax) = plt.subplots(1, 2, figsize=(13, 4.5))
+def plot(results: dict, figure) -> None:
+    figure.set_size_inches(13, 4.5)
+    f1_ax, latency_ax = figure.subplots(1, 2)
     methods = list(results["parameters"])
     width = 0.38
     for offset, regime in zip((-width / 2, width / 2), REGIMES):
@@ -287,9 +295,6 @@ def plot(results: dict, path: Path) -> None:
     latency_ax.invert_yaxis()
     latency_ax.set_xlabel("median latency, batch 32 (ms)")
     latency_ax.set_title(f"inference latency ({results['threads']} threads)")
-    fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
-    plt.close(fig)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Pretraining throughput: pocketlm's loop against transformers' `Trainer`, side by side, with MFU.
 
-    flock /work/heavy.lock python benchmarks/pretrain_throughput.py     # writes benchmarks/results/pretrain_throughput/
+    flock /work/heavy.lock python benchmarks/pretrain_throughput.py     # writes benchmarks/results/pretrain_throughput/pretrain_throughput.{json,md,png}
 
 Same Llama config (4 layers, d256, vocab of the prepared corpus, 512-token chunks), same initial weights,
 same chunks, same number of steps and learning-rate schedule for every variant, each in its own process;
@@ -98,12 +98,72 @@ def orchestrate(args, names, settings) -> int:
 
 
 def write_results(args, rows, peaks, rounds_done) -> Path:
-    from pocketlm.hub import machine_description
-    from pocketlm.training.throughput import add_derived, write_throughput_results
+    """Rewrite the record after every round: an interrupted run keeps what it measured."""
+    from pocketlm.benchmarking import markdown_table, write_results as write_record
+    from pocketlm.training.throughput import add_derived
 
     add_derived(rows, peaks)
     settings = {**vars_for_json(args), "rounds_done": rounds_done}
-    return write_throughput_results(args.output_dir, rows, peaks, settings, machine_description())
+    verdict = target_verdict(rows)
+    shown = [{**r, "per_round": " / ".join(f"{t:,.0f}" for t in r.get("rounds_tokens_per_second", [r["tokens_per_second"]]))}
+             for r in rows]
+    table = markdown_table(shown, [
+        ("label", "variant"), ("batch_size", "batch"), ("tokens_per_second", "tokens/s (median round)"),
+        ("per_round", "rounds' tokens/s"), ("seconds_per_step", "s/step"), ("final_loss", "final loss"),
+        ("model_gflops", "model GFLOP/s"), ("mfu", "MFU"), ("speedup_vs_trainer_fp32", "× Trainer fp32"),
+        ("speedup_vs_trainer_bf16", "× Trainer bf16"),
+    ], {"tokens_per_second": ",.0f", "seconds_per_step": ".2f", "final_loss": ".3f", "model_gflops": ".0f", "mfu": ".1%",
+        "speedup_vs_trainer_fp32": ".2f", "speedup_vs_trainer_bf16": ".2f"})
+    markdown = "\n".join([
+        "# Pretraining throughput: pocketlm loop vs transformers Trainer", "",
+        f"{rounds_done} of {args.rounds} round(s) done.", "", table,
+        f"Matmul peak measured in the same run ({peaks['threads']} threads, 2048² matmul): fp32 "
+        f"{peaks['fp32_gflops']:.0f} GFLOP/s, bf16 {peaks['bf16_gflops']:.0f} GFLOP/s ({peaks.get('cpu_bf16', 'CPU flags not recorded')}). "
+        "MFU uses the peak of the variant's precision. Each variant's tokens/s is the tokens of one step over its "
+        "median step time after the warm-up steps, in its median round.", "", verdict,
+    ])
+    figures = {r["label"]: (f"{r['tokens_per_second']:,.0f} tokens/s, MFU {r['mfu']:.1%}"
+                            + "".join(f", {r[f'speedup_vs_{ref}']:.2f}× Trainer {ref.split('_')[1]}"
+                                      for ref in ("trainer_fp32", "trainer_bf16") if f"speedup_vs_{ref}" in r))
+               for r in rows}
+    figures["target: best loop variant ≥ 1.5× Trainer bf16"] = verdict
+    return write_record("pretrain_throughput", {"settings": settings, "peaks": peaks, "rows": rows, "verdict": verdict},
+                        markdown, figures=figures, plot=lambda figure: plot(rows, figure, peaks["threads"]),
+                        output_dir=args.output_dir)
+
+
+def target_verdict(rows: list[dict]) -> str:
+    """The target: the best pocketlm variant at ≥ 1.5× the Trainer-with-bf16 tokens/s."""
+    ours = [r for r in rows if r["loop"] == "pocketlm"]
+    if not ours or not any(r["name"] == "trainer_bf16" for r in rows):
+        return "target not evaluated (needs trainer_bf16 and a pocketlm variant)"
+    best = max(ours, key=lambda r: r["tokens_per_second"])
+    ratio = best["speedup_vs_trainer_bf16"]
+    verdict = "met" if ratio >= 1.5 else "NOT met"
+    vs_fp32 = best.get("speedup_vs_trainer_fp32")
+    return (f"Target (≥ 1.5× Trainer bf16): {verdict} — best loop variant '{best['label']}' at "
+            f"{best['tokens_per_second']:,.0f} tokens/s = {ratio:.2f}× Trainer bf16"
+            + (f", {vs_fp32:.2f}× Trainer fp32." if vs_fp32 else "."))
+
+
+def plot(rows: list[dict], figure, threads: int) -> None:
+    """Tokens/s per variant (Trainer grey, pocketlm's loop blue) with MFU, and the target line."""
+    figure.set_size_inches(9, 0.5 * len(rows) + 1.5)
+    ax = figure.add_subplot()
+    labels = [r["label"] for r in rows]
+    values = [r["tokens_per_second"] for r in rows]
+    colors = ["#999999" if r["loop"] == "trainer" else "#2a7ab0" for r in rows]
+    ax.barh(labels, values, color=colors)
+    for y, (value, row) in enumerate(zip(values, rows)):
+        ax.text(value, y, f" {value:,.0f}  (MFU {row['mfu']:.0%})", va="center", fontsize=8)
+    trainer_bf16 = next((r["tokens_per_second"] for r in rows if r["name"] == "trainer_bf16"), None)
+    if trainer_bf16:
+        ax.axvline(1.5 * trainer_bf16, color="#c0392b", linestyle="--", label="target: 1.5 × Trainer bf16")
+        ax.legend(loc="lower right")
+    ax.invert_yaxis()
+    ax.set_xlabel("training tokens / s (higher is better)")
+    ax.set_title(f"Pretraining throughput ({threads} threads)")
+    ax.set_xlim(0, max(values) * 1.35)
 
 
 def run_one(name, args, settings) -> dict | None:

@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from pocketlm.inference.latency import markdown_table, summarise, time_interleaved, write_results
+    from pocketlm.benchmarking import latency_summary, markdown_table, time_interleaved, write_results
     from pocketlm.inference.onnx_lm import session_options
     from pocketlm.inference.qa_loading import BACKENDS, load_question_answerer, onnx_folder
 
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     timings = time_interleaved({f"{r}|{m}": call for (r, m), call in calls.items()}, list(range(10 * args.rounds)), warmup=10)
     scratch.cleanup()
 
-    p50 = {key: summarise(values)["p50_ms"] for key, values in timings.items()}
+    p50 = {key: latency_summary(values)["p50_ms"] for key, values in timings.items()}
     torch_model_ms = p50["pytorch|model"]
     rows = []
     for runtime in BACKENDS:
@@ -135,21 +135,25 @@ def main(argv: list[str] | None = None) -> int:
     columns = [("runtime", "runtime"), ("model_p50_ms", "model call p50 ms"), ("gemms_p50_ms", "its matrix products alone, p50 ms"),
                ("model_speedup", "model × PyTorch"), ("gemm_speedup", "matrix products × PyTorch's"),
                ("ceiling", "ceiling: PyTorch model ÷ these products")]
-    table = markdown_table(rows, columns)
+    table = markdown_table(rows, columns, ".2f")
     settings = {"model": args.model, "onnx_model": str(args.onnx_model), "tokens": args.tokens, "threads": args.threads,
                 "rounds": args.rounds, "projections": len(shapes)}
-    folder = write_results("qa_int8_ceiling", {"settings": settings, "rows": rows}, table,
-                           lambda path: _plot(rows, args, path), args.output_dir)
+    markdown = f"# QA int8 ceiling: {args.tokens}-token window, batch 1, {args.threads} threads\n\n{table}"
+    figures = {row["runtime"]: (f"model call {row['model_p50_ms']:.2f} ms ({row['model_speedup']:.2f}× PyTorch), its matrix "
+                                f"products alone {row['gemms_p50_ms']:.2f} ms; ceiling {row['ceiling']:.2f}×") for row in rows}
+    folder = write_results("qa_int8_ceiling", {"settings": settings, "rows": rows}, markdown, figures=figures,
+                           plot=lambda figure: _plot(rows, args, figure), output_dir=args.output_dir)
     print(table)
     print(f"results in {folder}")
     return 0
 
 
-def _plot(rows: list[dict], args, path: Path) -> None:
-    from pocketlm.inference.latency import paired_bar_plot
+def _plot(rows: list[dict], args, figure) -> None:
+    from pocketlm.benchmarking import paired_bars
 
-    paired_bar_plot(
-        path, [r["runtime"] for r in rows],
+    figure.set_size_inches(7, 4)
+    paired_bars(
+        figure.add_subplot(), [r["runtime"] for r in rows],
         {"whole model call": [r["model_p50_ms"] for r in rows], "its matrix products alone": [r["gemms_p50_ms"] for r in rows]},
         "ms per window (p50)", f"QA encoder, {args.tokens}-token window, batch 1, {args.threads} threads",
         reference=(rows[0]["model_p50_ms"] / 3, "3× faster than PyTorch"),

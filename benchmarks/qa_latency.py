@@ -4,7 +4,8 @@
 
 Each runtime answers the same `--requests` validation questions one at a time (batch 1, end to end:
 tokenise, model, span selection) after `--warmup` untimed requests, with the same intra-op thread count, the
-runtimes taking turns in blocks of 10 requests (the host's speed drifts: `time_interleaved`); p50/p95 in ms, model file size in MB, and
+runtimes taking turns in blocks of 10 requests (the host's speed drifts: `time_interleaved`); p50/p95 in ms
+(`pocketlm.benchmarking.latency_summary`), model file size in MB, and
 EM/F1 at batch 1 on `--eval_samples` validation questions (the same for all).
 The fp32 row runs the export's fused graph (`model_optimized.onnx`, `pocketlm.inference.onnx_export.fuse_encoder`).
 Three more rows (skipped with `--no_variants`) show what each step buys: the unfused `model.onnx`, and the same fused
@@ -45,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from pocketlm.data import load_squad
     from pocketlm.hub import resolve
-    from pocketlm.inference.latency import markdown_table, summarise, time_interleaved, write_results
+    from pocketlm.benchmarking import latency_summary, markdown_table, time_interleaved, write_results
     from pocketlm.inference.onnx_export import quantize_encoder_int8
     from pocketlm.inference.qa_engine import FP32_FILE, OPTIMIZED_FILE, evaluate_squad
     from pocketlm.inference.qa_loading import BACKENDS, load_question_answerer, onnx_folder
@@ -82,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     for backend, label, _, _ in runs:
         # the bytes of what each runtime runs: the checkpoint's safetensors, or the ONNX graph its answerer loaded
         size = pytorch_bytes if backend == "pytorch" else answerers[backend].model_path.stat().st_size
-        row = {"backend": backend, "runtime": label, **summarise(timings[backend]), "size_mb": round(size / 2**20, 1)}
+        row = {"backend": backend, "runtime": label, **latency_summary(timings[backend]), "size_mb": round(size / 2**20, 1)}
         if args.eval_samples:
             # batch 1, as timed and as the server answers: dynamic int8 scores move by ~1 point with batch
             # composition (padded positions enter the per-tensor activation ranges); fp32 does not move
@@ -97,12 +98,15 @@ def main(argv: list[str] | None = None) -> int:
     columns = [("runtime", "runtime"), ("p50_ms", "p50 ms"), ("p95_ms", "p95 ms"), ("speedup_p50", "speed-up (p50)"), ("size_mb", "size MB")]
     if args.eval_samples:
         columns += [("exact_match", "EM"), ("f1", "F1")]
-    table = markdown_table(rows, columns)
+    table = markdown_table(rows, columns, ".2f")
     settings = {
         "model": args.model, "onnx_model": str(args.onnx_model), "requests": args.requests, "warmup": args.warmup,
         "threads": args.threads, "batch_size": 1, "eval_samples": args.eval_samples,
     }
-    folder = write_results("qa_latency", {"settings": settings, "rows": rows}, table, lambda path: _plot(rows, args, path), args.output_dir)
+    markdown = (f"# QA latency: {args.requests} SQuAD validation questions per runtime, batch 1, {args.threads} threads\n\n"
+                f"{table}")
+    folder = write_results("qa_latency", {"settings": settings, "rows": rows}, markdown, figures=figures(rows),
+                           plot=lambda figure: _plot(rows, args, figure), output_dir=args.output_dir)
     print(table)
     print(f"results in {folder}")
     return 0
@@ -118,11 +122,22 @@ def _export_copy(source: Path, folder: Path, graph: str) -> Path:
     return folder
 
 
-def _plot(rows: list[dict], args, path: Path) -> None:
-    from pocketlm.inference.latency import paired_bar_plot
+def figures(rows: list[dict]) -> dict[str, str]:
+    """One line per runtime: latency, speed-up over PyTorch, size and (when measured) EM / F1."""
+    lines = {}
+    for row in rows:
+        quality = f"; EM {row['exact_match']:.2f}, F1 {row['f1']:.2f}" if "f1" in row else ""
+        lines[row["runtime"]] = (f"p50 {row['p50_ms']:.2f} ms, p95 {row['p95_ms']:.2f} ms, {row['speedup_p50']:.2f}× PyTorch (p50), "
+                                 f"{row['size_mb']:.1f} MB{quality}")
+    return lines
 
-    paired_bar_plot(
-        path, [row["runtime"] for row in rows], {"p50": [row["p50_ms"] for row in rows], "p95": [row["p95_ms"] for row in rows]},
+
+def _plot(rows: list[dict], args, figure) -> None:
+    from pocketlm.benchmarking import paired_bars
+
+    figure.set_size_inches(7, 4)
+    paired_bars(
+        figure.add_subplot(), [row["runtime"] for row in rows], {"p50": [row["p50_ms"] for row in rows], "p95": [row["p95_ms"] for row in rows]},
         "latency per question (ms)", f"QA latency, batch 1, {args.threads} threads, {args.requests} requests",
         annotations=[f"{row['speedup_p50']:.2f}x" for row in rows],
     )

@@ -6,8 +6,8 @@
 For each encoder: embedding throughput (passages/s, measured uncached on 128 passages), then for the flat
 index and each OPQ setting: size (MB, serialised), compression vs flat, build time, query time (300 dev
 questions: batched ms/query and one-by-one p50 ms), recall@1/5/10 against the gold passages, and how often
-the exact nearest passage is in the OPQ top-k. Writes results.json, results.md and results.png under
-benchmarks/results/rag_index/, with the machine description. FAISS and torch run with their default threads.
+the exact nearest passage is in the OPQ top-k. Writes rag_index.{json,md,png} under benchmarks/results/rag_index/
+(or `--output_dir`). FAISS and torch run with their default threads.
 """
 
 from __future__ import annotations
@@ -20,12 +20,11 @@ from pathlib import Path
 
 import numpy as np
 
+from pocketlm.benchmarking import markdown_table, write_results
 from pocketlm.errors import PocketLMError
-from pocketlm.hub import machine_description
-from pocketlm.io import atomic_write, atomic_write_text, write_json
 from pocketlm.rag.corpus import rag_dev, wikitext_distractors
 from pocketlm.rag.embeddings import encode, encoder_id, load_encoder
-from pocketlm.rag.evaluation import agreement_with_exact, markdown_table, retrieval_report
+from pocketlm.rag.evaluation import agreement_with_exact, retrieval_report
 from pocketlm.rag.index import IndexSpec, PassageIndex
 from pocketlm.rag.query_adapter import QueryAdapter
 from pocketlm.settings import REPO_ROOT
@@ -102,13 +101,9 @@ def bench_encoder(name: str, passages, questions, adapter_dir: str | None, repea
     return rows + [reference]
 
 
-def plot(rows: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+def plot(rows: list[dict], figure) -> None:
+    figure.set_size_inches(7, 4.5)
+    ax = figure.add_subplot()
     for encoder in sorted({r["encoder"] for r in rows}):
         points = [r for r in rows if r["encoder"] == encoder and "size_MB" in r]
         ax.plot([r["size_MB"] for r in points], [r["stock_recall@5"] for r in points], "o", label=encoder)
@@ -120,8 +115,23 @@ def plot(rows: list[dict], path: Path) -> None:
     ax.set_title(f"RAG index: size vs recall ({rows[0]['passages']} passages)")
     ax.grid(alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+
+
+def figures(rows: list[dict]) -> dict[str, str]:
+    """Per encoder and index: size, compression and recall@5 against flat; the query adapter's recall@1."""
+    lines = {}
+    for row in rows:
+        label = f"{row['encoder']}, {row['index']}"
+        if row["index"] == "Flat":
+            lines[label] = f"{row['size_MB']:.3f} MB, " + ", ".join(f"recall@{k} {row[f'stock_recall@{k}']:.3f}" for k in (1, 5, 10))
+        elif "size_MB" in row:
+            lines[label] = (f"{row['size_MB']:.3f} MB ({row['compression']:.1f}× smaller than flat), recall@5 "
+                            f"{row['stock_recall@5']:.3f} ({row['recall@5_vs_flat_ratio']:.2f}× flat)")
+        else:  # the reference setting: flat over the dev passages alone
+            lines[label] = ", ".join(f"recall@{k} {row[f'stock_recall@{k}']:.3f}" for k in (1, 5, 10))
+        if "adapter_recall@1" in row:
+            lines[label] += f"; query adapter recall@1 {row['stock_recall@1']:.3f} → {row['adapter_recall@1']:.3f}"
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -155,22 +165,22 @@ def main(argv: list[str] | None = None) -> int:
     columns = ["encoder", "index", "size_MB", "compression", "build_s", "query_batch_ms", "query_single_p50_ms",
                "stock_recall@1", "stock_recall@5", "stock_recall@10", "stock_1-recall@5_vs_flat", "recall@5_vs_flat_ratio"]
     adapter_columns = ["encoder", "index", "stock_recall@1", "adapter_recall@1", "stock_recall@5", "adapter_recall@5", "stock_recall@10", "adapter_recall@10"]
+    recall = ".3f"  # recall@k of 300 questions: steps of 1/300
+    formats = {column: recall for column in columns + adapter_columns if "recall" in column}
     encoders = markdown_table(
         [r for r in rows if r["index"] == "Flat"],
         ["encoder", "dim", "passages", "embed_passages_per_s", "embed_query_ms", "size_MB", "build_s", "query_batch_ms", "stock_recall@1", "stock_recall@5", "stock_recall@10"],
-        {"embed_passages_per_s": ".1f", "embed_query_ms": ".1f", "query_batch_ms": ".4f"},
+        formats | {"embed_passages_per_s": ".1f", "embed_query_ms": ".1f", "size_MB": ".3f", "build_s": ".3f", "query_batch_ms": ".4f"},
     )
-    formats = {"size_MB": ".3f", "compression": ".1f", "build_s": ".3f", "query_batch_ms": ".4f", "query_single_p50_ms": ".3f"}
+    formats |= {"size_MB": ".3f", "compression": ".1f", "build_s": ".3f", "query_batch_ms": ".4f", "query_single_p50_ms": ".3f"}
     markdown = (
-        f"# RAG index benchmark\n\nMachine: {machine_description()}\n\n## Encoders\n\n{encoders}\n"
+        f"# RAG index benchmark\n\n## Encoders\n\n{encoders}\n"
         f"## Indexes\n\n{markdown_table([r for r in rows if 'size_MB' in r], columns, formats)}\n"
-        f"## Query adapter\n\n{markdown_table([r for r in rows if 'adapter_recall@1' in r], adapter_columns)}"
+        f"## Query adapter\n\n{markdown_table([r for r in rows if 'adapter_recall@1' in r], adapter_columns, formats)}"
         + "".join(f"\nSkipped {name}: {why}\n" for name, why in skipped.items())
     )
-    output = Path(args.output_dir)
-    write_json(output / "results.json", {"machine": machine_description(), "rows": rows, "skipped": skipped, "args": vars(args)})
-    atomic_write_text(output / "results.md", markdown)
-    plot([r for r in rows if "size_MB" in r], output / "results.png")
+    write_results("rag_index", {"rows": rows, "skipped": skipped, "args": vars(args)}, markdown, figures=figures(rows),
+                  plot=lambda figure: plot([r for r in rows if "size_MB" in r], figure), output_dir=args.output_dir)
     print(markdown)
     return 0
 

@@ -130,7 +130,11 @@ def main(argv: list[str] | None = None) -> int:
         ax.set_title("choosing the weight: held-out SQuAD-train articles")
         ax.legend(fontsize=7)
 
-    write_results(args.output_dir, "rag_retriever", {"chosen_weight": chosen, "default_weight": HYBRID_WEIGHT, "sweep": sweep, "dev": dev}, markdown, plot)
+    figures = {"BM25 weight chosen on held-out SQuAD-train articles": f"{chosen} (default in pocketlm.rag.lexical: {HYBRID_WEIGHT})",
+               **{f"{row['setting']}: {row['retriever']}": ", ".join(f"{header} {row[key]:.3f}" for key, header in metric_columns)
+                  for row in dev}}
+    write_results("rag_retriever", {"chosen_weight": chosen, "default_weight": HYBRID_WEIGHT, "sweep": sweep, "dev": dev}, markdown,
+                  figures=figures, plot=plot, output_dir=args.output_dir)
     print(markdown)
     return 0
 

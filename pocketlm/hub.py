@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import shutil
-import sys
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pocketlm import BASE_ENCODER
+from pocketlm.benchmarking import machine_description, provenance
 from pocketlm.errors import PocketLMError
 from pocketlm.io import replace_dir
 from pocketlm.settings import REPO_ROOT, hub_dir, hub_offline
@@ -101,24 +100,6 @@ class ModelCardInfo:
     """Jinja template in `model_cards/`; it receives this object's fields plus `machine`."""
 
 
-def machine_description() -> str:
-    """One line naming the machine a number was measured on (CPU model and count, and the GPU if one is in use)."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    line = f"{cpu}, {os.cpu_count()} logical CPUs, {platform.system()} {platform.release()}, Python {platform.python_version()}"
-    # Name the GPU only where the measuring process already uses torch: importing it here would cost seconds.
-    torch = sys.modules.get("torch")
-    if torch is not None and torch.cuda.is_available():
-        line += f", GPU {torch.cuda.get_device_name(0)}"
-    return line
-
-
 def render_model_card(info: ModelCardInfo):
     """Build a `huggingface_hub.ModelCard` whose metadata carries the metrics as `model-index` results."""
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
@@ -163,7 +144,8 @@ def publish(
     push_to_hub: bool = False,
     token: str | None = None,
 ) -> Path:
-    """Save an artifact at `<hub_dir>/<repo_id>` with a model card and `metrics.json`; optionally upload it.
+    """Save an artifact at `<hub_dir>/<repo_id>` with a model card, `metrics.json` and `provenance.json` (command,
+    machine, date); optionally upload it.
 
     `save(folder)` writes the artifact itself (`save_pretrained`, an ONNX export, an index...). The folder
     is assembled aside and swapped in whole, so an interrupted publish never leaves a broken artifact.
@@ -176,6 +158,8 @@ def publish(
         staging.chmod(0o777 & ~_umask())  # mkdtemp's 0700 would make the published folder private to its writer
         save(staging)
         (staging / "metrics.json").write_text(json.dumps(card.metrics, indent=2, sort_keys=True) + "\n")
+        # where, when and by which command the card's numbers were made: `python -m pocketlm.report` reads it
+        (staging / "provenance.json").write_text(json.dumps(provenance(), indent=2, sort_keys=True) + "\n")
         render_model_card(card).save(staging / "README.md")
         replace_dir(staging, target)
     except BaseException:

@@ -1,27 +1,56 @@
-"""The helpers every benchmark writes its results with."""
+"""The one module every benchmark measures, tabulates and records its results with."""
 
 import json
+import sys
 
-from pocketlm.benchmarking import markdown_table, percentiles_ms, write_results
+import numpy as np
+import pytest
+
+from pocketlm.benchmarking import (
+    RECORD_KEYS, latency_summary, markdown_table, percentile, read_results, time_interleaved, write_results,
+)
 
 
-def test_percentiles_are_nearest_rank_in_milliseconds():
-    stats = percentiles_ms([i / 1000 for i in range(1, 101)])  # 1..100 ms
-    assert (stats["p50"], stats["p95"], stats["p99"], stats["max"], stats["n"]) == (50.5, 95, 99, 100, 100)
-    assert percentiles_ms([]) == {}
+def test_percentiles_interpolate_linearly_between_ranks_as_numpy_does():
+    values = [float(i) for i in range(1, 101)]  # 1..100 ms
+    stats = latency_summary(reversed(values))
+    assert (stats["p50_ms"], stats["p95_ms"], stats["p99_ms"], stats["max_ms"], stats["n"]) == (50.5, 95.05, 99.01, 100, 100)
+    assert stats["mean_ms"] == 50.5
+    assert percentile([10, 20], 25) == 12.5 == np.percentile([10, 20], 25)
+    assert latency_summary([]) == {}
 
 
-def test_results_are_json_markdown_and_png(tmp_path):
-    table = markdown_table([{"a": 1.23456, "b": "x"}, {"a": 1234.5}], [("a", "A"), ("b", "B")])
-    assert table.splitlines() == ["| A | B |", "| --- | --- |", "| 1.23 | x |", "| 1,234.5 |  |"]
-    write_results(tmp_path, "demo", {"value": 1}, table, lambda figure: figure.add_subplot(1, 1, 1).plot([1, 2]))
-    assert json.loads((tmp_path / "demo.json").read_text())["value"] == 1
-    assert "Machine:" in (tmp_path / "demo.md").read_text() and (tmp_path / "demo.png").stat().st_size > 1000
+def test_markdown_table_formats_aligns_and_marks_missing_cells():
+    rows = [{"a": 1.23456, "b": "x|y", "n": 1200}, {"a": 1234.5, "b": None}]
+    assert markdown_table(rows, [("a", "A"), ("b", "B"), "n"]).splitlines() == [
+        "| A | B | n |", "| ---: | --- | ---: |", "| 1.23 | x\\|y | 1200 |", "| 1,234.5 | – |  |"]
+    assert "| 1.235 |" in markdown_table(rows, ["a"], ".3f")  # one spec for every float
+    per_column = markdown_table(rows, ["a", "n"], {"n": ","})
+    assert "| 1.23 | 1,200 |" in per_column  # a spec per column, ints included; other floats: 3 significant digits
+
+
+def test_results_are_one_record_markdown_and_png_that_read_back(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["benchmarks/demo.py", "--flag", "a b"])
+    table = markdown_table([{"value": 1.5}], ["value"])
+    folder = write_results("demo", {"value": 1.5}, table, figures={"value": "1.5 s"},
+                           plot=lambda figure: figure.add_subplot(1, 1, 1).plot([1, 2]), output_dir=tmp_path)
+    record = json.loads((folder / "demo.json").read_text())
+    assert set(RECORD_KEYS) <= set(record) and record["value"] == 1.5 and record["figures"] == [["value", "1.5 s"]]
+    assert record["command"] == "python benchmarks/demo.py --flag 'a b'" and "logical CPUs" in record["machine"]
+    assert record["date"].endswith("Z") and record["date"][:2] == "20"
+    markdown = (folder / "demo.md").read_text()
+    assert markdown.startswith(table) and f"Date: {record['date']}" in markdown and record["command"] in markdown
+    assert (folder / "demo.png").stat().st_size > 1000
+    assert read_results(folder) == read_results(folder, "demo") == record
+    assert read_results(tmp_path / "missing") is None
+    (tmp_path / "old").mkdir()
+    (tmp_path / "old" / "results.json").write_text('{"rows": []}')  # the layout before records: not one
+    assert read_results(tmp_path / "old") is None
+    with pytest.raises(ValueError, match="machine"):
+        write_results("demo", {"machine": "mine"}, table, figures={}, output_dir=tmp_path)
 
 
 def test_time_interleaved_takes_turns_in_blocks_and_rotates_who_goes_first():
-    from pocketlm.inference.latency import time_interleaved
-
     order = []
     calls = {name: (lambda request, name=name: order.append((name, request))) for name in "abc"}
     timings = time_interleaved(calls, ["r1", "r2", "r3"], warmup=1, block=2, settle_s=0)

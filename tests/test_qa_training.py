@@ -133,11 +133,11 @@ def test_latency_benchmark_writes_json_markdown_and_plot(smoke_qa, tmp_path):
     main = runpy.run_path(str(REPO_ROOT / "benchmarks" / "qa_latency.py"), run_name="qa_latency")["main"]
     args = ["--onnx_model", MINILM_SQUAD, "--requests", "3", "--warmup", "1", "--eval_samples", "4", "--threads", "1", "--output_dir", str(tmp_path)]
     assert main(args) == 0
-    results = json.loads((tmp_path / "results.json").read_text())
+    results = json.loads((tmp_path / "qa_latency.json").read_text())
     rows = {row["backend"]: row for row in results["rows"]}
     assert list(rows) == ["pytorch", "onnxruntime-fp32", "onnxruntime-int8", "onnxruntime-fp32-unfused",
                           "onnxruntime-int8-ffn-fp32", "onnxruntime-int8-ffn-int8"]
-    assert all(row["requests"] == 3 and 0 < row["p50_ms"] <= row["p95_ms"] and "f1" in row for row in results["rows"])
+    assert all(row["n"] == 3 and 0 < row["p50_ms"] <= row["p95_ms"] and "f1" in row for row in results["rows"])
     published = rows["onnxruntime-int8"]
     assert published["size_mb"] < rows["onnxruntime-fp32"]["size_mb"] / 2
     assert rows["onnxruntime-int8-ffn-fp32"]["size_mb"] > published["size_mb"]  # its feed-forward outputs stay fp32
@@ -145,7 +145,7 @@ def test_latency_benchmark_writes_json_markdown_and_plot(smoke_qa, tmp_path):
     # both fp32 graphs compute the same function, so they give the same answers
     assert (rows["onnxruntime-fp32-unfused"]["exact_match"], rows["onnxruntime-fp32-unfused"]["f1"]) == (
         rows["onnxruntime-fp32"]["exact_match"], rows["onnxruntime-fp32"]["f1"])
-    markdown = (tmp_path / "results.md").read_text()
+    markdown = (tmp_path / "qa_latency.md").read_text()
     assert "| ONNX Runtime int8 (published: smoothed) |" in markdown and "| ONNX Runtime fp32, unfused export |" in markdown
     assert results["machine"]
     assert (tmp_path / "qa_latency.png").read_bytes()[:4] == b"\x89PNG"
@@ -154,7 +154,7 @@ def test_latency_benchmark_writes_json_markdown_and_plot(smoke_qa, tmp_path):
 def test_int8_ceiling_benchmark_times_the_model_and_its_matrix_products(smoke_qa, tmp_path):
     main = runpy.run_path(str(REPO_ROOT / "benchmarks" / "qa_int8_ceiling.py"), run_name="qa_int8_ceiling")["main"]
     assert main(["--onnx_model", MINILM_SQUAD, "--tokens", "24", "--rounds", "1", "--threads", "1", "--output_dir", str(tmp_path)]) == 0
-    results = json.loads((tmp_path / "results.json").read_text())
+    results = json.loads((tmp_path / "qa_int8_ceiling.json").read_text())
     layers = json.loads((hub_dir() / MINILM_SQUAD / "config.json").read_text())["num_hidden_layers"]
     assert results["settings"]["projections"] == 4 * layers  # QKV, output, feed-forward up and down, per layer
     pytorch, fp32, int8 = results["rows"]
@@ -162,7 +162,7 @@ def test_int8_ceiling_benchmark_times_the_model_and_its_matrix_products(smoke_qa
     for row in results["rows"]:
         assert 0 < row["gemms_p50_ms"] and 0 < row["model_p50_ms"] and 0 < row["gemm_share"] <= 1
         assert row["ceiling"] == pytest.approx(pytorch["model_p50_ms"] / row["gemms_p50_ms"], rel=0.02)
-    assert "ceiling" in (tmp_path / "results.md").read_text()
+    assert "ceiling" in (tmp_path / "qa_int8_ceiling.md").read_text()
     assert (tmp_path / "qa_int8_ceiling.png").read_bytes()[:4] == b"\x89PNG"
 
 

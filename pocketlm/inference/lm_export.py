@@ -123,21 +123,13 @@ def file_size_mb(path: str | Path) -> float:
 def time_generation(onnx_dir: str | Path, quantized: bool, prompt_tokens: int = 50, new_tokens: int = 32,
                     runs: int = 20, threads: int | None = None) -> float:
     """Median milliseconds to continue a `prompt_tokens` prompt by `new_tokens` greedy tokens (after one warm-up)."""
-    import statistics
-    import time
-
+    from pocketlm.benchmarking import latency_summary, time_requests
     from pocketlm.inference.batching import corpus_prompts
 
     lm = OnnxCausalLM(onnx_dir, quantized=quantized, intra_op_num_threads=threads)
     prompt = corpus_prompts(lm, 1, prompt_tokens)[0]
     params = SamplingParams(max_new_tokens=new_tokens, stop_at_eos=False)
-    lm.generate_ids([prompt], params)
-    timings = []
-    for _ in range(runs):
-        started = time.perf_counter()
-        lm.generate_ids([prompt], params)
-        timings.append(1000 * (time.perf_counter() - started))
-    return statistics.median(timings)
+    return latency_summary(time_requests(lambda _: lm.generate_ids([prompt], params), [None] * runs, warmup=1))["p50_ms"]
 
 
 def publish_lm_onnx(

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 
+from pocketlm.benchmarking import markdown_table
 from pocketlm.io import write_json
 from pocketlm.rag.corpus import rag_dev, squad_train_set, split_by_title
 from pocketlm.rag.embeddings import encode, encoder_id, load_encoder
-from pocketlm.rag.evaluation import markdown_table
 from pocketlm.rag.query_adapter import SELECT_BY, AdapterTrainingConfig, retrieval_recall, train_query_adapter
 from pocketlm.settings import runs_dir
 from pocketlm.training.callbacks import write_history
@@ -88,6 +88,6 @@ def train_and_save_adapter(config: AdapterExperimentConfig) -> dict:
     rows_md = [{"questions": f"{split} / {name}", **values}
                for split in ("held_out", "dev") if split in results
                for name, values in results[split].items() if isinstance(values, dict)]
-    results["table"] = markdown_table(rows_md, ["questions", "recall@1", "recall@5", "recall@10", "mrr@10"])
+    results["table"] = markdown_table(rows_md, ["questions", "recall@1", "recall@5", "recall@10", "mrr@10"], ".3f")
     write_json(output_dir / "results.json", results)
     return results

@@ -6,12 +6,13 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from pocketlm.benchmarking import markdown_table
 from pocketlm.errors import ConfigError
 from pocketlm.hub import ModelCardInfo, publish
 from pocketlm.io import write_json
 from pocketlm.rag.corpus import rag_dev, read_passages_and_questions, wikitext_distractors
 from pocketlm.rag.embeddings import encode, encoder_id, load_encoder
-from pocketlm.rag.evaluation import KS, agreement_with_exact, markdown_table, retrieval_report
+from pocketlm.rag.evaluation import KS, agreement_with_exact, retrieval_report
 from pocketlm.rag.index import IndexSpec, PassageIndex, recall_at_k
 from pocketlm.rag.query_adapter import QueryAdapter
 from pocketlm.rag.retriever import ADAPTER_FOLDER, INDEX_FILES, RagRetriever, embed_queries
@@ -99,7 +100,7 @@ def build_and_publish_index(config: IndexBuildConfig, repo_id: str, push_to_hub:
 
     columns = ["index", "queries", "recall@1", "recall@5", "recall@10", "1-recall@1_vs_flat", "1-recall@5_vs_flat"]
     size_table = markdown_table(size_rows, ["index", "factory", "size_MB", "build_s"], {"size_MB": ".3f", "build_s": ".2f"})
-    recall_table = markdown_table(recall_rows, columns)
+    recall_table = markdown_table(recall_rows, columns, ".3f")
     report = (
         f"{len(passages)} passages ({len(passages) - n_own} WikiText distractors), {name}, {vectors.shape[1]}-d; "
         f"embedding took {embed_s:.1f} s\n\n{size_table}\nOPQ is {flat_mb / opq_mb:.1f}x smaller than flat.\n\n{recall_table}"

@@ -13,11 +13,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pocketlm import MINILM_SQUAD, RAG_INDEX, TINY_LM_RAG_LORA
+from pocketlm.benchmarking import markdown_table
 from pocketlm.hub import ArtifactNotFoundError, resolve
 from pocketlm.io import atomic_write_text, write_json
 from pocketlm.rag.corpus import read_passages_and_questions
 from pocketlm.rag.embeddings import encode, encoder_id, load_encoder
-from pocketlm.rag.evaluation import KS, answer_report, extractive_answers, markdown_table, recall_at_k
+from pocketlm.rag.evaluation import KS, answer_report, extractive_answers, recall_at_k
 from pocketlm.rag.index import IndexSpec, PassageIndex
 from pocketlm.rag.lexical import HYBRID_WEIGHT
 from pocketlm.rag.query_adapter import QueryAdapter
@@ -117,7 +118,7 @@ def evaluate_loop(config: LoopEvalConfig) -> dict:
     markdown = (
         f"# RAG loop evaluation\n\n{len(passages)} passages ({config.passages}), {len(questions)} questions ({config.qa}); "
         f"encoder {encoder_id(config.encoder)}, query adapter: {adapter_source}, BM25 weight {config.lexical_weight:g} (0: dense only).\n\n## Retrieval\n\n"
-        + markdown_table([retrieval], [f"recall@{k}" for k in KS])
+        + markdown_table([retrieval], [f"recall@{k}" for k in KS], ".3f")
         + f"\n## Answers (top {config.k} fragments)\n\n"
         + markdown_table([{"reader": name, **r} for name, r in readers.items()], ["reader", "model", "exact_match", "f1"], {"exact_match": ".1f", "f1": ".1f"})
         + skipped

@@ -68,21 +68,6 @@ def answer_report(predictions: Sequence[str], answers: Sequence[Sequence[str]]) 
     }
 
 
-def markdown_table(rows: Sequence[dict], columns: Sequence[str], formats: dict[str, str] | None = None) -> str:
-    """A Markdown table of `rows` (dicts) with the given columns; numbers formatted by `formats[column]`."""
-    formats = formats or {}
-
-    def cell(row: dict, column: str) -> str:
-        value = row.get(column, "")
-        if isinstance(value, float):
-            return format(value, formats.get(column, ".3f"))
-        return str(value)
-
-    lines = ["| " + " | ".join(columns) + " |", "| " + " | ".join("---" for _ in columns) + " |"]
-    lines += ["| " + " | ".join(cell(row, c) for c in columns) + " |" for row in rows]
-    return "\n".join(lines) + "\n"
-
-
 def extractive_answers(reader_path: str, questions: Sequence[str], contexts: Sequence[Sequence[str]]) -> list[str]:
     """Best span over each question's contexts, with transformers' question-answering pipeline."""
     from transformers import pipeline

@@ -13,12 +13,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from pocketlm import TINY_LM, TINY_LM_RAG_LORA
+from pocketlm.benchmarking import markdown_table
 from pocketlm.errors import ConfigError
 from pocketlm.hub import ModelCardInfo, publish, resolve
 from pocketlm.io import write_json
 from pocketlm.rag.corpus import squad_train_set, split_by_title
 from pocketlm.rag.embeddings import encode, load_encoder
-from pocketlm.rag.evaluation import answer_report, markdown_table
+from pocketlm.rag.evaluation import answer_report
 from pocketlm.rag.generator import (
     ANSWER_TOKENS,
     LoraTrainingConfig,

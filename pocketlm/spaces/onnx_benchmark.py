@@ -2,21 +2,20 @@
 PyTorch fp32, ONNX Runtime fp32, ONNX Runtime int8 — next to the recorded results of `benchmarks/qa_latency.py`.
 
 The runtimes are the ones the recorded benchmark uses (`pocketlm.inference.qa_loading`), timed the same way
-(`pocketlm.inference.latency`: warm-up, then batch-1 requests end to end, p50/p95) at equal thread counts.
+(`pocketlm.benchmarking`: warm-up, then batch-1 requests end to end, p50/p95) at equal thread counts.
 PyTorch (torch + transformers: ~4 s of imports on this CPU) loads on first use, or in the background once the
 suite is up (`QABackends.load`), so it never delays the start of the ONNX endpoints.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import gradio as gr
 
 from pocketlm import MINILM_SQUAD, MINILM_SQUAD_ONNX
-from pocketlm.inference.latency import RESULTS_DIR, markdown_table, summarise, time_requests
+from pocketlm.benchmarking import RESULTS_DIR, latency_summary, markdown_table, paired_bars, read_results, time_requests
 from pocketlm.serving.schemas import MAX_CONTEXT_CHARS as QA_MAX_CONTEXT_CHARS
 from pocketlm.serving.schemas import QARequest
 from pocketlm.spaces import SPACE_TITLES
@@ -56,7 +55,7 @@ class QABackends(LoadOnce[dict]):
         """p50/p95 of `runs` answers after one warm-up, and the answer itself."""
         answerer = self.load()[backend]
         timings = time_requests(lambda _: answerer.answer(question, context), [None] * runs, warmup=1)
-        return summarise(timings), answerer.answer(question, context)
+        return latency_summary(timings), answerer.answer(question, context)
 
 
 def live_rows(results: dict[str, tuple[dict, object]]) -> list[list]:
@@ -76,15 +75,8 @@ def latency_figure(rows: list[list], title: str):
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 3.4))
-    positions = range(len(rows))
-    ax.bar([i - 0.2 for i in positions], [row[1] for row in rows], width=0.4, label="p50")
-    ax.bar([i + 0.2 for i in positions], [row[2] for row in rows], width=0.4, label="p95")
-    for i, row in zip(positions, rows):
-        ax.annotate(f"{row[3]:.2f}x", (i - 0.2, row[1]), ha="center", va="bottom")
-    ax.set_xticks(list(positions), [row[0] for row in rows])
-    ax.set_ylabel("ms per question")
-    ax.set_title(title)
-    ax.legend()
+    paired_bars(ax, [row[0] for row in rows], {"p50": [row[1] for row in rows], "p95": [row[2] for row in rows]},
+                "ms per question", title, annotations=[f"{row[3]:.2f}x" for row in rows])
     fig.tight_layout()
     plt.close(fig)
     return fig
@@ -92,21 +84,20 @@ def latency_figure(rows: list[list], title: str):
 
 def recorded_results(folder: Path = RECORDED_RESULTS) -> tuple[str, str | None]:
     """The recorded benchmark as Markdown (table, settings, machine) and its plot, or how to produce them."""
-    found = [folder / name for name in ("results.json", "qa_latency.json") if (folder / name).is_file()]
-    if not found:
+    results = read_results(folder, "qa_latency")
+    if results is None:
         return ("_No recorded results yet: run `python benchmarks/qa_latency.py` "
                 "(writes `benchmarks/results/qa_latency/`)._", None)
-    results = json.loads(found[0].read_text())
     columns = [("runtime", "runtime"), ("p50_ms", "p50 ms"), ("p95_ms", "p95 ms"), ("speedup_p50", "speed-up (p50)"),
                ("size_mb", "size MB"), ("exact_match", "EM"), ("f1", "F1")]
     settings = results.get("settings", {})
     text = (
-        f"{markdown_table(results['rows'], columns)}\n\n{settings.get('requests', '?')} SQuAD validation questions "
-        f"per runtime, batch 1, {settings.get('threads', '?')} threads · {results.get('machine', '')}  \n"
-        f"Command: `{results.get('command', 'python benchmarks/qa_latency.py')}`"
+        f"{markdown_table(results['rows'], columns, '.2f')}\n{settings.get('requests', '?')} SQuAD validation questions "
+        f"per runtime, batch 1, {settings.get('threads', '?')} threads · {results['machine']} · {results['date']}  \n"
+        f"Command: `{results['command']}`"
     )
-    plots = sorted(folder.glob("*.png"))
-    return text, str(plots[0]) if plots else None
+    plot = folder / "qa_latency.png"
+    return text, str(plot) if plot.is_file() else None
 
 
 def render(backends: QABackends, guard: ComputeGuard | None = None, recorded: Path = RECORDED_RESULTS) -> None:

@@ -12,6 +12,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+from pocketlm.benchmarking import markdown_table
 from pocketlm.data.classification import ClassificationDataArguments, load_tokenized_splits, tokenize_classification
 from pocketlm.data.registry import load_classification, spec as dataset_spec
 from pocketlm.errors import ConfigError, PocketLMError
@@ -51,13 +52,6 @@ def _dataset_card_names(dataset: str) -> tuple[str, str]:
     except PocketLMError:  # a folder of CSVs
         hub_id = Path(dataset).name
     return hub_id, dataset
-
-
-def _markdown_table(rows: dict[str, dict[str, float]], keys: tuple[str, ...]) -> str:
-    lines = ["| split | examples | " + " | ".join(keys) + " |", "| --- | ---: |" + " ---: |" * len(keys)]
-    lines += [f"| {split} | {metrics['examples']} | " + " | ".join(f"{metrics[k]:.4f}" for k in keys) + " |"
-              for split, metrics in rows.items()]
-    return "\n".join(lines)
 
 
 def finetune_and_publish(
@@ -157,7 +151,8 @@ def publish_classifier(repo_id, model, tokenizer, spec, data_args, regularisatio
         tags=["text-classification", spec.method, "awp", "mixout"],
         template="minilm-sst2-peft.md",
         sections={
-            "Validation and test": _markdown_table({k: summary[k] for k in ("validation", "test")}, CARD_METRICS),
+            "Validation and test": markdown_table([{"split": split, **summary[split]} for split in ("validation", "test")],
+                                                  ["split", "examples", *CARD_METRICS], ".4f"),
             "Training": _training_section(spec, data_args, regularisation, training_args, summary),
             "PEFT analysis (benchmarks/peft_analysis.py)": analysis.split("\n", 1)[1] if analysis.startswith("#") else analysis,
         },

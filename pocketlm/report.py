@@ -1,0 +1,223 @@
+"""The report card: every benchmark's record and every published model's metrics on one page, `docs/results.md`.
+
+    python -m pocketlm.report            # (re)writes docs/results.md
+    python -m pocketlm.report --check    # exit 1 when a figure of README.md's results table is not in docs/results.md
+
+Benchmarks come from `benchmarks/results/*/*.json` (the records `pocketlm.benchmarking.write_results` writes:
+command, machine, date, headline figures); a benchmark in `benchmarks/` with no record yet is listed with the
+command that measures it. Published models come from the local hub (`pocketlm.settings.hub_dir()`): each
+folder's `metrics.json` (the numbers of its model card) and `provenance.json` (`pocketlm.hub.publish`).
+The page is generated, never edited: the same records give the same page, sections sorted by name.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from decimal import Decimal
+from pathlib import Path
+
+from pocketlm.benchmarking import RESULTS_DIR, markdown_table, read_results
+from pocketlm.cli import run
+from pocketlm.io import atomic_write_text
+from pocketlm.settings import REPO_ROOT, hub_dir
+
+REPORT_COMMAND = "python -m pocketlm.report"
+BENCHMARKS_DIR = REPO_ROOT / "benchmarks"
+REPORT_PATH = REPO_ROOT / "docs" / "results.md"
+README_PATH = REPO_ROOT / "README.md"
+
+NUMBER = re.compile(r"(?<![\w.@/])[-+−]?\d+(?:,\d{3})*(?:\.\d+)?")
+"""A figure in text: `66.92`, `1.33` (of `1.33×`), `0.77` (of `0.77 s`), `4,961`, `−0.73`; not the digits of a
+name such as `fp32`, `p95`, `OPQ32_128` or `recall@5`."""
+LINK = re.compile(r"\[([^\]]*)\]\(([^)]*)\)")
+
+
+@dataclass(frozen=True)
+class BenchmarkScript:
+    """A script in `benchmarks/`: its name, what it measures (its docstring's first line) and how to run it."""
+
+    name: str
+    title: str
+    command: str
+
+
+def benchmark_scripts(folder: Path = BENCHMARKS_DIR) -> dict[str, BenchmarkScript]:
+    """Every `benchmarks/<name>.py`, read (not imported) for its title and the usage line of its docstring."""
+    scripts = {}
+    for path in sorted(folder.glob("*.py")):
+        doc = ast.get_docstring(ast.parse(path.read_text())) or ""
+        usage = next((line for line in doc.splitlines() if f"benchmarks/{path.name}" in line), "")
+        command = usage.split("#", 1)[0].strip()
+        # `flock <lock file>` serialises heavy jobs on the shared development machine; a reader runs the rest
+        command = re.sub(r"^flock \S+ ", "", command) or f"python benchmarks/{path.name}"
+        title = " ".join(doc.split("\n\n", 1)[0].split()) or path.stem  # the docstring's first paragraph
+        scripts[path.stem] = BenchmarkScript(path.stem, title, command)
+    return scripts
+
+
+def provenance_lines(record: dict) -> list[str]:
+    return [f"- **Command**: `{record.get('command') or 'not recorded'}`",
+            f"- **Machine**: {record.get('machine') or 'not recorded'}",
+            f"- **Date**: {record.get('date') or 'not recorded'}"]
+
+
+def figures_table(figures: dict, label: str = "figure") -> str:
+    return markdown_table([{"label": key, "value": value} for key, value in figures.items()], [("label", label), ("value", "value")])
+
+
+def benchmark_section(folder: str, record: dict | None, script: BenchmarkScript | None) -> str:
+    """`## <folder>`: what was measured, how, where and when, and its headline figures — or how to measure it."""
+    title = script.title if script else (record or {}).get("name", folder)
+    lines = [f"## {folder}", "", title, ""]
+    if record is None:
+        command = script.command if script else f"python benchmarks/{folder}.py"
+        return "\n".join(lines + [f"Not measured yet — run `{command}`.", ""])
+    lines += provenance_lines(record)
+    where = f"benchmarks/results/{folder}/{record['name']}"
+    lines += [f"- **All its numbers**: `{where}.json`, tables in `{where}.md`, plot `{where}.png` (regenerated, not committed)", ""]
+    if record["figures"]:
+        lines.append(figures_table(dict(record["figures"])))
+    else:
+        lines += ["No headline figures recorded.", ""]
+    return "\n".join(lines)
+
+
+def metric_text(value) -> str:
+    """A card metric as the report shows it: ints with separators, floats to 4 significant digits."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, int) or abs(value) >= 1000:
+        return f"{value:,.0f}"
+    return f"{value:.4g}"
+
+
+def published_models(hub: Path) -> dict[str, Path]:
+    """Repo id → folder of every artifact published in the local hub (`<owner>/<name>/metrics.json`), sorted."""
+    return {f"{path.parent.parent.name}/{path.parent.name}": path.parent for path in sorted(hub.glob("*/*/metrics.json"))}
+
+
+def model_section(repo_id: str, folder: Path) -> str:
+    metrics = json.loads((folder / "metrics.json").read_text())
+    provenance_file = folder / "provenance.json"
+    provenance = json.loads(provenance_file.read_text()) if provenance_file.is_file() else {}
+    lines = [f"### {repo_id}", ""] + provenance_lines(provenance) + [""]
+    if not provenance:
+        lines += ["Published before pocketlm recorded provenance: republish it to record its command, machine and date.", ""]
+    lines.append(figures_table({name: metric_text(value) for name, value in sorted(metrics.items())}, "metric"))
+    return "\n".join(lines)
+
+
+def render_report(results_dir: Path = RESULTS_DIR, hub: Path | None = None, benchmarks_dir: Path = BENCHMARKS_DIR,
+                  date: str | None = None) -> str:
+    """The whole page: header, one section per benchmark (recorded or not), then the published models."""
+    hub = hub if hub is not None else hub_dir()
+    date = date or datetime.now(timezone.utc).strftime("%Y-%m-%d")
+    scripts = benchmark_scripts(benchmarks_dir)
+    records = {folder.name: read_results(folder) for folder in sorted(results_dir.glob("*")) if folder.is_dir()}
+    records = {name: record for name, record in records.items() if record is not None}
+    names = sorted(set(scripts) | set(records))
+    sections = [benchmark_section(name, records.get(name), scripts.get(records[name]["name"] if name in records else name))
+                for name in names]
+    models = published_models(hub)
+    header = [
+        "# Results", "",
+        f"Generated by `{REPORT_COMMAND}` on {date}, from the benchmark records in `benchmarks/results/` and the models "
+        "published in the local hub. Every figure was written by the command named beside it, on the machine named "
+        "beside it; none is typed by hand. To refresh a figure, rerun its command, then "
+        f"`{REPORT_COMMAND}`.", "",
+        f"Benchmarks: {len(records)} of {len(names)} measured. Published models: {len(models)}.", "",
+    ]
+    published = ["## Published models", "",
+                 "Each published folder holds the model card (`README.md`), `metrics.json` (the card's numbers) and "
+                 "`provenance.json` (command, machine, date).", ""]
+    published += [model_section(repo_id, folder) for repo_id, folder in models.items()] or [
+        "None published yet — run `make demo`, or the training scripts in `training_scripts/`.", ""]
+    return "\n".join(header + sections + published).rstrip() + "\n"
+
+
+# --- the figures of a page, and the README's ------------------------------------------------------------
+
+
+def normalised(figure: str) -> str:
+    """A figure's value as plain digits: no sign, no thousands separator, no trailing zeros (`0.880` → `0.88`)."""
+    return format(Decimal(figure.lstrip("+-−").replace(",", "")).normalize(), "f")
+
+
+def figures(text: str) -> set[str]:
+    """Every figure in `text`, `normalised`: what a README figure is matched against."""
+    return {normalised(match) for match in NUMBER.findall(text)}
+
+
+def _cells(line: str) -> list[str]:
+    return [cell.strip() for cell in re.split(r"(?<!\\)\|", line.strip().strip("|"))]
+
+
+def results_table(readme: str) -> list[list[str]]:
+    """The first Markdown table under the first heading that contains "Results": its rows of cells, header first."""
+    lines = readme.splitlines()
+    start = next((i for i, line in enumerate(lines) if re.match(r"#+ .*results", line, re.IGNORECASE)), None)
+    if start is None:
+        return []
+    table = []
+    for line in lines[start + 1:]:
+        if line.lstrip().startswith("|"):
+            table.append(_cells(line))
+        elif table or line.startswith("#"):
+            break
+    return [row for row in table if not all(re.fullmatch(r":?-{3,}:?", cell) for cell in row)]
+
+
+def readme_figures(readme: str) -> list[str]:
+    """The figures of the README's results table, in order: the texts of its links to `results.md` when it has
+    such links (a target beside them is not a measured figure), else every body cell outside "target" columns."""
+    table = results_table(readme)
+    if not table:
+        return []
+    header, body = table[0], table[1:]
+    linked = [text for row in body for cell in row for text, url in LINK.findall(cell) if "results.md" in url]
+    if linked:
+        texts = linked
+    else:
+        keep = [i for i, name in enumerate(header) if "target" not in name.lower()]
+        texts = [LINK.sub(r"\1", row[i]) for row in body for i in keep if i < len(row)]
+    return list(dict.fromkeys(normalised(match) for text in texts for match in NUMBER.findall(text)))
+
+
+def missing_figures(readme: str, report: str) -> list[str]:
+    """README results figures that the report does not contain."""
+    present = figures(report)
+    return [figure for figure in readme_figures(readme) if figure not in present]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--output", type=Path, default=REPORT_PATH, help="the page to write (default: docs/results.md)")
+    parser.add_argument("--results_dir", type=Path, default=RESULTS_DIR, help="benchmark records (default: benchmarks/results)")
+    parser.add_argument("--hub_dir", type=Path, default=None, help="local hub (default: POCKETLM_HUB_DIR or hub/)")
+    parser.add_argument("--date", default=None, help="the date in the header (default: today, UTC)")
+    parser.add_argument("--check", action="store_true",
+                        help="write nothing: exit 1 when a figure of README.md's results table is not in --output")
+    parser.add_argument("--readme", type=Path, default=README_PATH, help="the README --check reads (default: README.md)")
+    args = parser.parse_args(argv)
+    if args.check:
+        if not args.output.is_file():
+            parser.error(f"--output {args.output} does not exist: run `{REPORT_COMMAND}` first")
+        missing = missing_figures(args.readme.read_text(), args.output.read_text())
+        for figure in missing:
+            print(f"{args.readme.name}: {figure} is not in {args.output}")
+        print(f"{len(readme_figures(args.readme.read_text())) - len(missing)} figures found, {len(missing)} missing")
+        return 1 if missing else 0
+    if args.date and not re.fullmatch(r"\d{4}-\d{2}-\d{2}", args.date):
+        parser.error(f"--date takes YYYY-MM-DD, got {args.date!r}")
+    atomic_write_text(args.output, render_report(args.results_dir, args.hub_dir, date=args.date))
+    print(f"wrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    run(main)
