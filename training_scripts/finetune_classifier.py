@@ -20,6 +20,7 @@ from pocketlm.cli import parse_args_with_presets, run
 from pocketlm.data.classification import ClassificationDataArguments
 from pocketlm.models.peft_classifier import ClassifierSpec
 from pocketlm.settings import runs_dir
+from pocketlm.training.distributed import OutputDirLock, check_launch
 from pocketlm.training.classifier import BEST_METRIC, RegularisationArguments
 
 _COMMON = dict(
@@ -58,12 +59,14 @@ def main(argv: list[str] | None = None) -> int:
 
     from pocketlm.training.finetune import finetune_and_publish
 
+    check_launch()
     spec, data_args, regularisation, publish_args, training_args = parse_args_with_presets(
         [ClassifierSpec, ClassificationDataArguments, RegularisationArguments, PublishArguments, TrainingArguments],
         PRESETS, "full", argv, description=__doc__.splitlines()[0],
     )
     repo_id = publish_args.repo_id or default_repo_id(spec, data_args.dataset)
-    finetune_and_publish(spec, data_args, regularisation, training_args, repo_id if publish_args.publish else None)
+    with OutputDirLock(training_args.output_dir):
+        finetune_and_publish(spec, data_args, regularisation, training_args, repo_id if publish_args.publish else None)
     return 0
 
 

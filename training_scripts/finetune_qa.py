@@ -17,6 +17,7 @@ import sys
 from transformers import TrainingArguments
 
 from pocketlm.cli import parse_args_with_presets, run
+from pocketlm.training.distributed import OutputDirLock, check_launch
 from pocketlm.training.qa import QAArguments, default_output_dir, finetune_question_answering
 
 # fp32: on this CPU (AVX-512 without AMX/AVX512-BF16) a bf16-autocast training step measured 2.5x slower than fp32.
@@ -49,14 +50,17 @@ _preset_parser.add_argument("--preset", default="full")
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    check_launch()
     qa_args, training_args = parse_args_with_presets(
         [QAArguments, TrainingArguments], PRESETS, "full", argv, description=__doc__.splitlines()[0]
     )
     preset = _preset_parser.parse_known_args(argv)[0].preset
     if training_args.output_dir in (None, "trainer_output"):
         training_args.output_dir = default_output_dir(preset)
-    metrics = finetune_question_answering(qa_args, training_args, preset=preset)
-    print({k: metrics[k] for k in ("exact_match", "f1", "train_seconds")}, flush=True)
+    with OutputDirLock(training_args.output_dir):
+        metrics = finetune_question_answering(qa_args, training_args, preset=preset)
+    if "f1" in metrics:  # the main process's (the others only trained)
+        print({k: metrics[k] for k in ("exact_match", "f1", "train_seconds")}, flush=True)
     return 0
 
 

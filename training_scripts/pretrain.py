@@ -11,6 +11,7 @@ its preset. An interrupted run resumes from `<output_dir>/last` when started aga
 from __future__ import annotations
 
 from pocketlm.cli import parse_args_with_presets, run
+from pocketlm.training.distributed import OutputDirLock, check_launch, is_main_launch_process
 from pocketlm.training.pretrain import PretrainArguments, publish_best, train
 
 PRESETS = {
@@ -29,13 +30,17 @@ PRESETS = {
 
 
 def main() -> None:
+    check_launch()
     (args,) = parse_args_with_presets([PretrainArguments], PRESETS, "quick", description=__doc__.splitlines()[0])
-    result = train(args)
-    print(f"best validation perplexity {result.summary['best_eval_ppl']:.2f} at step {result.summary['best_step']} "
-          f"({result.summary['tokens_per_second']:,.0f} tokens/s); checkpoint in {result.best_dir}")
-    if args.publish:
-        folder = publish_best(args, result)
-        print(f"published {args.repo_id} -> {folder}")
+    with OutputDirLock(args.output_path):
+        result = train(args)
+        if not is_main_launch_process():
+            return
+        print(f"best validation perplexity {result.summary['best_eval_ppl']:.2f} at step {result.summary['best_step']} "
+              f"({result.summary['tokens_per_second']:,.0f} tokens/s); checkpoint in {result.best_dir}")
+        if args.publish:
+            folder = publish_best(args, result)
+            print(f"published {args.repo_id} -> {folder}")
 
 
 if __name__ == "__main__":

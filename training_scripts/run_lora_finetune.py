@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from pocketlm import TINY_LM_RAG_LORA
 from pocketlm.cli import parse_args_with_presets, run
+from pocketlm.training.distributed import check_launch
 from pocketlm.rag.lora_finetune import LoraExperimentConfig, run_experiment
 
 PRESETS = {
@@ -30,6 +31,8 @@ class ScriptArguments:
 
 
 def main(args: list[str] | None = None) -> int:
+    # One process: each seed's run and its ROUGE-L measurement are not split across processes.
+    check_launch(supports_processes=False)
     config, script = parse_args_with_presets((LoraExperimentConfig, ScriptArguments), PRESETS, "full", args, description=__doc__)
     summary = run_experiment(config, script.repo_id or None, push_to_hub=script.push_to_hub, token=script.hub_token)
     print(summary["table"])

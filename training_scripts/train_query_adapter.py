@@ -12,6 +12,7 @@ held-out SQuAD-train articles and on the 300 dev questions, stock vs adapter) to
 from __future__ import annotations
 
 from pocketlm.cli import parse_args_with_presets, run
+from pocketlm.training.distributed import check_launch
 from pocketlm.rag.adapter_training import AdapterExperimentConfig, train_and_save_adapter
 
 PRESETS = {
@@ -21,6 +22,8 @@ PRESETS = {
 
 
 def main(args: list[str] | None = None) -> int:
+    # One process: a small adapter on cached embeddings, trained by a plain torch loop (seconds per epoch).
+    check_launch(supports_processes=False)
     (config,) = parse_args_with_presets((AdapterExperimentConfig,), PRESETS, "full", args, description=__doc__)
     results = train_and_save_adapter(config)
     print(results["table"])

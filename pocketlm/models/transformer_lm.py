@@ -251,6 +251,9 @@ class Backbone(nn.Module):
 class TransformerLM(nn.Module):
     """The causal language model: the backbone plus a projection (`lm_head`) from d_model to vocabulary logits."""
 
+    # The unit FSDP shards and device maps keep whole (transformers' convention; accelerate's FSDP auto-wrap reads it).
+    _no_split_modules = ["DecoderLayer"]
+
     def __init__(self, cfg: TransformerLMConfig):
         super().__init__()
         self.config = cfg

@@ -38,6 +38,7 @@ from pocketlm.errors import ConfigError, PocketLMError
 from pocketlm.io import replace_dir
 from pocketlm.io import write_json
 from pocketlm.settings import runs_dir
+from pocketlm.training.distributed import mean_over_processes
 from pocketlm.training.lm_metrics import GENERATION_PROMPTS, distinct_n, perplexity, token_nll
 
 LAST_CHECKPOINT = "last"
@@ -525,7 +526,7 @@ def train(args: PretrainArguments, callbacks=(), log=print) -> PretrainResult:
                 optimizer.zero_grad(set_to_none=True)
             progress["batches_done"] += 1
             progress["batches_total"] += 1
-            window_losses.append(loss.item())
+            window_losses.append(mean_over_processes(accelerator, loss))
             if not accelerator.sync_gradients:
                 continue
             state.global_step += 1

@@ -98,6 +98,8 @@ def finetune_question_answering(args: QAArguments, training_args, preset: str | 
     started, cpu_started = time.perf_counter(), time.process_time()
     train_output = trainer.train(resume_from_checkpoint=last)
     train_seconds, train_cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
+    if not trainer.is_world_process_zero():  # under DDP one process scores the whole validation set and publishes
+        return {"train_seconds": round(train_seconds, 1)}
 
     answerer = TorchQuestionAnswerer(trainer.model, tokenizer, max_length=args.max_length, stride=args.doc_stride, batch_size=32)
     started = time.perf_counter()

@@ -1,0 +1,268 @@
+"""Multi-process training on the CPU: 2 processes over gloo, launched by `accelerate launch` as a user would.
+
+What runs where (the whole file is CPU-only; FSDP is refused on the CPU, see `test_fsdp_on_the_cpu_is_refused`):
+
+* pretraining (`pocketlm.training.pretrain`, the hand-written accelerate loop) in full: DDP 2 × batch b against
+  1 × batch 2b, evaluation gathered across processes, resume from a DDP checkpoint, the published artifact
+  loaded with plain transformers, and which process writes;
+* the Trainer-based QA script, one 2-process run;
+* the launch checks: launches that would not distribute as asked are refused, and one output folder
+  cannot hold two runs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pocketlm.data import corpus_folder
+
+REPO = Path(__file__).resolve().parents[1]
+CPU2 = "accelerate_configs/cpu_multiprocess.yaml"
+DRIVER = "tests/distributed_pretrain_driver.py"
+# Small enough for seconds per run, big enough that steps move the loss: 8 steps, eval on 7 chunks in batches of 2
+# (uneven over 2 processes: 4 batches, the last one holding a single chunk).
+PRETRAIN = ["--d_model", "32", "--n_layers", "2", "--n_heads", "2", "--d_ff", "64", "--max_steps", "8",
+            "--learning_rate", "3e-3", "--warmup_steps", "2", "--logging_steps", "1", "--save_steps", "4",
+            "--eval_max_chunks", "7", "--per_device_eval_batch_size", "2", "--generation_prompts", "0",
+            "--mixed_precision", "no", "--masking", "none", "--seed", "7"]
+
+
+def _env(tmp_path: Path) -> dict:
+    return {**os.environ, "PYTHONPATH": str(REPO), "POCKETLM_HUB_DIR": str(tmp_path / "hub"),
+            "POCKETLM_RUNS_DIR": str(tmp_path / "runs"), "OMP_NUM_THREADS": "1"}
+
+
+def _launch(args: list[str], env: dict, config: str | None = CPU2, check: bool = True, timeout: int = 300):
+    launcher = [sys.executable, "-m", "accelerate.commands.launch"] + (["--config_file", config] if config else [])
+    result = subprocess.run(launcher + args, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    if check:
+        assert result.returncode == 0, f"{args}\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+    return result
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    """The real preparation on 12 WikiText-2 articles: a 320-token BPE vocabulary, 64-token chunks."""
+    from pocketlm.data.corpus import prepare_corpus, read_text_folder
+
+    texts = tmp_path_factory.mktemp("texts")
+    for path in sorted(corpus_folder().glob("*.txt"))[:12]:
+        (texts / path.name).write_text(path.read_text(encoding="utf-8"), encoding="utf-8")
+    out = tmp_path_factory.mktemp("corpus")
+    prepare_corpus(read_text_folder(texts), out, vocab_size=320, chunk_length=64, validation_ratio=0.1)
+    return out
+
+
+def _pretrain_args(corpus: Path, output_dir: Path, batch: int) -> list[str]:
+    return [*PRETRAIN, "--data_dir", str(corpus), "--output_dir", str(output_dir),
+            "--per_device_train_batch_size", str(batch)]
+
+
+def _losses(record_dir: Path) -> dict[int, float]:
+    return {int(k): v for k, v in json.loads((record_dir / "losses.json").read_text())["losses"].items()}
+
+
+@pytest.fixture(scope="module")
+def one_process_reference(corpus, tmp_path_factory):
+    """1 process × batch 4, in a subprocess (plain python: no launcher)."""
+    tmp = tmp_path_factory.mktemp("ref")
+    record = tmp / "record"
+    record.mkdir()
+    args = [sys.executable, DRIVER, "--record_dir", str(record), *_pretrain_args(corpus, tmp / "out", 4), "--publish", "false"]
+    result = subprocess.run(args, cwd=REPO, env=_env(tmp), capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return _losses(record)
+
+
+@pytest.fixture(scope="module")
+def ddp_run(corpus, tmp_path_factory):
+    """2 processes × batch 2 (the same 4 chunks per step), launched with the CPU multi-process config; publishes."""
+    tmp = tmp_path_factory.mktemp("ddp")
+    record = tmp / "record"
+    record.mkdir()
+    result = _launch([DRIVER, "--record_dir", str(record), *_pretrain_args(corpus, tmp / "out", 2)], _env(tmp))
+    return {"tmp": tmp, "record": record, "out": tmp / "out", "hub": tmp / "hub" / "pocketlm" / "tiny-lm", "result": result}
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_follow_the_one_process_loss_trajectory(ddp_run, one_process_reference):
+    """Same seed, same data order (accelerate's seedable sampler shards each global batch of 4 into 2 + 2), same
+    mean loss and averaged gradient: only the floating-point summation order differs (the all-reduce adds two
+    half-batch gradients where one process sums the whole batch); measured: 1.8e-7 relative at most over the 8
+    steps. 1e-5 leaves ~50× room for other CPUs' kernels, and is far below what a real fault moves (a process
+    training alone on its half-batch, or summed instead of averaged gradients, is a different optimisation)."""
+    ddp = _losses(ddp_run["record"])
+    assert sorted(ddp) == sorted(one_process_reference) == list(range(1, 9))
+    for step, loss in one_process_reference.items():
+        assert ddp[step] == pytest.approx(loss, rel=1e-5), (step, ddp, one_process_reference)
+    # Step 1 runs the same initial weights on the same 4 chunks: any difference there is data order, not rounding.
+    assert ddp[1] == pytest.approx(one_process_reference[1], rel=1e-6)
+    deviation = max(abs(ddp[s] - one_process_reference[s]) / one_process_reference[s] for s in ddp)
+    print(f"largest relative deviation over 8 steps: {deviation:.2e}")
+
+
+@pytest.mark.slow
+def test_ddp_evaluation_counts_every_validation_chunk_once(ddp_run, corpus):
+    """7 validation chunks in batches of 2 over 2 processes: accelerate pads the last round with a repeated chunk,
+    `gather_for_metrics` drops it. The token count is exact and the loss equals a one-process recomputation
+    from the published weights (plain transformers) on the same 7 chunks."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    best = json.loads((ddp_run["out"] / "best" / "best_metrics.json").read_text())
+    assert best["validation_tokens"] == 7 * 63  # 63 predicted tokens per 64-token chunk
+    rows = [json.loads(line)["input_ids"] for line in (corpus / "validation.jsonl").read_text().splitlines()[:7]]
+    model = AutoModelForCausalLM.from_pretrained(ddp_run["hub"]).eval()
+    ids = torch.tensor(rows)
+    with torch.no_grad():
+        logits = model(ids).logits
+    nll = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.size(-1)), ids[:, 1:].reshape(-1), reduction="sum")
+    assert best["eval_loss"] == pytest.approx(nll.item() / (7 * 63), rel=1e-4)
+
+
+@pytest.mark.slow
+def test_ddp_artifact_loads_with_transformers_and_matches_the_in_memory_model(ddp_run, corpus):
+    """The best checkpoint and the published folder of the 2-process run, loaded by plain transformers, give the
+    logits the in-memory model gave at the end of training (the run ends on its best step)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    recorded = torch.tensor(json.loads((ddp_run["record"] / "losses.json").read_text())["logits"])
+    probe = json.loads((corpus / "validation.jsonl").read_text().splitlines()[0])["input_ids"]
+    for folder in (ddp_run["out"] / "best", ddp_run["hub"]):
+        model = AutoModelForCausalLM.from_pretrained(folder).eval()
+        assert type(model).__name__ == "LlamaForCausalLM"
+        with torch.no_grad():
+            logits = model(torch.tensor([probe[:16], probe[16:32]])).logits
+        torch.testing.assert_close(logits, recorded, rtol=1e-4, atol=1e-4)
+    summary = json.loads((ddp_run["out"] / "summary.json").read_text())
+    assert summary["steps"] == 8 and summary["train_tokens"] == 8 * 4 * 64  # 2 processes × 2 chunks × 64 tokens
+    assert "2 process(es) on cpu" not in ddp_run["result"].stdout  # the driver silences the loop's log
+
+
+@pytest.mark.slow
+def test_only_the_main_process_writes(ddp_run):
+    """The audit hook saw rank 1 open nothing for writing under the output folder or the hub, except its own RNG
+    state in the checkpoint (accelerate saves one per process, which resume needs)."""
+    main = json.loads((ddp_run["record"] / "writes-rank0.json").read_text())
+    other = json.loads((ddp_run["record"] / "writes-rank1.json").read_text())
+    assert any(path.endswith("summary.json") for path in main) and any("/hub/" in path for path in main)
+    assert all(Path(path).name == "random_states_1.pkl" for path in other), other
+
+
+@pytest.mark.slow
+def test_ddp_checkpoint_resumes_to_the_uninterrupted_losses(ddp_run, corpus, tmp_path):
+    """Stop both processes right after the step-4 checkpoint, launch again: steps 5-8 give the uninterrupted run's
+    losses (model, optimizer, sampler position and each process's RNG come back from `last/`)."""
+    record = tmp_path / "record"
+    record.mkdir()
+    args = [DRIVER, "--record_dir", str(record), *_pretrain_args(corpus, tmp_path / "out", 2), "--publish", "false"]
+    _launch([*args, "--stop_after_step", "4"], _env(tmp_path))
+    progress = json.loads((tmp_path / "out" / "last" / "progress.json").read_text())
+    assert progress["batches_done"] == 4 and not progress["done"]
+    _launch(args, _env(tmp_path))
+    resumed, uninterrupted = _losses(record), _losses(ddp_run["record"])
+    assert sorted(resumed) == [5, 6, 7, 8]
+    for step, loss in resumed.items():
+        assert loss == pytest.approx(uninterrupted[step], rel=1e-6), (step, resumed, uninterrupted)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launch,message", [
+    (["--multi_gpu", "--num_processes", "2"], "2 processes were started for GPUs (--multi_gpu / multi_gpu_ddp.yaml), "
+                                              "but this machine has none"),
+    (["--cpu", "--num_processes", "2"], "accelerate launch was asked for 2 processes but started one"),
+    (["--config_file", "accelerate_configs/fsdp.yaml"], "FSDP was asked for 2 processes on the CPU, but accelerate "
+                                                        "shards only on GPUs"),
+])
+def test_launches_that_would_not_distribute_are_refused(launch, message, tmp_path):
+    """Without the check: `--multi_gpu` gives 2 independent 1-process runs, `--cpu` one process, and FSDP on the CPU
+    plain DDP (accelerate 1.15 enters FSDP only from a GPU distributed type). Each now stops with one line."""
+    result = _launch([*launch, "--main_process_port", "0", "-m", "pocketlm.training.distributed"], _env(tmp_path),
+                     config=None, check=False)
+    assert result.returncode != 0
+    assert f"error: {message}" in result.stderr and "accelerate_configs/cpu_multiprocess.yaml" in result.stderr
+    assert "Traceback" not in result.stderr.split("error:")[0][-200:]
+
+
+@pytest.mark.slow
+def test_cpu_multiprocess_config_forms_one_gloo_group(tmp_path):
+    result = _launch(["-m", "pocketlm.training.distributed"], _env(tmp_path))
+    lines = sorted(line for line in result.stdout.splitlines() if line.startswith("process "))
+    assert lines == [f"process {i}/2: MULTI_CPU on cpu:0, backend gloo, all-reduce of ones = 2" for i in range(2)], result.stdout
+
+
+def test_one_output_folder_holds_one_run(tmp_path):
+    from pocketlm.training.distributed import OutputDirBusy, OutputDirLock
+
+    with OutputDirLock(tmp_path / "out"):
+        with pytest.raises(OutputDirBusy, match=rf"out is in use by another run \(pid {os.getpid()} on .+, since .+: .+\); "
+                                                 "wait for it to finish or pass another --output_dir"):
+            OutputDirLock(tmp_path / "out").__enter__()
+        # another rank of the same launch does not lock (it is the same run)
+        with OutputDirLock(tmp_path / "out", environ={"RANK": "1"}):
+            pass
+    with OutputDirLock(tmp_path / "out"):  # released at exit (and by the kernel if the process dies)
+        pass
+
+
+@pytest.mark.slow
+def test_a_second_pretraining_run_on_a_busy_folder_stops_in_one_line(corpus, tmp_path):
+    from pocketlm.training.distributed import OutputDirLock
+
+    with OutputDirLock(tmp_path / "out"):
+        result = subprocess.run([sys.executable, "training_scripts/pretrain.py", "--preset", "smoke", "--data_dir", str(corpus),
+                                 "--output_dir", str(tmp_path / "out")], cwd=REPO, env=_env(tmp_path),
+                                capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        f"error: {tmp_path / 'out'} is in use by another run (pid {os.getpid()} on {os.uname().nodename}, "
+        f"since {json.loads((tmp_path / 'out' / '.pocketlm-run.lock').read_text())['started']}: "
+        f"{' '.join(sys.argv)}); wait for it to finish or pass another --output_dir"]
+    assert not (tmp_path / "out" / "last").exists()
+
+
+def test_launch_check_rules():
+    """The decision table, on requests parsed from the real config files by accelerate's own launcher code."""
+    from pocketlm.training.distributed import LaunchError, check_launch, parse_launch_command
+
+    def request(*launch):
+        return parse_launch_command(["/venv/bin/accelerate", "launch", *launch, "train.py", "--flag"])
+
+    cpu2 = request("--config_file", CPU2)
+    assert (cpu2.num_processes, cpu2.use_cpu, cpu2.multi_gpu) == (2, True, True)
+    environ = {"WORLD_SIZE": "2"}
+    assert check_launch(cpu2, environ, has_gpu=False) == 2 and environ["ACCELERATE_USE_CPU"] == "true"
+    gpu2 = request("--config_file", "accelerate_configs/multi_gpu_ddp.yaml")
+    assert check_launch(gpu2, {"WORLD_SIZE": "2"}, has_gpu=True) == 2
+    with pytest.raises(LaunchError, match="this machine has none"):
+        check_launch(gpu2, {"WORLD_SIZE": "2"}, has_gpu=False)
+    with pytest.raises(LaunchError, match="train.py trains in one process"):
+        check_launch(cpu2, {"WORLD_SIZE": "2"}, has_gpu=False, supports_processes=False, script="train.py")
+    assert check_launch(request("--config_file", "accelerate_configs/cpu.yaml"), {}, has_gpu=False) == 1
+    assert check_launch(None, {}, has_gpu=False) == 1  # started by python, not by accelerate launch
+    assert parse_launch_command(["python", "train.py"]) is None
+    assert parse_launch_command([sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "3", "--multi_gpu",
+                                 "x.py"]).num_processes == 3
+
+
+@pytest.mark.slow
+def test_qa_trainer_script_runs_on_two_processes(tmp_path):
+    """finetune_qa.py (transformers' Trainer) under the CPU multi-process config: the 2 steps of batch 8 cover twice
+    the windows one process would (epoch 0.5, not 0.25), one process scores and publishes, and the published
+    folder loads with plain transformers."""
+    from transformers import AutoModelForQuestionAnswering
+
+    result = _launch(["training_scripts/finetune_qa.py", "--preset", "smoke", "--output_dir", str(tmp_path / "qa"),
+                      "--output_repo", "pocketlm/qa-2proc"], _env(tmp_path))
+    assert result.stdout.count("published pocketlm/qa-2proc") == 1 and result.stdout.count("'exact_match'") == 1
+    state = json.loads((tmp_path / "qa" / "checkpoint-2" / "trainer_state.json").read_text())
+    assert state["global_step"] == 2 and state["epoch"] == 0.5
+    model = AutoModelForQuestionAnswering.from_pretrained(tmp_path / "hub" / "pocketlm" / "qa-2proc")
+    assert model.config.qa_max_length == 128
