@@ -136,8 +136,8 @@ def replace_dir(staging: Path, target: Path) -> None:
     retired = retired_path(target)
     if target.exists():
         os.replace(target, retired)
-        fsync_path(target.parent)
     try:
+        fsync_path(target.parent)
         os.replace(staging, target)
         fsync_path(target.parent)
     except BaseException:
