@@ -108,7 +108,10 @@ def resolve(repo_id: str) -> str:
         raise ArtifactNotFoundError(f"neither an existing path nor a valid repo id: {repo_id!r}") from None
     local = hub_dir() / repo_id
     if not local.is_dir() and retired_path(local).is_dir():
-        recover_dir(local)  # a publish was killed between its two renames: its previous copy goes back
+        try:
+            recover_dir(local)  # a publish was killed between its two renames: its previous copy goes back
+        except OSError:  # a read-only hub folder: say below what is missing
+            pass
     if local.is_dir():
         return str(local)
     packaged = PACKAGED_MODELS.get(repo_id)
