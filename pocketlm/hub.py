@@ -6,18 +6,15 @@ Every training script ends with `publish(...)`; every Space, the REST API and th
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pocketlm import BASE_ENCODER
 from pocketlm.benchmarking import machine_description, provenance
-from pocketlm.errors import PocketLMError
-from pocketlm.io import replace_dir
+from pocketlm.errors import ConfigError, PocketLMError
+from pocketlm.io import REDACTED, recover_dir, retired_path, write_dir, write_json
 from pocketlm.settings import REPO_ROOT, hub_dir, hub_offline
 
 MODEL_CARDS_DIR = REPO_ROOT / "model_cards"
@@ -25,6 +22,48 @@ MODEL_CARDS_DIR = REPO_ROOT / "model_cards"
 
 class ArtifactNotFoundError(PocketLMError, FileNotFoundError):
     """An id or path names nothing that can be loaded here (no local folder, and the Hub is offline)."""
+
+
+class InvalidRepoIdError(ConfigError):
+    """A name given where a Hub repo id (`OWNER/NAME`) is meant is not one."""
+
+
+REPO_ID_RULES = ("OWNER/NAME, each part of letters, digits, '-', '_' and '.', without '--' or '..', "
+                 "not starting or ending with '-' or '.', at most 96 characters")
+
+
+def validate_repo_id(repo_id: str, flag: str | None = None, *, owner_required: bool = True) -> str:
+    """Return `repo_id` if the Hub would accept it as `OWNER/NAME`; else raise one line naming `flag`.
+
+    The Hub's own rules come from `huggingface_hub.utils.validate_repo_id`; on top of them the owner is
+    required (the local hub folder is `<hub_dir>/<owner>/<name>`) and only ASCII is allowed (the Hub's
+    regex uses `\\w`, which Python also matches on other scripts' letters). So a repo id can never be `..`,
+    an absolute path or anything else that would lead outside the hub folder.
+    """
+    from huggingface_hub.utils import HFValidationError
+    from huggingface_hub.utils import validate_repo_id as hub_validate_repo_id
+
+    valid = isinstance(repo_id, str) and repo_id.isascii() and (repo_id.count("/") == 1 or not owner_required)
+    if valid:
+        try:
+            hub_validate_repo_id(repo_id)
+        except HFValidationError:
+            valid = False
+    if not valid:
+        where = f"{flag} " if flag else ""
+        shown = repr(repo_id) if len(str(repo_id)) <= 120 else repr(str(repo_id)[:120]) + "…"
+        raise InvalidRepoIdError(f"{where}{shown} is not a repo id: use {REPO_ID_RULES}")
+    return repo_id
+
+
+def local_repo_path(repo_id: str, flag: str | None = None) -> Path:
+    """`<hub_dir>/<owner>/<name>` for a valid repo id; never a folder outside the hub folder."""
+    validate_repo_id(repo_id, flag)
+    root = hub_dir().resolve()
+    target = root / repo_id
+    if root not in target.resolve().parents:  # a symlinked owner folder pointing elsewhere
+        raise InvalidRepoIdError(f"{flag + ' ' if flag else ''}{repo_id!r} leads outside the hub folder {root}")
+    return target
 
 
 def _minilm_path() -> str | None:
@@ -62,7 +101,16 @@ def resolve(repo_id: str) -> str:
         return str(path)
     if _looks_like_path(repo_id):
         raise ArtifactNotFoundError(f"path does not exist: {repo_id}")
+    try:
+        validate_repo_id(repo_id, owner_required=False)
+    except InvalidRepoIdError:
+        raise ArtifactNotFoundError(f"neither an existing path nor a valid repo id: {repo_id!r}") from None
     local = hub_dir() / repo_id
+    if not local.is_dir() and retired_path(local).is_dir():
+        try:
+            recover_dir(local)  # a publish was killed between its two renames: its previous copy goes back
+        except OSError:  # a read-only hub folder: say below what is missing
+            pass
     if local.is_dir():
         return str(local)
     packaged = PACKAGED_MODELS.get(repo_id)
@@ -151,38 +199,39 @@ def publish(
     is assembled aside and swapped in whole, so an interrupted publish never leaves a broken artifact.
     With `push_to_hub` the same folder is uploaded with `HfApi` (needs a token and the network).
     """
-    target = hub_dir() / repo_id
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.staging-", dir=target.parent))
-    try:
-        staging.chmod(0o777 & ~_umask())  # mkdtemp's 0700 would make the published folder private to its writer
-        save(staging)
-        (staging / "metrics.json").write_text(json.dumps(card.metrics, indent=2, sort_keys=True) + "\n")
+    target = local_repo_path(repo_id)
+
+    def build(folder: Path) -> None:
+        save(folder)
+        write_json(folder / "metrics.json", card.metrics)
         # where, when and by which command the card's numbers were made: `python -m pocketlm.report` reads it
-        (staging / "provenance.json").write_text(json.dumps(provenance(), indent=2, sort_keys=True) + "\n")
-        render_model_card(card).save(staging / "README.md")
-        replace_dir(staging, target)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
+        write_json(folder / "provenance.json", provenance())
+        render_model_card(card).save(folder / "README.md")
+
+    write_dir(target, build)
     if push_to_hub:
         push(target, repo_id, token=token)
     return target
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def push(folder: Path, repo_id: str, *, token: str | None = None) -> str:
-    """Upload a published folder to the Hugging Face Hub; returns the commit URL."""
+    """Upload a published folder to the Hugging Face Hub; returns the commit URL.
+
+    An upload error is re-raised with the token masked in its message (the token itself never goes into
+    a file: `publish` writes none, and the training scripts redact their argument dumps).
+    """
+    validate_repo_id(repo_id)
     if hub_offline():
         raise PocketLMError(f"cannot push {repo_id}: the Hub is offline (HF_HUB_OFFLINE=1)")
     from huggingface_hub import HfApi
 
     api = HfApi(token=token)
-    api.create_repo(repo_id, exist_ok=True)
-    commit = api.upload_folder(folder_path=str(folder), repo_id=repo_id, commit_message="Publish from pocketlm")
+    try:
+        api.create_repo(repo_id, exist_ok=True)
+        commit = api.upload_folder(folder_path=str(folder), repo_id=repo_id, commit_message="Publish from pocketlm")
+    except Exception as err:
+        message = str(err)
+        if token and token in message:
+            raise PocketLMError(f"cannot push {repo_id}: {message.replace(token, REDACTED)}") from None
+        raise
     return str(commit)

@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from pocketlm import BASE_ENCODER
-from pocketlm.hub import ArtifactNotFoundError, ModelCardInfo, publish, resolve
+from pocketlm.hub import REPO_ID_RULES, ArtifactNotFoundError, ModelCardInfo, publish, resolve
 from pocketlm.settings import hub_dir
 
 
@@ -63,3 +63,48 @@ def test_base_encoder_resolves_to_the_packaged_minilm():
     config = json.loads(open(f"{path}/config.json").read())
     assert config["hidden_size"] == 384 and config["num_hidden_layers"] == 6
     assert resolve("minilm") == path
+
+
+# ---------------------------------------------------------------- repo ids: OWNER/NAME, never a path
+
+
+@pytest.mark.parametrize("repo_id", ["..", "pocketlm/..", "/tmp/x", "a/b/c", "nobody", "a--b/c", "a/b.git", "-a/b", "ä/b", "a/" + "b" * 97])
+def test_publish_refuses_what_is_not_a_repo_id_and_touches_nothing(repo_id, tmp_path):
+    from pocketlm.hub import InvalidRepoIdError
+
+    before = sorted(p.name for p in hub_dir().parent.iterdir())
+    with pytest.raises(InvalidRepoIdError, match="is not a repo id: use OWNER/NAME"):
+        publish(repo_id, lambda d: (d / "x").write_text("x"), _card())
+    assert sorted(p.name for p in hub_dir().parent.iterdir()) == before
+
+
+def test_resolve_does_not_walk_out_of_the_hub_folder():
+    with pytest.raises(ArtifactNotFoundError, match="neither an existing path nor a valid repo id: 'no-such-owner/..'"):
+        resolve("no-such-owner/..")  # once: the hub folder itself
+
+
+SCRIPTS_AND_FLAGS = [
+    ("finetune_qa.py", "--output_repo"), ("export_qa_onnx.py", "--output_repo"), ("export_lm_onnx.py", "--repo_id"),
+    ("pretrain.py", "--repo_id"), ("build_rag_index.py", "--repo_id"), ("run_lora_finetune.py", "--repo_id"),
+    ("finetune_classifier.py", "--repo_id"),
+]
+
+
+@pytest.mark.parametrize(("script", "flag"), SCRIPTS_AND_FLAGS)
+def test_scripts_refuse_a_path_as_repo_id_in_one_line(script, flag, capsys, monkeypatch):
+    """`--output_repo ..` once deleted the runs folder (the hub folder's parent); now it is a one-line usage error."""
+    import runpy
+    import sys
+
+    from pocketlm.cli import run
+    from pocketlm.settings import REPO_ROOT, runs_dir
+
+    runs_dir().mkdir(parents=True, exist_ok=True)
+    (runs_dir() / "keep.txt").write_text("mine")
+    monkeypatch.setattr(sys, "argv", [script, flag, ".."])
+    main = runpy.run_path(str(REPO_ROOT / "training_scripts" / script), run_name=script.removesuffix(".py"))["main"]
+    with pytest.raises(SystemExit) as exit_info:
+        run(lambda: main())
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and err == f"error: {flag} '..' is not a repo id: use {REPO_ID_RULES}"
+    assert (runs_dir() / "keep.txt").read_text() == "mine"

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from pocketlm import RAG_INDEX
 from pocketlm.cli import parse_args_with_presets, run
+from pocketlm.hub import validate_repo_id
 from pocketlm.rag.builder import IndexBuildConfig, build_and_publish_index
 
 PRESETS = {
@@ -29,6 +30,9 @@ class ScriptArguments:
     repo_id: str = field(default=RAG_INDEX, metadata={"help": "hub id to publish under"})
     push_to_hub: bool = field(default=False, metadata={"help": "also upload to the Hugging Face Hub"})
     hub_token: str | None = field(default=None, metadata={"help": "token for --push_to_hub"})
+
+    def __post_init__(self):
+        validate_repo_id(self.repo_id, "--repo_id")
 
 
 def main(args: list[str] | None = None) -> int:

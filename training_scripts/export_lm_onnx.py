@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from pocketlm import TINY_LM, TINY_LM_ONNX
 from pocketlm.cli import parse_args_with_presets, run
+from pocketlm.hub import validate_repo_id
 
 
 @dataclass
@@ -24,6 +25,9 @@ class ExportArguments:
     latency_runs: int = field(default=20, metadata={"help": "timed generations per graph for the card (0: skip)"})
     push_to_hub: bool = field(default=False, metadata={"help": "also upload to the Hugging Face Hub"})
     hub_token: str | None = field(default=None, metadata={"help": "token for --push_to_hub"})
+
+    def __post_init__(self):
+        validate_repo_id(self.repo_id, "--repo_id")
 
 
 def main(argv: list[str] | None = None) -> int:

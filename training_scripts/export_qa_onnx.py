@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pocketlm import MINILM_SQUAD, MINILM_SQUAD_ONNX
 from pocketlm.cli import parse_args_with_presets, run
 from pocketlm.errors import ConfigError
+from pocketlm.hub import validate_repo_id
 
 
 @dataclass
@@ -29,6 +30,7 @@ class ExportArguments:
     def __post_init__(self):
         if self.eval_samples is not None and self.eval_samples < 1:
             raise ConfigError(f"--eval_samples must be positive (got {self.eval_samples})")
+        validate_repo_id(self.output_repo, "--output_repo")
 
 
 PRESETS = {"demo": {"eval_samples": 300}, "full": {}}

@@ -18,6 +18,7 @@ from pathlib import Path
 from pocketlm import BASE_ENCODER, MINILM_SST2_PEFT
 from pocketlm.cli import parse_args_with_presets, run
 from pocketlm.data.classification import ClassificationDataArguments
+from pocketlm.hub import validate_repo_id
 from pocketlm.models.peft_classifier import ClassifierSpec
 from pocketlm.settings import runs_dir
 from pocketlm.training.distributed import OutputDirLock, check_launch
@@ -46,6 +47,10 @@ class PublishArguments:
                                         "else pocketlm/<model>-<dataset>-peft)"})
     publish: bool = field(default=True, metadata={"help": "publish to the local hub folder (--publish false to skip)"})
 
+    def __post_init__(self):
+        if self.repo_id is not None:
+            validate_repo_id(self.repo_id, "--repo_id")
+
 
 def default_repo_id(spec: ClassifierSpec, dataset: str) -> str:
     if spec.model_name_or_path == BASE_ENCODER and dataset == "sst2":
@@ -64,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
         [ClassifierSpec, ClassificationDataArguments, RegularisationArguments, PublishArguments, TrainingArguments],
         PRESETS, "full", argv, description=__doc__.splitlines()[0],
     )
-    repo_id = publish_args.repo_id or default_repo_id(spec, data_args.dataset)
+    repo_id = publish_args.repo_id or validate_repo_id(default_repo_id(spec, data_args.dataset),
+                                                       "--repo_id (derived from --model_name_or_path and --dataset; pass one)")
     with OutputDirLock(training_args.output_dir):
         finetune_and_publish(spec, data_args, regularisation, training_args, repo_id if publish_args.publish else None)
     return 0

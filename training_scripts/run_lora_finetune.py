@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 from pocketlm import TINY_LM_RAG_LORA
 from pocketlm.cli import parse_args_with_presets, run
+from pocketlm.hub import validate_repo_id
 from pocketlm.training.distributed import check_launch
 from pocketlm.rag.lora_finetune import LoraExperimentConfig, run_experiment
 
@@ -28,6 +29,10 @@ class ScriptArguments:
     repo_id: str = field(default=TINY_LM_RAG_LORA, metadata={"help": "hub id to publish under ('' to skip publishing)"})
     push_to_hub: bool = field(default=False, metadata={"help": "also upload to the Hugging Face Hub"})
     hub_token: str | None = field(default=None, metadata={"help": "token for --push_to_hub"})
+
+    def __post_init__(self):
+        if self.repo_id:  # '' skips publishing
+            validate_repo_id(self.repo_id, "--repo_id")
 
 
 def main(args: list[str] | None = None) -> int:

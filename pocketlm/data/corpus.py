@@ -213,6 +213,10 @@ def make_chunks(stream: Sequence[int], length: int, stride: int) -> list[list[in
     return [list(stream[start : start + length]) for start in chunk_starts(len(stream), length, stride)]
 
 
+PREPARED_NAMES = {"tokenizer", "train.jsonl", "validation.jsonl", "stats.json", "stride_table.md"}
+"""What `prepare_corpus` (and the script's table) write: a folder holding only these may be replaced whole."""
+
+
 def write_chunks_jsonl(path: str | Path, chunks: Sequence[Sequence[int]]) -> None:
     """One `{"id": i, "input_ids": [...]}` line per chunk; the id drives the collator's static masks."""
     lines = (json.dumps({"id": i, "input_ids": list(chunk)}, separators=(",", ":")) for i, chunk in enumerate(chunks))
@@ -266,18 +270,23 @@ def prepare_corpus(
 
     Writes `tokenizer/` (transformers format), `train.jsonl`, `validation.jsonl` and `stats.json`. The
     validation chunks never overlap (stride = length) so every held-out token counts once in the perplexity.
+    The folder is built aside and swapped in whole: a kill leaves the previous corpus or the new one, never
+    chunks of one tokenizer beside the other.
     """
     from pocketlm.data.tokenizer import train_bpe_tokenizer
-    from pocketlm.io import write_json
+    from pocketlm.io import write_dir, write_json
 
     stride = stride or chunk_length
     chunk_starts(0, chunk_length, stride)  # validates length and stride before the slow work
     if not documents:
         raise CorpusError("the corpus has no documents")
+    output_dir = Path(output_dir)
+    foreign = sorted(p.name for p in output_dir.iterdir() if p.name not in PREPARED_NAMES and not p.name.startswith(".")) if output_dir.is_dir() else []
+    if foreign:  # the swap replaces the whole folder: never one that holds anything else
+        raise CorpusError(f"{output_dir} holds other files ({', '.join(foreign[:3])}): choose an empty or new --output_dir")
     train_docs, validation_docs = split_documents(documents, validation_ratio, seed)
     tokenizer = train_bpe_tokenizer((doc.text for doc in train_docs), vocab_size=vocab_size, model_max_length=chunk_length)
-    output_dir = Path(output_dir)
-    splits = {}
+    splits, chunks = {}, {}
     for split, docs, split_stride in (("train", train_docs, stride), ("validation", validation_docs, chunk_length)):
         stream = token_stream(tokenizer, docs)
         stats = chunk_stats(len(stream), chunk_length, split_stride)
@@ -286,14 +295,19 @@ def prepare_corpus(
                 f"the corpus is too small: its {split} split has {len(stream)} tokens, fewer than one chunk of "
                 f"{chunk_length} (lower --chunk_length{' or raise --validation_ratio' if split == 'validation' else ''}, or add text)"
             )
-        write_chunks_jsonl(output_dir / f"{split}.jsonl", make_chunks(stream, chunk_length, split_stride))
-        splits[split] = stats
-    tokenizer.save_pretrained(output_dir / "tokenizer")
+        chunks[split], splits[split] = make_chunks(stream, chunk_length, split_stride), stats
     prepared = PreparedCorpus(
         output_dir, splits["train"], splits["validation"],
         {"train": len(train_docs), "validation": len(validation_docs)}, len(tokenizer),
     )
-    write_json(output_dir / "stats.json", prepared.as_dict())
+
+    def write(folder: Path) -> None:
+        for split, split_chunks in chunks.items():
+            write_chunks_jsonl(folder / f"{split}.jsonl", split_chunks)
+        tokenizer.save_pretrained(folder / "tokenizer")
+        write_json(folder / "stats.json", prepared.as_dict())
+
+    write_dir(output_dir, write)
     return prepared
 
 

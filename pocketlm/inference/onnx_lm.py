@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import time
 from collections.abc import Iterator, Sequence
@@ -24,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from pocketlm.errors import ConfigError
+from pocketlm.io import fsync_path
 from pocketlm.inference.qa_engine import pick_onnx_file
 
 
@@ -61,8 +63,9 @@ def cpu_session(model_path: str | Path, intra_op_num_threads: int | None = None,
     Optimising a graph at load time costs 0.15-0.25 s per model here, a quarter of the REST server's one-second
     start-up budget; loading the cached result with optimisation off takes half that or less. The cache is keyed by the
     graph's size and mtime and the onnxruntime version (the optimised graph may use this CPU's kernels, so it is
-    kept per machine, under the runs folder); a cache that cannot be written just costs the slower load. Writing
-    a new version removes the older ones of the same graph (a republished model would otherwise leave them behind).
+    kept per machine, under the runs folder); a cache that cannot be written just costs the slower load, and one
+    that does not load (a truncated or corrupted file) is deleted and rebuilt, with one warning. Writing a new
+    version removes the older ones of the same graph (a republished model would otherwise leave them behind).
     `disabled_optimizers` names ONNX Runtime graph transformers to skip (`QA_DISABLED_FUSIONS` says why).
     """
     import onnxruntime as ort
@@ -79,7 +82,13 @@ def cpu_session(model_path: str | Path, intra_op_num_threads: int | None = None,
     providers = ["CPUExecutionProvider"]
     if cached.is_file():
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        return ort.InferenceSession(str(cached), options, providers=providers)
+        try:
+            return ort.InferenceSession(str(cached), options, providers=providers)
+        except Exception as err:  # ORT's own exception types: whatever is wrong with our cache, rebuild it
+            logging.getLogger(__name__).warning("ONNX Runtime cache %s does not load (%s): rebuilding it from %s",
+                                                cached, str(err).splitlines()[0][:200], model_path)
+            cached.unlink(missing_ok=True)
+            options = session_options(intra_op_num_threads)
     staging = cached.with_name(f".{cached.name}.{os.getpid()}")
     try:
         cached.parent.mkdir(parents=True, exist_ok=True)
@@ -90,6 +99,7 @@ def cpu_session(model_path: str | Path, intra_op_num_threads: int | None = None,
         return ort.InferenceSession(str(model_path), session_options(intra_op_num_threads), providers=providers,
                                     disabled_optimizers=disabled)
     try:
+        fsync_path(staging)  # a cache file torn by a power cut would otherwise pass for a complete one
         os.replace(staging, cached)
     except OSError:  # the session is good; only the cache is lost, so the next start optimises again
         staging.unlink(missing_ok=True)

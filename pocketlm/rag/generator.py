@@ -325,9 +325,8 @@ def finetune_lora(
     """
     import datasets
     from transformers import AutoModelForCausalLM, DataCollatorForSeq2Seq, Trainer, TrainingArguments, set_seed
-    from transformers.trainer_utils import get_last_checkpoint
-
     from pocketlm.training.callbacks import MetricsWriterCallback
+    from pocketlm.training.checkpoints import newest_complete_checkpoint
 
     set_seed(config.seed)
     tokenizer = load_tokenizer(model_path)
@@ -358,6 +357,5 @@ def finetune_lora(
         data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100),
         callbacks=[MetricsWriterCallback(output_dir, title=f"generator LoRA (seed {config.seed})")],
     )
-    last = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
-    trainer.train(resume_from_checkpoint=last)
+    trainer.train(resume_from_checkpoint=newest_complete_checkpoint(output_dir))
     return model.eval(), tokenizer, trainer.state.log_history

@@ -14,7 +14,6 @@ paragraphs of the same article.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -59,18 +58,21 @@ class QueryAdapter(nn.Module):
         return self.transform(encode(encoder, texts))
 
     def save(self, folder: str | Path, **extra) -> None:
+        """Write the config (what it was trained from, for people), then the weights: the weights file is the
+        completion marker (`exists`), and it alone defines the adapter (`load` reads the sizes from its
+        tensors), so a kill between the two writes leaves the previous adapter whole."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
+        write_json(folder / CONFIG_NAME, {"dim": self.dim, "bottleneck": self.bottleneck, **extra})
         tensors = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
         atomic_write(folder / WEIGHTS_NAME, lambda tmp: save_file(tensors, tmp))
-        write_json(folder / CONFIG_NAME, {"dim": self.dim, "bottleneck": self.bottleneck, **extra})
 
     @classmethod
     def load(cls, folder: str | Path) -> QueryAdapter:
-        folder = Path(folder)
-        config = json.loads((folder / CONFIG_NAME).read_text())
-        adapter = cls(config["dim"], config["bottleneck"])
-        adapter.load_state_dict(load_file(folder / WEIGHTS_NAME))
+        tensors = load_file(Path(folder) / WEIGHTS_NAME)
+        bottleneck, dim = tensors["down.weight"].shape
+        adapter = cls(dim, bottleneck)
+        adapter.load_state_dict(tensors)
         return adapter.eval()
 
     @staticmethod

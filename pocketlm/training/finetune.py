@@ -63,13 +63,14 @@ def finetune_and_publish(
 ) -> dict:
     """Train on the train split (early stopping on validation macro-F1), report validation and test, publish `repo_id`."""
     from transformers import AutoTokenizer, set_seed
-    from transformers.trainer_utils import get_last_checkpoint
+    from pocketlm.training.checkpoints import check_resume_from, newest_complete_checkpoint
 
-    if training_args.resume_from_checkpoint and not Path(training_args.resume_from_checkpoint).is_dir():
+    if training_args.resume_from_checkpoint:
         # checked before the data and the model load, and as one line (the Trainer raises a bare ValueError)
-        raise ConfigError(f"path does not exist: {training_args.resume_from_checkpoint} (--resume_from_checkpoint)")
+        check_resume_from(training_args.resume_from_checkpoint)
     push_to_hub, hub_token = training_args.push_to_hub, training_args.hub_token
     training_args.push_to_hub = False  # pocketlm.hub.publish uploads the finished artifact instead of checkpoints
+    training_args.hub_token = None  # the Trainer pickles its arguments into every checkpoint (training_args.bin)
     output_dir = Path(training_args.output_dir)
     tokenizer = AutoTokenizer.from_pretrained(resolve(spec.model_name_or_path))
     splits, label_names = load_tokenized_splits(data_args, tokenizer, ("train", "validation", "test"), seed=training_args.seed)
@@ -82,7 +83,7 @@ def finetune_and_publish(
     trainer = build_trainer(model, tokenizer, training_args, splits["train"], splits["validation"], label_names,
                             regularisation, callbacks=[MetricsWriterCallback(output_dir, title)])
     resume = training_args.resume_from_checkpoint or (
-        get_last_checkpoint(str(output_dir)) if output_dir.is_dir() and not training_args.overwrite_output_dir else None)
+        newest_complete_checkpoint(output_dir) if not training_args.overwrite_output_dir else None)
     if resume:
         print(f"resuming from {resume}", flush=True)
     started = time.perf_counter()

@@ -35,9 +35,11 @@ from pocketlm import TINY_LM
 from pocketlm.data.collator import MODES, CustomDataCollator
 from pocketlm.data.corpus import default_prepared_dir, read_chunks_jsonl
 from pocketlm.errors import ConfigError, PocketLMError
+from pocketlm.hub import validate_repo_id
 from pocketlm.io import replace_dir
-from pocketlm.io import write_json
+from pocketlm.io import without_secrets, write_json
 from pocketlm.settings import runs_dir
+from pocketlm.training.checkpoints import pretrain_resume_point
 from pocketlm.training.distributed import mean_over_processes
 from pocketlm.training.lm_metrics import GENERATION_PROMPTS, distinct_n, perplexity, token_nll
 
@@ -105,6 +107,7 @@ class PretrainArguments:
                 raise ConfigError(f"--{name} must be at least 1, got {getattr(self, name)}")
         if self.max_steps <= 0 and self.num_train_epochs <= 0:
             raise ConfigError("set --num_train_epochs or --max_steps to a positive value")
+        validate_repo_id(self.repo_id, "--repo_id")
 
     def training_fields(self) -> dict:
         """The arguments that shape the trained model; a checkpoint resumes only under the same ones."""
@@ -325,8 +328,8 @@ def load_checkpoint(accelerator, output_dir: Path, args: PretrainArguments):
     """
     from transformers import TrainerState
 
-    folder = output_dir / LAST_CHECKPOINT
-    if not (folder / PROGRESS_FILE).is_file():
+    folder = pretrain_resume_point(output_dir, accelerator)  # repairs an interrupted swap; refuses a lost run
+    if folder is None:
         return None
     saved = json.loads((folder / PROGRESS_FILE).read_text()).get("args", {})
     changed = sorted(k for k, v in args.training_fields().items() if k in saved and saved[k] != v)
@@ -471,7 +474,7 @@ def train(args: PretrainArguments, callbacks=(), log=print) -> PretrainResult:
 
     output_dir.mkdir(parents=True, exist_ok=True)
     if accelerator.is_main_process:
-        write_json(output_dir / "pretrain_args.json", asdict(args))
+        write_json(output_dir / "pretrain_args.json", without_secrets(asdict(args)))
         log(f"{unwrapped.num_parameters():,} parameters | {len(train_rows):,} train chunks of {chunk_length} | "
             f"{total_steps} steps of {tokens_per_step:,} tokens | precision {precision} | "
             f"{accelerator.num_processes} process(es) on {accelerator.device}")

@@ -19,7 +19,7 @@ from pocketlm import BASE_ENCODER, MINILM_SQUAD
 from pocketlm.data import load_squad
 from pocketlm.data.qa import qa_tokenizer, training_features
 from pocketlm.errors import ConfigError
-from pocketlm.hub import ModelCardInfo, machine_description, publish, resolve
+from pocketlm.hub import ModelCardInfo, machine_description, publish, resolve, validate_repo_id
 from pocketlm.settings import runs_dir
 
 
@@ -41,6 +41,7 @@ class QAArguments:
         for name in ("max_train_samples", "max_eval_samples"):
             if (value := getattr(self, name)) is not None and value < 1:
                 raise ConfigError(f"--{name} must be positive (got {value})")
+        validate_repo_id(self.output_repo, "--output_repo")
 
 
 def _records(split: str, limit: int | None) -> list[dict]:
@@ -58,11 +59,11 @@ def finetune_question_answering(args: QAArguments, training_args, preset: str | 
     """Train, evaluate EM/F1 on SQuAD validation, publish `args.output_repo`; returns the metrics."""
     import torch
     from transformers import AutoModelForQuestionAnswering, AutoTokenizer, DataCollatorWithPadding, Trainer
-    from transformers.trainer_utils import get_last_checkpoint
 
     from pocketlm.inference.qa_torch import TorchQuestionAnswerer
     from pocketlm.inference.qa_engine import evaluate_squad
     from pocketlm.training.callbacks import MetricsWriterCallback, write_history
+    from pocketlm.training.checkpoints import newest_complete_checkpoint
 
     source = resolve(args.model_name_or_path)
     tokenizer = AutoTokenizer.from_pretrained(source)
@@ -83,6 +84,7 @@ def finetune_question_answering(args: QAArguments, training_args, preset: str | 
     output_dir = Path(training_args.output_dir)
     push, token = training_args.push_to_hub, training_args.hub_token
     training_args.push_to_hub = False  # we publish (and push) through pocketlm.hub with a model card
+    training_args.hub_token = None  # the Trainer pickles its arguments into every checkpoint (training_args.bin)
     trainer = Trainer(
         model=model,
         args=training_args,
@@ -92,7 +94,7 @@ def finetune_question_answering(args: QAArguments, training_args, preset: str | 
         processing_class=tokenizer,
         callbacks=[MetricsWriterCallback(output_dir, title=f"QA fine-tune of {args.model_name_or_path}")],
     )
-    last = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
+    last = newest_complete_checkpoint(output_dir)
     if last:
         print(f"resuming from {last}", flush=True)
     started, cpu_started = time.perf_counter(), time.process_time()
