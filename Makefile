@@ -16,6 +16,9 @@ export HF_DATASETS_OFFLINE ?= $(HF_HUB_OFFLINE)
 export TRANSFORMERS_OFFLINE ?= $(HF_HUB_OFFLINE)
 export GRADIO_ANALYTICS_ENABLED ?= False
 export TOKENIZERS_PARALLELISM ?= false
+# Some machines set PYTHONDONTWRITEBYTECODE=1: then every test subprocess recompiles transformers, sklearn...
+# from source (tens of seconds each). Let Python cache bytecode in the venv and the checkout (both git-ignored).
+unexport PYTHONDONTWRITEBYTECODE
 
 # The browser test drives the Gradio suite in the system Chromium (Playwright with executable_path): a bare
 # CI machine gets it from apt (as root, or through sudo) the first time.
