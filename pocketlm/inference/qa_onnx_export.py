@@ -157,24 +157,6 @@ def feed_forward_outputs(model) -> list[str]:
     return [node.name for node in model.graph.node if node.op_type == "MatMul" and produced_by.get(node.input[0]) in GELU_OPS]
 
 
-def quantize_dynamic_int8(folder: str | Path) -> Path:
-    """Quantise `<folder>/model.onnx` to `<folder>/model_quantized.onnx` with ONNX Runtime's dynamic int8 scheme
-    as is, no fusions first: for graphs other than BERT-style encoders (the LM's decoder)."""
-    from optimum.onnxruntime import ORTQuantizer
-    from optimum.onnxruntime.configuration import AutoQuantizationConfig
-
-    folder = Path(folder)
-    # The AVX-512 VNNI preset: symmetric int8 weights, per channel (more accurate than per tensor, same speed),
-    # no reduced range. The resulting graph (MatMulInteger / DynamicQuantizeLinear) runs on any CPU.
-    config = AutoQuantizationConfig.avx512_vnni(is_static=False, per_channel=True)
-    quantizer = ORTQuantizer.from_pretrained(folder, file_name=FP32_FILE)
-    quantizer.quantize(config, save_dir=folder, file_suffix="quantized")
-    written = folder / INT8_FILE
-    if not written.is_file():
-        raise FileNotFoundError(f"the quantiser did not write {written}")
-    return written
-
-
 def _keep_window_settings(source: str, output_dir: Path) -> None:
     """Carry the window length and stride the model was trained with into the export's config.json.
 
