@@ -7,17 +7,14 @@ import json
 import pytest
 
 from pocketlm.rag.corpus import squad_train_set
-from pocketlm.rag.generator import (
+from pocketlm.rag.generator import build_prompt, generate_answers, load_base, load_generator
+from pocketlm.rag.lora_finetune import (
     LoraTrainingConfig,
     RagPair,
     attention_target_modules,
-    build_prompt,
     build_rag_pairs,
     copy_accuracy,
     finetune_lora,
-    generate_answers,
-    load_base,
-    load_generator,
     read_pairs,
     rouge_l,
     save_lora,
