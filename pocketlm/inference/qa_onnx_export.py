@@ -20,9 +20,6 @@ from pocketlm.hub import resolve
 from pocketlm.inference.qa_engine import FP32_FILE, INT8_FILE, OPTIMIZED_FILE
 from pocketlm.inference.smoothing import DEFAULT_ALPHA, smooth_matmuls
 
-QA_OUTPUTS = ("start_logits", "end_logits")
-
-
 def export_question_answering(model_name_or_path: str, output_dir: str | Path, quantize: bool = True) -> Path:
     """Write `model.onnx` and `model_optimized.onnx` (fp32) and, with `quantize`, `model_quantized.onnx` (dynamic
     int8) into `output_dir`.
@@ -60,10 +57,10 @@ def fuse_encoder(folder: str | Path) -> Path:
 
     Each layer's attention becomes one `Attention` op and bias + GELU one `BiasGelu`; residual + LayerNorm are left
     unfused (`pocketlm.inference.qa_engine.QA_DISABLED_FUSIONS` says why). ONNX Runtime does not find this
-    export's attention pattern by itself at load time; the fused graph is a few per cent faster (1.33× PyTorch
-    against 1.28× for `model.onnx`, medians of five `benchmarks/qa_latency.py` runs in the README). The function
-    is unchanged (tests check both graphs within 1e-4 of PyTorch). The ops it adds are ONNX Runtime contrib ops,
-    which is why `model.onnx` is kept as well. A graph the optimiser cannot fuse is written as it is.
+    export's attention pattern by itself at load time, and the fused graph is faster (`benchmarks/qa_latency.py`
+    times both). The function is unchanged (tests check both graphs within 1e-4 of PyTorch). The ops it adds are
+    ONNX Runtime contrib ops, which is why `model.onnx` is kept as well. A graph the optimiser cannot fuse is
+    written as it is.
     """
     import shutil
     import tempfile
@@ -95,8 +92,8 @@ def quantize_encoder_int8(
     "smooth" (default) moves the outliers into the weights first (`pocketlm.inference.smoothing`, calibrated on
     `calibration` (question, context) pairs: 128 from SQuAD *train* by default) and quantises everything;
     "fp32" leaves those six MatMuls unquantised; "int8" quantises them as they are.
-    Measured on the SQuAD MiniLM at batch 1 (README, `benchmarks/qa_latency.py`, five runs): "smooth" is as fast
-    as "int8" within the host's noise and 1.4 F1 better; "fp32" is 3.0 ms slower than "smooth" and 0.9 F1 worse.
+    `benchmarks/qa_latency.py` measures the three on the SQuAD MiniLM: "smooth" is the default because it is as
+    fast as "int8" and more accurate than both others.
     (`ORTQuantizer` cannot quantise the fused graph: its shape inference does not type the contrib ops'
     outputs, hence `DefaultTensorType`.)
     """
