@@ -7,7 +7,7 @@ tokenise, model, span selection) after `--warmup` untimed requests, with the sam
 runtimes taking turns in blocks of 10 requests (the host's speed drifts: `time_interleaved`); p50/p95 in ms
 (`pocketlm.benchmarking.latency_summary`), model file size in MB, and
 EM/F1 at batch 1 on `--eval_samples` validation questions (the same for all).
-The fp32 row runs the export's fused graph (`model_optimized.onnx`, `pocketlm.inference.onnx_export.fuse_encoder`).
+The fp32 row runs the export's fused graph (`model_optimized.onnx`, `pocketlm.inference.qa_onnx_export.fuse_encoder`).
 Three more rows (skipped with `--no_variants`) show what each step buys: the unfused `model.onnx`, and the same fused
 graph quantised with the other treatments of the feed-forward outputs (`quantize_encoder_int8`): left in fp32
 (accurate, slower) and quantised without smoothing (fast, less accurate).
@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     from pocketlm.data import load_squad
     from pocketlm.hub import resolve
     from pocketlm.benchmarking import latency_summary, markdown_table, time_interleaved, write_results
-    from pocketlm.inference.onnx_export import quantize_encoder_int8
+    from pocketlm.inference.qa_onnx_export import quantize_encoder_int8
     from pocketlm.inference.qa_engine import FP32_FILE, OPTIMIZED_FILE, evaluate_squad
     from pocketlm.inference.qa_loading import BACKENDS, load_question_answerer, onnx_folder
 

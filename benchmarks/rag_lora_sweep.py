@@ -5,7 +5,7 @@
 
 Trains one rank-4 LoRA per (learning rate, epochs, seed) on exactly the pairs the experiment script built (its
 `pairs.json`), and scores greedy answers on its held-out pairs with ROUGE-L, as `run_lora_finetune.py` does.
-It also reports the copy accuracy (`pocketlm.rag.generator.copy_accuracy`) before and after: whether the
+It also reports the copy accuracy (`pocketlm.rag.lora_finetune.copy_accuracy`) before and after: whether the
 model can quote from its context at all. Writes benchmarks/results/rag_lora_sweep/rag_lora_sweep.{json,md,png}.
 On 2 CPU cores one run of 5 epochs takes ~6 min; the default grid is meant for a GPU (`--workers` runs
 several trainings side by side, which a launch-bound tiny model on one GPU allows).
@@ -25,9 +25,8 @@ from pathlib import Path
 from pocketlm import TINY_LM
 from pocketlm.benchmarking import markdown_table, write_results
 from pocketlm.hub import resolve
-from pocketlm.rag.generator import (
-    LoraTrainingConfig, finetune_lora, gain_over_seeds, load_base, read_pairs, score_generator,
-)
+from pocketlm.rag.generator import load_base
+from pocketlm.rag.lora_finetune import LoraTrainingConfig, finetune_lora, gain_over_seeds, read_pairs, score_generator
 from pocketlm.settings import REPO_ROOT
 
 

@@ -122,7 +122,7 @@ def tiny_qa_onnx_repo(tmp_path_factory) -> str:
 
     from pocketlm import MINILM_SQUAD_ONNX
     from pocketlm.hub import ModelCardInfo, publish, resolve
-    from pocketlm.inference.onnx_export import export_question_answering
+    from pocketlm.inference.qa_onnx_export import export_question_answering
 
     torch.manual_seed(0)
     config = BertConfig(vocab_size=30522, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,

@@ -1,6 +1,7 @@
 """The pretraining loop: schedule, precision choice, metrics, best checkpoint, and resuming after a kill."""
 
 import json
+import math
 import os
 import runpy
 import signal
@@ -143,3 +144,40 @@ def test_killed_run_resumes_from_its_checkpoint_and_matches_an_uninterrupted_one
     assert best["eval_ppl"] == min(r["eval_ppl"] for r in history if "eval_ppl" in r)
     assert (interrupted / "curves.png").read_bytes()[:4] == b"\x89PNG"
     assert {"gen_distinct_1", "gen_distinct_2", "eval_ppl", "train_loss"} <= set(final)
+
+
+def test_best_checkpoint_keeps_the_better_model_when_a_later_evaluation_is_worse(tiny_lm_config, tiny_tokenizer, tmp_path):
+    """Three evaluations through the loop's CallbackHandler: better, worse, better again."""
+    from safetensors.torch import load_file
+    from transformers import TrainerControl, TrainerState
+
+    from pocketlm.models.transformer_lm import TransformerLM
+    from pocketlm.training.callbacks import BestCheckpointCallback
+    from pocketlm.training.pretrain import callback_handler
+
+    model = TransformerLM(tiny_lm_config)
+    handler = callback_handler([BestCheckpointCallback(tmp_path / "best")], model, tiny_tokenizer, optimizer=None)
+    state, control = TrainerState(), TrainerControl()
+    weights = {}
+
+    def evaluate_at(step: int, ppl: float) -> dict:
+        with torch.no_grad():  # each evaluation sees other weights
+            model.lm_head.weight.add_(0.01 * step)
+        weights[step] = {k: v.clone() for k, v in model.state_dict().items()}
+        state.global_step, state.epoch = step, float(step)
+        handler.on_evaluate(PretrainArguments(), state, control, metrics={"eval_ppl": ppl, "eval_loss": math.log(ppl)})
+        saved = load_file(tmp_path / "best" / "model.safetensors")
+        return {"step": json.loads((tmp_path / "best" / "best_metrics.json").read_text())["step"], "saved": saved}
+
+    def same(saved: dict, step: int) -> bool:
+        return all(torch.equal(saved[k], weights[step][k]) for k in saved)
+
+    first = evaluate_at(1, ppl=50.0)
+    assert first["step"] == 1 and same(first["saved"], 1)
+    worse = evaluate_at(2, ppl=60.0)
+    assert worse["step"] == 1 and same(worse["saved"], 1) and not same(worse["saved"], 2)  # the better one is kept
+    assert (state.best_metric, state.best_global_step) == (50.0, 1)
+    better = evaluate_at(3, ppl=40.0)
+    assert better["step"] == 3 and same(better["saved"], 3)
+    assert (state.best_metric, state.best_global_step) == (40.0, 3)
+    assert (tmp_path / "best" / "tokenizer.json").is_file() and not list(tmp_path.glob(".*staging"))

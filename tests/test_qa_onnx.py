@@ -11,7 +11,7 @@ import torch
 from pocketlm.data import load_squad
 from pocketlm.data.qa import encode_qa, pad_batch, pad_token_id
 from pocketlm.hub import resolve
-from pocketlm.inference.onnx_export import export_question_answering
+from pocketlm.inference.qa_onnx_export import export_question_answering
 from pocketlm.inference.qa_engine import OnnxQuestionAnswerer, pick_onnx_file
 from pocketlm.inference.qa_torch import TorchQuestionAnswerer
 
@@ -148,7 +148,7 @@ def test_smoothing_keeps_the_fp32_function_and_flattens_outlier_channels(minilm_
     """SmoothQuant on the feed-forward outputs: same logits in fp32; the MatMul inputs' channel ranges evened out."""
     import onnx
 
-    from pocketlm.inference.onnx_export import calibration_batches, feed_forward_outputs
+    from pocketlm.inference.qa_onnx_export import calibration_batches, feed_forward_outputs
     from pocketlm.inference.smoothing import activation_max, matmul_inputs, smooth_matmuls
 
     folder = export_question_answering(str(minilm_checkpoint), tmp_path / "onnx", quantize=False)

@@ -77,7 +77,7 @@ def qa_pair(tmp_path_factory) -> tuple[str, str]:
     import torch
     from transformers import AutoTokenizer, BertConfig, BertForQuestionAnswering
 
-    from pocketlm.inference.onnx_export import export_question_answering
+    from pocketlm.inference.qa_onnx_export import export_question_answering
 
     torch.manual_seed(0)
     config = BertConfig(vocab_size=30522, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,

@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     (args,) = parse_args_with_presets([ExportArguments], PRESETS, "full", argv, description=__doc__.splitlines()[0])
 
     from pocketlm.data import load_squad
-    from pocketlm.inference.onnx_export import publish_question_answering_onnx
+    from pocketlm.inference.qa_onnx_export import publish_question_answering_onnx
     from pocketlm.settings import runs_dir
 
     records = load_squad("validation").to_list()[: args.eval_samples]

@@ -2,6 +2,7 @@
 
     python training_scripts/run_lora_finetune.py                                  # pocketlm/tiny-lm, 500 pairs, seeds 0,1,2
     python training_scripts/run_lora_finetune.py --preset quick                   # the demo's: 1 seed, 200 pairs
+    python training_scripts/run_lora_finetune.py --preset smoke                   # seconds: the whole path, for tests
     HF_HUB_OFFLINE=0 python training_scripts/run_lora_finetune.py --model_name_or_path gpt2 --repo_id me/gpt2-rag-lora
 
 Writes ROUGE-L (rouge-score) before/after on held-out pairs per seed to `$POCKETLM_RUNS_DIR/rag-lora/results.*`
@@ -20,6 +21,8 @@ from pocketlm.rag.lora_finetune import LoraExperimentConfig, run_experiment
 
 PRESETS = {
     "full": {},
+    "smoke": {"train_pairs": 4, "eval_pairs": 4, "max_articles": 2, "held_out_fraction": 0.5, "seeds": "0",
+              "num_train_epochs": 3.0, "per_device_train_batch_size": 2, "learning_rate": 2e-2},
     "quick": {"train_pairs": 200, "eval_pairs": 50, "max_articles": 12, "held_out_fraction": 0.25, "seeds": "0", "num_train_epochs": 2.0},
 }
 

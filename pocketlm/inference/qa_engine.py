@@ -77,7 +77,7 @@ class QuestionAnswerer:
 
 
 class OnnxQuestionAnswerer(QuestionAnswerer):
-    """An ONNX export (`pocketlm.inference.onnx_export.export_question_answering`) run with onnxruntime."""
+    """An ONNX export (`pocketlm.inference.qa_onnx_export.export_question_answering`) run with onnxruntime."""
 
     def __init__(self, model_path: str | Path, tokenizer, threads: int | None = None, **kwargs):
         from pocketlm.inference.onnx_lm import cpu_session

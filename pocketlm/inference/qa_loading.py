@@ -24,7 +24,7 @@ def onnx_folder(model: str) -> Path:
 
 @lru_cache(maxsize=4)
 def _export_once(path: str, version: tuple) -> Path:
-    from pocketlm.inference.onnx_export import export_question_answering
+    from pocketlm.inference.qa_onnx_export import export_question_answering
 
     return export_question_answering(path, Path(tempfile.mkdtemp(prefix="pocketlm-qa-onnx-")))
 

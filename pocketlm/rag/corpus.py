@@ -90,12 +90,6 @@ def wikitext_distractors(max_count: int | None = None, min_words: int = 40, seed
     return paragraphs
 
 
-def index_corpus(max_distractors: int | None = None) -> list[Passage]:
-    """The passages of the published index: the RAG dev passages, then the WikiText distractors."""
-    passages, _ = rag_dev()
-    return passages + wikitext_distractors(max_distractors)
-
-
 @dataclass(frozen=True)
 class SquadTrainSet:
     """SQuAD train as retrieval training data: unique paragraphs and (question, paragraph index, answers)."""

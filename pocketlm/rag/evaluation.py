@@ -1,19 +1,15 @@
 """Measuring the loop: retrieval recall@k, OPQ against flat, and answer exact match / F1.
 
-EM and F1 follow the official SQuAD v1.1 script (lower-case, drop punctuation and articles, token-overlap F1,
-best over the gold answers); it is a few lines, and `evaluate.load("squad")` would fetch the script from the
-Hub, which these machines cannot reach.
+EM and F1 are the official SQuAD v1.1 ones, from `pocketlm.inference.squad_metrics` (the QA lab's).
 """
 
 from __future__ import annotations
 
-import re
-import string
-from collections import Counter
 from collections.abc import Sequence
 
 import numpy as np
 
+from pocketlm.inference.squad_metrics import squad_scores
 from pocketlm.rag.index import PassageIndex, recall_at_k
 
 KS = (1, 5, 10)
@@ -35,37 +31,12 @@ def agreement_with_exact(approx: PassageIndex, exact: PassageIndex, query_vector
     return {f"1-{name}_vs_flat": v for name, v in recall_at_k(ranked_ids(approx, query_vectors), nearest, KS).items()}
 
 
-def normalize_answer(text: str) -> str:
-    text = "".join(ch for ch in text.lower() if ch not in set(string.punctuation))
-    text = re.sub(r"\b(a|an|the)\b", " ", text)
-    return " ".join(text.split())
-
-
-def exact_match(prediction: str, answers: Sequence[str]) -> float:
-    return float(any(normalize_answer(prediction) == normalize_answer(a) for a in answers))
-
-
-def f1(prediction: str, answers: Sequence[str]) -> float:
-    def score(gold: str) -> float:
-        pred_tokens, gold_tokens = normalize_answer(prediction).split(), normalize_answer(gold).split()
-        common = sum((Counter(pred_tokens) & Counter(gold_tokens)).values())
-        if not pred_tokens or not gold_tokens:
-            return float(pred_tokens == gold_tokens)
-        if common == 0:
-            return 0.0
-        precision, recall = common / len(pred_tokens), common / len(gold_tokens)
-        return 2 * precision * recall / (precision + recall)
-
-    return max((score(a) for a in answers), default=0.0)
-
-
 def answer_report(predictions: Sequence[str], answers: Sequence[Sequence[str]]) -> dict[str, float]:
-    """Mean EM and F1 (0–100, as SQuAD reports them)."""
-    n = max(len(predictions), 1)
-    return {
-        "exact_match": 100 * sum(exact_match(p, a) for p, a in zip(predictions, answers)) / n,
-        "f1": 100 * sum(f1(p, a) for p, a in zip(predictions, answers)) / n,
-    }
+    """Mean EM and F1 (0–100) by the official SQuAD v1.1 rules (`pocketlm.inference.squad_metrics`)."""
+    if not predictions:
+        return {"exact_match": 0.0, "f1": 0.0}
+    scores = squad_scores(dict(enumerate(predictions)), enumerate(answers))
+    return {"exact_match": scores["exact_match"], "f1": scores["f1"]}
 
 
 def extractive_answers(reader_path: str, questions: Sequence[str], contexts: Sequence[Sequence[str]]) -> list[str]:

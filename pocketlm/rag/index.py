@@ -151,14 +151,6 @@ class PassageIndex:
     def size_mb(self) -> float:
         return self.config["size_bytes"] / 1e6
 
-    def set_nprobe(self, nprobe: int) -> None:
-        import faiss
-
-        try:
-            faiss.extract_index_ivf(self.index).nprobe = nprobe
-        except RuntimeError:  # not an IVF index: nothing to set
-            pass
-
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Scores and row numbers, each `(len(queries), k)`; rows are -1 where fewer than k passages exist."""
         queries = np.ascontiguousarray(np.atleast_2d(queries), dtype=np.float32)

@@ -1,4 +1,9 @@
-"""The generator-LoRA experiment: build SQuAD-train RAG pairs, fine-tune over several seeds, measure, publish.
+"""Fine-tuning the RAG generator's LoRA: pairs, the peft LoRA and its `Trainer` run, scores, the experiment.
+
+The generator (pocketlm's tiny LM by default) gets a rank-4 LoRA on its attention projections, fine-tuned on
+(question + retrieved fragments → answer) pairs in exactly the prompt layout the chain answers with
+(`pocketlm.rag.generator.build_prompt`), and judged by ROUGE-L (`rouge-score`) on pairs from held-out
+articles, before and after.
 
 Pairs: questions of SQuAD *train* (never the dev/evaluation questions), each with its top-k fragments
 retrieved by the frozen MiniLM from the paragraphs of the same articles (a flat FAISS index), cropped to
@@ -7,34 +12,258 @@ the generator's context the way the chain crops them. Held-out pairs come from a
 
 from __future__ import annotations
 
+import json
 import random
+import re
 import statistics
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
 
 from pocketlm import TINY_LM, TINY_LM_RAG_LORA
 from pocketlm.benchmarking import markdown_table
 from pocketlm.errors import ConfigError
-from pocketlm.hub import ModelCardInfo, publish, resolve
+from pocketlm.hub import ArtifactNotFoundError, ModelCardInfo, publish, resolve
 from pocketlm.io import write_json
-from pocketlm.rag.corpus import squad_train_set, split_by_title
+from pocketlm.rag.corpus import Passage, SquadTrainSet, split_by_title, squad_train_set
 from pocketlm.rag.embeddings import encode, load_encoder
 from pocketlm.rag.evaluation import answer_report
-from pocketlm.rag.generator import (
-    ANSWER_TOKENS,
-    LoraTrainingConfig,
-    RagPair,
-    build_rag_pairs,
-    context_length,
-    finetune_lora,
-    gain_over_seeds,
-    load_tokenizer,
-    save_lora,
-    score_generator,
-    write_pairs,
-)
+from pocketlm.rag.generator import ANSWER_TOKENS, build_prompt, context_length, generate_answers, load_tokenizer
 from pocketlm.rag.index import IndexSpec, PassageIndex
+from pocketlm.rag.prompt import Fragment
 from pocketlm.settings import runs_dir
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+
+# ---------------------------------------------------------------- pairs, LoRA, training, scores
+
+@dataclass(frozen=True)
+class RagPair:
+    question: str
+    fragments: tuple[Fragment, ...]
+    answer: str
+    prompt: str
+
+
+def build_rag_pairs(
+    train_set: SquadTrainSet,
+    question_rows: Sequence[int],
+    retrieved: np.ndarray,
+    tokenizer: "PreTrainedTokenizerBase",
+    max_prompt_tokens: int,
+    ensure_gold: bool = True,
+    seed: int = 0,
+) -> tuple[list[RagPair], int]:
+    """(question + retrieved fragments → answer) pairs; returns them and how many were dropped.
+
+    `retrieved[i]` holds the passage rows retrieved for `question_rows[i]`, best first. With `ensure_gold`,
+    the gold paragraph replaces the last retrieved one when retrieval missed it, and the fragments are put
+    in a seeded random order (so the model learns to find the answer, not to trust position 1). A pair is
+    dropped when cropping to the token budget cut its answer out.
+    """
+    rng = random.Random(seed)
+    pairs, dropped = [], 0
+    for row, hits in zip(question_rows, retrieved):
+        gold = train_set.positives[row]
+        rows = [int(h) for h in hits if h >= 0]
+        if ensure_gold and gold not in rows:
+            rows[-1] = gold
+        if ensure_gold:
+            rng.shuffle(rows)
+        fragments = [_fragment(train_set.passages[r]) for r in rows]
+        question, answer = train_set.questions[row], train_set.answers[row]
+        fitted = build_prompt(tokenizer, question, fragments, max_prompt_tokens=max_prompt_tokens)
+        if not any(answer in f.text for f in fitted.fragments):
+            dropped += 1
+            continue
+        pairs.append(RagPair(question, tuple(fitted.fragments), answer, fitted.text))
+    return pairs, dropped
+
+
+def _fragment(passage: Passage) -> Fragment:
+    return Fragment(passage.id, passage.title, passage.text)
+
+
+def tokenize_pairs(pairs: Sequence[RagPair], tokenizer: "PreTrainedTokenizerBase") -> list[dict]:
+    """Input ids of prompt + " answer" + EOS; labels are -100 on the prompt, so only the answer is learnt."""
+    features = []
+    for pair in pairs:
+        prompt_ids = tokenizer(pair.prompt, add_special_tokens=False)["input_ids"]
+        answer_ids = tokenizer(" " + pair.answer, add_special_tokens=False)["input_ids"][: ANSWER_TOKENS - 1]
+        answer_ids.append(tokenizer.eos_token_id)
+        features.append(
+            {
+                "input_ids": prompt_ids + answer_ids,
+                "attention_mask": [1] * (len(prompt_ids) + len(answer_ids)),
+                "labels": [-100] * len(prompt_ids) + answer_ids,
+            }
+        )
+    return features
+
+
+def write_pairs(path: Path, train_pairs: list[RagPair], eval_pairs: list[RagPair]) -> None:
+    """The exact prompts and answers trained and evaluated on, for inspection and for `benchmarks/rag_lora_sweep.py`."""
+    write_json(path, {"train": [asdict(p) for p in train_pairs], "held_out": [asdict(p) for p in eval_pairs]})
+
+
+def read_pairs(path: str | Path) -> tuple[list[RagPair], list[RagPair]]:
+    data = json.loads(Path(path).read_text())
+
+    def pair(row: dict) -> RagPair:
+        return RagPair(row["question"], tuple(Fragment(**f) for f in row["fragments"]), row["answer"], row["prompt"])
+
+    return [pair(r) for r in data["train"]], [pair(r) for r in data["held_out"]]
+
+
+def attention_target_modules(model: "torch.nn.Module") -> str:
+    """A peft `target_modules` regex naming every linear projection inside the attention blocks.
+
+    Written out because peft's per-architecture defaults cover only part of them (Llama: `q_proj`, `v_proj`)
+    and a plain suffix list would also catch MLP layers that share a name (GPT-2's `c_proj`).
+    """
+    from torch import nn
+    from transformers.pytorch_utils import Conv1D
+
+    names = [
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, (nn.Linear, Conv1D)) and re.search(r"(^|\.)(self_)?(attn|attention)(\.|$)", name)
+    ]
+    if not names:
+        raise ArtifactNotFoundError(f"found no attention projections in {type(model).__name__}")
+    return "^(" + "|".join(re.escape(n) for n in names) + ")$"
+
+
+def lora_model(model: "PreTrainedModel", rank: int = 4, alpha: int = 16, dropout: float = 0.05):
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(
+        r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=attention_target_modules(model), task_type="CAUSAL_LM"
+    )
+    return get_peft_model(model, config)
+
+
+@dataclass
+class LoraTrainingConfig:
+    rank: int = 4
+    alpha: int = 16
+    dropout: float = 0.05
+    num_train_epochs: float = 5.0
+    learning_rate: float = 2e-3
+    per_device_train_batch_size: int = 8
+    logging_steps: int = 10
+    seed: int = 0
+    save_checkpoints: bool = True
+    """A checkpoint per epoch, so an interrupted run resumes; sweeps that rerun from scratch switch it off."""
+
+
+def finetune_lora(
+    model_path: str,
+    train_pairs: Sequence[RagPair],
+    eval_pairs: Sequence[RagPair],
+    config: LoraTrainingConfig,
+    output_dir: str | Path,
+):
+    """Fine-tune a rank-`config.rank` LoRA on the attention projections with transformers' `Trainer`.
+
+    Only the answer tokens carry a loss. Evaluates the held-out loss each epoch, writes metrics and curves
+    into `output_dir` (`MetricsWriterCallback`) and resumes from the last checkpoint there if one exists.
+    Returns the trained peft model, its tokenizer and the Trainer's log history.
+    """
+    import datasets
+    from transformers import AutoModelForCausalLM, DataCollatorForSeq2Seq, Trainer, TrainingArguments, set_seed
+
+    from pocketlm.training.callbacks import MetricsWriterCallback
+    from pocketlm.training.checkpoints import newest_complete_checkpoint
+
+    set_seed(config.seed)
+    tokenizer = load_tokenizer(model_path)
+    model = lora_model(AutoModelForCausalLM.from_pretrained(model_path), config.rank, config.alpha, config.dropout)
+    output_dir = Path(output_dir)
+    args = TrainingArguments(
+        output_dir=str(output_dir),
+        num_train_epochs=config.num_train_epochs,
+        learning_rate=config.learning_rate,
+        per_device_train_batch_size=config.per_device_train_batch_size,
+        per_device_eval_batch_size=config.per_device_train_batch_size,
+        lr_scheduler_type="cosine",
+        warmup_ratio=0.06,
+        logging_steps=config.logging_steps,
+        eval_strategy="epoch",
+        save_strategy="epoch" if config.save_checkpoints else "no",
+        save_total_limit=1,
+        seed=config.seed,
+        report_to=[],
+        disable_tqdm=False,
+    )  # the GPU when there is one (fp32: the tiny LM is launch-bound there, half precision buys nothing)
+    tokenizer.padding_side = "right"  # training: positions count from the first token, as in pretraining
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=datasets.Dataset.from_list(tokenize_pairs(train_pairs, tokenizer)),
+        eval_dataset=datasets.Dataset.from_list(tokenize_pairs(eval_pairs, tokenizer)),
+        data_collator=DataCollatorForSeq2Seq(tokenizer, padding=True, label_pad_token_id=-100),
+        callbacks=[MetricsWriterCallback(output_dir, title=f"generator LoRA (seed {config.seed})")],
+    )
+    trainer.train(resume_from_checkpoint=newest_complete_checkpoint(output_dir))
+    return model.eval(), tokenizer, trainer.state.log_history
+
+
+def save_lora(peft_model, tokenizer, folder: str | Path, base_model_id: str) -> None:
+    """Write the LoRA (safetensors + adapter_config.json naming the base by its id) and the tokenizer."""
+    peft_model.peft_config["default"].base_model_name_or_path = base_model_id
+    peft_model.save_pretrained(folder, safe_serialization=True, save_embedding_layers=False)  # LoRA leaves embeddings as they are
+    tokenizer.save_pretrained(folder)
+
+
+def rouge_l(predictions: Sequence[str], references: Sequence[str]) -> float:
+    """Mean ROUGE-L F1 (rouge-score, Porter stemming): `evaluate.load("rouge")` would fetch from the Hub."""
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    scores = [scorer.score(ref, pred)["rougeL"].fmeasure for pred, ref in zip(predictions, references)]
+    return float(np.mean(scores)) if scores else 0.0
+
+
+def copy_accuracy(model, vocab_size: int, length: int = 40, sequences: int = 16, seed: int = 0) -> float:
+    """Top-1 accuracy on the second half of random token sequences shown twice (the induction-head test).
+
+    A model that can copy from its context (induction heads) scores near 1; one that cannot scores near 0,
+    and then no fine-tuning on a few hundred pairs will make it quote answer spans from retrieved fragments.
+    """
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    first = torch.randint(min(100, vocab_size // 2), vocab_size, (sequences, length), generator=generator)
+    ids = torch.cat([first, first], dim=1).to(model.device)
+    with torch.inference_mode():
+        logits = model(input_ids=ids).logits
+    predicted = logits[:, length:-1].argmax(-1)  # predictions for tokens length+1 .. 2*length-1: all copies
+    return float((predicted == ids[:, length + 1 :]).float().mean())
+
+
+def score_generator(model, tokenizer, pairs: Sequence[RagPair], batch_size: int = 8) -> tuple[dict[str, float], list[str]]:
+    """ROUGE-L of greedy answers to the pairs' prompts and the model's copy accuracy; and the answers."""
+    predictions = generate_answers(model, tokenizer, [p.prompt for p in pairs], batch_size=batch_size)
+    scores = {"rougeL": rouge_l(predictions, [p.answer for p in pairs]), "copy_accuracy": copy_accuracy(model, model.config.vocab_size)}
+    return scores, predictions
+
+
+def gain_over_seeds(before: float, afters: Sequence[float]) -> dict[str, float | bool]:
+    """The issue's test of a fine-tuning: the mean gain over the base model against the seed spread (max - min)."""
+    mean = float(np.mean(afters))
+    gain, spread = mean - before, max(afters) - min(afters)
+    return {"rougeL_after_mean": mean, "rougeL_gain": gain, "rougeL_seed_spread": spread, "gain_exceeds_spread": gain > spread}
+
+
+
+# ---------------------------------------------------------------- the experiment
 
 
 @dataclass

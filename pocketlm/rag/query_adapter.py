@@ -15,7 +15,7 @@ paragraphs of the same article.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -160,7 +160,3 @@ def train_query_adapter(
 
 def _state(module: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in module.state_dict().items()}
-
-
-def config_dict(config: AdapterTrainingConfig) -> dict:
-    return asdict(config)

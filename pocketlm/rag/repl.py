@@ -15,16 +15,11 @@ from rich.console import Console
 from rich.markup import escape
 
 from pocketlm import RAG_INDEX, TINY_LM_RAG_LORA
+from pocketlm.rag.commands import CommandError, help_text, parse_command
 from pocketlm.rag.lexical import HYBRID_WEIGHT
 
 PROMPT = "rag> "
-HELP = """\
-Ask a question in plain words; the answer cites the ids of the fragments it comes from.
-  !search <term>   run the MOCK web_search tool (offline, deterministic — not the internet)
-  !reset           forget the conversation (the agent remembers the last 3 exchanges)
-  !help            this help
-  !quit            leave (Ctrl-D and Ctrl-C work too)
-A question such as "search the web for <term>" answers from the mock search results instead of the index."""
+HELP = help_text(markdown=False, can_quit=True)
 
 
 def show_answer(console: Console, result) -> None:
@@ -41,31 +36,28 @@ def repl(agent, console: Console, read: Callable[[str], str] = input) -> int:
     console.print("Type a question, or !help. [dim](!quit, Ctrl-D or Ctrl-C to leave)[/]")
     while True:
         try:
-            line = read(PROMPT).strip()
+            line = read(PROMPT)
         except (EOFError, KeyboardInterrupt):
             console.print("\nbye")
             return 0
-        if not line:
-            continue
-        command, _, argument = line.partition(" ")
         try:
-            if command in {"!quit", "!exit", "!q"}:
+            command = parse_command(line, can_quit=True)
+            if command is None:
+                continue
+            if command.name == "quit":
                 console.print("bye")
                 return 0
-            elif command == "!help":
+            elif command.name == "help":
                 console.print(escape(HELP))
-            elif command == "!reset":
+            elif command.name == "reset":
                 agent.reset()
                 console.print("conversation forgotten.")
-            elif command == "!search":
-                if not argument.strip():
-                    console.print("usage: !search <term>")
-                    continue
-                console.print(escape(agent.search(argument.strip()).to_text()))
-            elif command.startswith("!"):
-                console.print(f"unknown command {escape(command)}; type !help")
+            elif command.name == "search":
+                console.print(escape(agent.search(command.argument).to_text()))
             else:
-                show_answer(console, agent.ask(line))
+                show_answer(console, agent.ask(command.argument))
+        except CommandError as error:
+            console.print(escape(str(error)))
         except KeyboardInterrupt:  # Ctrl-C while the model is answering: leave, as at the prompt
             console.print("\nbye")
             return 0

@@ -15,18 +15,14 @@ from typing import Any
 import gradio as gr
 
 from pocketlm import RAG_INDEX, TINY_LM_RAG_LORA
+from pocketlm.rag.commands import CommandError, help_text, parse_command
 from pocketlm.serving.schemas import MAX_QUESTION_CHARS
 from pocketlm.spaces import SPACE_TITLES
 from pocketlm.spaces.common import ComputeGuard, LoadOnce, local_folder, standalone
 from pocketlm.spaces.examples import CHAT_EXAMPLES
 
 TITLE = SPACE_TITLES["rag_chat"]
-HELP = (
-    "Ask a question in plain words: the agent retrieves fragments from the index, answers with the tiny "
-    "LoRA-tuned LM and cites the ids of the fragments the answer comes from.\n\n"
-    "* `!search <term>` runs the **MOCK** web_search tool (offline and deterministic: a fixed local page set, "
-    "not the internet)\n* `!reset` forgets the conversation (the agent keeps the last 3 exchanges)\n* `!help` this help"
-)
+HELP = help_text(markdown=True)
 
 
 class RagChat(LoadOnce[Any]):
@@ -106,25 +102,24 @@ def render(chat: RagChat, guard: ComputeGuard | None = None) -> None:
             raise gr.Error("Message: must not be empty", title="Please check the input")
         if len(text) > MAX_QUESTION_CHARS:
             raise gr.Error(f"Message: at most {MAX_QUESTION_CHARS} characters (got {len(text)})", title="Please check the input")
+        try:
+            command = parse_command(text)
+        except CommandError as error:
+            raise gr.Error(str(error), title="Please check the input") from None
         await chat.loaded_value("the RAG agent")
         session_memory = session_memory if session_memory is not None else chat.new_memory()
-        command, _, argument = text.partition(" ")
         shown = gr.update()
-        if command == "!search":
-            if not argument.strip():
-                raise gr.Error("Usage: !search <term>", title="Please check the input")
-            response = await guard.call(chat.search, argument.strip())
+        if command.name == "search":
+            response = await guard.call(chat.search, command.argument)
             reply = response.to_text()
             shown = fragments_markdown(response.fragments(), [], "MOCK web_search results")
-        elif command == "!reset":
+        elif command.name == "reset":
             session_memory.clear()
             reply = "Conversation forgotten."
-        elif command == "!help":
+        elif command.name == "help":
             reply = HELP
-        elif command.startswith("!"):
-            raise gr.Error(f"Unknown command {command}; type !help", title="Please check the input")
         else:
-            answer = await guard.call(chat.ask, session_memory, text)
+            answer = await guard.call(chat.ask, session_memory, command.argument)
             reply = answer.to_text()
             heading = "MOCK web_search results used" if answer.web_search else "Retrieved fragments"
             shown = f"Answered by `{chat.load().description}`.\n\n" + fragments_markdown(answer.fragments, answer.cited, heading)

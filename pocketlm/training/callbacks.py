@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import csv
 import io
+import shutil
 from pathlib import Path
 
 from transformers import TrainerCallback
 
-from pocketlm.io import atomic_write_text, write_json
+from pocketlm.io import atomic_write_text, replace_dir, write_json
 from pocketlm.training.plots import save_training_curves
 
 
@@ -41,3 +42,31 @@ class MetricsWriterCallback(TrainerCallback):
 
     def on_train_end(self, args, state, control, **kwargs):
         self._write(state)
+
+
+class BestCheckpointCallback(TrainerCallback):
+    """Keep `best_dir` = the model (+ tokenizer) with the lowest `metric` seen in any evaluation so far.
+
+    Works in `Trainer` and in pocketlm's pretraining loop alike (both call `on_evaluate` with the model and the
+    processing class); the folder is written aside and swapped in whole, so a kill never leaves half a checkpoint.
+    """
+
+    def __init__(self, best_dir: str | Path, metric: str = "eval_ppl"):
+        self.best_dir = Path(best_dir)
+        self.metric = metric
+
+    def on_evaluate(self, args, state, control, metrics=None, model=None, processing_class=None, **kwargs):
+        value = (metrics or {}).get(self.metric)
+        if value is None or not state.is_world_process_zero:
+            return
+        if state.best_metric is not None and value >= state.best_metric:
+            return
+        state.best_metric, state.best_global_step = value, state.global_step
+        state.best_model_checkpoint = str(self.best_dir)
+        staging = self.best_dir.with_name(f".{self.best_dir.name}.staging")
+        shutil.rmtree(staging, ignore_errors=True)
+        model.save_pretrained(staging)
+        if processing_class is not None:
+            processing_class.save_pretrained(staging)
+        write_json(staging / "best_metrics.json", {**metrics, "step": state.global_step, "epoch": state.epoch})
+        replace_dir(staging, self.best_dir)

@@ -1,10 +1,11 @@
 """The pretraining loop: `TransformerLM` on prepared chunks, with `accelerate`, callbacks and resumable checkpoints.
 
-Why a hand-written loop rather than transformers' `Trainer`: the project sets a throughput target against
-`Trainer` (≥ 1.5× its tokens/s on the same model and data), and the loop is short enough to read in one go.
+Why a hand-written loop rather than transformers' `Trainer`: throughput (`benchmarks/pretrain_throughput.py`
+times both on the same model and data), and a loop short enough to read in one go (`PretrainRun`, top to bottom).
 It still uses the libraries for everything they do: `accelerate.Accelerator` (device placement, mixed
 precision, gradient accumulation, DDP, seedable samplers, `save_state`/`load_state`), transformers'
-`TrainerState`/`TrainerCallback` (so the same callbacks serve both loops), `CustomDataCollator`.
+`TrainerState`, `TrainerControl` and `CallbackHandler` (so any `TrainerCallback` serves both loops),
+`CustomDataCollator`.
 
 One run, in order: choose the precision (`--mixed_precision auto` times fp32 against bf16 autocast on
 this machine and keeps the faster), build or resume, then per epoch train → evaluate (token-weighted
@@ -248,57 +249,6 @@ def sample_texts(model, tokenizer, prompts, max_new_tokens: int, seed: int, top_
     return texts
 
 
-# ---------------------------------------------------------------- callbacks
-
-
-class BestCheckpointCallback:
-    """Keep `<output_dir>/best` = the model (+ tokenizer) with the lowest validation perplexity so far.
-
-    A transformers `TrainerCallback` (it subclasses it lazily below), so it works in this loop and in a
-    `Trainer` alike; the folder is written aside and swapped in whole.
-    """
-
-    def __init__(self, output_dir: str | Path, metric: str = "eval_ppl"):
-        self.best_dir = Path(output_dir) / BEST_CHECKPOINT
-        self.metric = metric
-
-    def on_evaluate(self, args, state, control, metrics=None, model=None, processing_class=None, **kwargs):
-        value = (metrics or {}).get(self.metric)
-        if value is None or not state.is_world_process_zero:
-            return
-        if state.best_metric is not None and value >= state.best_metric:
-            return
-        state.best_metric, state.best_global_step = value, state.global_step
-        state.best_model_checkpoint = str(self.best_dir)
-        staging = self.best_dir.with_name(f".{BEST_CHECKPOINT}.staging")
-        shutil.rmtree(staging, ignore_errors=True)
-        model.save_pretrained(staging)
-        if processing_class is not None:
-            processing_class.save_pretrained(staging)
-        write_json(staging / "best_metrics.json", {**metrics, "step": state.global_step, "epoch": state.epoch})
-        replace_dir(staging, self.best_dir)
-
-
-def _as_trainer_callback(cls):
-    """Make `cls` a real `transformers.TrainerCallback` subclass without importing transformers at module import."""
-    from transformers import TrainerCallback
-
-    return type(cls.__name__, (cls, TrainerCallback), {})
-
-
-class _Dispatcher:
-    """Calls one event on every callback, passing what `Trainer` passes (model, processing_class...)."""
-
-    def __init__(self, callbacks, args, state, control, **objects):
-        self.callbacks, self.args, self.state, self.control, self.objects = callbacks, args, state, control, objects
-
-    def __call__(self, event: str, **kwargs) -> None:
-        for callback in self.callbacks:
-            handler = getattr(callback, event, None)
-            if handler is not None:
-                handler(self.args, self.state, self.control, **self.objects, **kwargs)
-
-
 # ---------------------------------------------------------------- checkpoints
 
 
@@ -346,41 +296,20 @@ def load_checkpoint(accelerator, output_dir: Path, args: PretrainArguments):
 
 
 def train(args: PretrainArguments, callbacks=(), log=print) -> PretrainResult:
-    """Run (or resume) pretraining as `args` says; returns where the best checkpoint is and the history."""
-    from accelerate import Accelerator
-    from accelerate.utils import DataLoaderConfiguration, set_seed
-    from torch.utils.data import DataLoader
-    from tqdm.auto import tqdm
-    from transformers import TrainerControl, TrainerState
+    """Run (or resume) pretraining as `args` says; returns where the best checkpoint is and the history.
 
-    from pocketlm.models.transformer_lm import TransformerLM, TransformerLMConfig
-    from pocketlm.training.callbacks import MetricsWriterCallback
+    Data → model factory → precision → `Accelerator` → a `PretrainRun` (optimizer, loaders, resume) → its epochs.
+    `callbacks` are transformers `TrainerCallback`s; they receive the events `Trainer` sends.
+    """
+    from accelerate import Accelerator
+    from accelerate.utils import DataLoaderConfiguration
 
     # accelerate warns on every save that the tied lm_head is stored once; that is intended (transformers re-ties it).
     logging.getLogger("accelerate.utils.other").setLevel(logging.ERROR)
-    output_dir = args.output_path
     tokenizer, train_rows, validation_rows = load_prepared(args.data_path)
     if args.eval_max_chunks > 0:
         validation_rows = validation_rows[: args.eval_max_chunks]
-    chunk_length = len(train_rows[0]["input_ids"])
-    config = TransformerLMConfig(
-        vocab_size=len(tokenizer), d_model=args.d_model, n_layers=args.n_layers, n_heads=args.n_heads,
-        d_ff=args.d_ff, max_seq_len=max(1024, chunk_length), bos_token_id=tokenizer.eos_token_id,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
-    )
-
-    if args.init_from:
-        from pocketlm.hub import resolve
-
-        init_dir = resolve(args.init_from)
-        config = TransformerLM.from_pretrained(init_dir).config
-        if config.vocab_size != len(tokenizer):
-            raise ConfigError(f"--init_from {args.init_from} has vocab {config.vocab_size}, the corpus tokenizer {len(tokenizer)}")
-
-    def fresh_model():
-        set_seed(args.seed)
-        return TransformerLM.from_pretrained(init_dir) if args.init_from else TransformerLM(config)
-
+    fresh_model = model_factory(args, tokenizer, chunk_length=len(train_rows[0]["input_ids"]))
     probe = torch.tensor([row["input_ids"] for row in train_rows[: min(2, len(train_rows))]])
     precision, probe_info = choose_precision(args.mixed_precision, fresh_model, probe)
     accelerator = Accelerator(
@@ -391,194 +320,300 @@ def train(args: PretrainArguments, callbacks=(), log=print) -> PretrainResult:
     if accelerator.is_main_process and probe_info:
         log(f"precision: fp32 step {probe_info['probe_fp32_step_s']:.3f} s, bf16 autocast "
             f"{probe_info['probe_bf16_step_s']:.3f} s -> {'bf16' if precision == 'bf16' else 'fp32'}")
-    model = fresh_model()
-    optimizer = torch.optim.AdamW(
-        parameter_groups(model, args.weight_decay), lr=args.learning_rate,
-        betas=(args.adam_beta1, args.adam_beta2), fused=args.fused_optimizer or None,
-    )
-    # Dynamic masks are seeded per batch number, not drawn from the global RNG: creating a DataLoader iterator
-    # draws from that, and the loader prefetches a batch, so a resumed run would mask differently.
-    collator = CustomDataCollator(
-        tokenizer, mode=args.masking, mlm_probability=args.mlm_probability,
-        static_chunk_fraction=args.static_chunk_fraction, seed=args.seed,
-        dynamic_seed=args.seed * 1000 + accelerator.process_index,
-    )
-    train_loader = DataLoader(train_rows, batch_size=args.per_device_train_batch_size, shuffle=True,
-                              collate_fn=collator, drop_last=len(train_rows) >= args.per_device_train_batch_size)
-    eval_loader = DataLoader(validation_rows, batch_size=args.per_device_eval_batch_size,
-                             collate_fn=CustomDataCollator(tokenizer, mode="none"))
-    model, optimizer, train_loader, eval_loader = accelerator.prepare(model, optimizer, train_loader, eval_loader)
-    step_model = torch.compile(model) if args.torch_compile else model
+    run = PretrainRun(args, accelerator, fresh_model(), tokenizer, train_rows, validation_rows,
+                      callbacks, log, run_info={"precision": precision, **probe_info})
+    run.train()
+    return run.result()
 
-    batches_per_epoch = len(train_loader)
-    steps_per_epoch = max(1, batches_per_epoch // args.gradient_accumulation_steps)
-    total_steps = args.max_steps if args.max_steps > 0 else math.ceil(args.num_train_epochs * steps_per_epoch)
-    tokens_per_step = (args.per_device_train_batch_size * chunk_length * args.gradient_accumulation_steps
-                       * accelerator.num_processes)
 
-    state = TrainerState(max_steps=total_steps, logging_steps=args.logging_steps, save_steps=args.save_steps,
-                         num_train_epochs=math.ceil(total_steps / steps_per_epoch), train_batch_size=args.per_device_train_batch_size)
-    state.is_world_process_zero = accelerator.is_main_process
-    state.is_local_process_zero = accelerator.is_local_main_process
-    progress = {"args": args.training_fields(), "epoch": 0, "batches_done": 0, "batches_total": 0, "elapsed_s": 0.0,
-                "train_seconds": 0.0, "tokens": 0, "done": False, "precision": precision, **probe_info}
-    if args.resume and (restored := load_checkpoint(accelerator, output_dir, args)):
-        state, progress = restored
+def model_factory(args: PretrainArguments, tokenizer, chunk_length: int):
+    """A function returning the initial model, seeded: a fresh `TransformerLM`, or `--init_from`'s weights."""
+    from accelerate.utils import set_seed
+
+    from pocketlm.models.transformer_lm import TransformerLM, TransformerLMConfig
+
+    config = TransformerLMConfig(
+        vocab_size=len(tokenizer), d_model=args.d_model, n_layers=args.n_layers, n_heads=args.n_heads,
+        d_ff=args.d_ff, max_seq_len=max(1024, chunk_length), bos_token_id=tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+    init_dir = None
+    if args.init_from:
+        from pocketlm.hub import resolve
+
+        init_dir = resolve(args.init_from)
+        init_vocab = TransformerLM.from_pretrained(init_dir).config.vocab_size
+        if init_vocab != len(tokenizer):
+            raise ConfigError(f"--init_from {args.init_from} has vocab {init_vocab}, the corpus tokenizer {len(tokenizer)}")
+
+    def fresh_model():
+        set_seed(args.seed)
+        return TransformerLM.from_pretrained(init_dir) if init_dir else TransformerLM(config)
+
+    return fresh_model
+
+
+def callback_handler(callbacks, model, tokenizer, optimizer):
+    """transformers' `CallbackHandler` over `callbacks`: each event reaches them with what `Trainer` passes.
+
+    It warns when no `DefaultFlowCallback` is among them; this loop has none on purpose (that callback reads
+    `TrainingArguments`' logging, evaluation and save strategies, which `logging_steps`, the per-epoch evaluation
+    and `save_steps` replace here), so the warning is silenced while the handler is built.
+    """
+    from transformers.trainer_callback import CallbackHandler
+
+    handler_logger = logging.getLogger("transformers.trainer_callback")
+    level = handler_logger.level
+    handler_logger.setLevel(logging.ERROR)
+    try:
+        return CallbackHandler(callbacks, model, tokenizer, optimizer, lr_scheduler=None)
+    finally:
+        handler_logger.setLevel(level)
+
+
+class PretrainRun:
+    """One run's moving parts, built once in `__init__`; `train()` drives them, epoch by epoch, step by step.
+
+    What a checkpoint holds besides the accelerate state is `state` (transformers' `TrainerState`: step, epoch,
+    log history, best metric) and `progress` (a JSON dict: position in the data, clock, token count, done).
+    """
+
+    def __init__(self, args: PretrainArguments, accelerator, model, tokenizer, train_rows, validation_rows,
+                 callbacks, log, run_info: dict):
+        from torch.utils.data import DataLoader
+        from transformers import TrainerControl
+
+        from pocketlm.training.callbacks import BestCheckpointCallback, MetricsWriterCallback
+
+        self.args, self.accelerator, self.tokenizer, self.log = args, accelerator, tokenizer, log
+        self.output_dir = args.output_path
+        optimizer = torch.optim.AdamW(
+            parameter_groups(model, args.weight_decay), lr=args.learning_rate,
+            betas=(args.adam_beta1, args.adam_beta2), fused=args.fused_optimizer or None,
+        )
+        # Dynamic masks are seeded per batch number, not drawn from the global RNG: creating a DataLoader iterator
+        # draws from that, and the loader prefetches a batch, so a resumed run would mask differently.
+        self.collator = CustomDataCollator(
+            tokenizer, mode=args.masking, mlm_probability=args.mlm_probability,
+            static_chunk_fraction=args.static_chunk_fraction, seed=args.seed,
+            dynamic_seed=args.seed * 1000 + accelerator.process_index,
+        )
+        train_loader = DataLoader(train_rows, batch_size=args.per_device_train_batch_size, shuffle=True,
+                                  collate_fn=self.collator, drop_last=len(train_rows) >= args.per_device_train_batch_size)
+        eval_loader = DataLoader(validation_rows, batch_size=args.per_device_eval_batch_size,
+                                 collate_fn=CustomDataCollator(tokenizer, mode="none"))
+        self.model, self.optimizer, self.train_loader, self.eval_loader = accelerator.prepare(
+            model, optimizer, train_loader, eval_loader
+        )
+        self.step_model = torch.compile(self.model) if args.torch_compile else self.model
+        self.unwrapped = accelerator.unwrap_model(self.model)
+
+        self.chunk_length = len(train_rows[0]["input_ids"])
+        self.train_chunks = len(train_rows)
+        self.batches_per_epoch = len(self.train_loader)
+        steps_per_epoch = max(1, self.batches_per_epoch // args.gradient_accumulation_steps)
+        self.total_steps = args.max_steps if args.max_steps > 0 else math.ceil(args.num_train_epochs * steps_per_epoch)
+        self.tokens_per_step = (args.per_device_train_batch_size * self.chunk_length * args.gradient_accumulation_steps
+                                * accelerator.num_processes)
+        self.state, self.progress = self._start_or_resume(steps_per_epoch, run_info)
+        self.control = TrainerControl()
+        self.callbacks = callback_handler(
+            [BestCheckpointCallback(self.output_dir / BEST_CHECKPOINT),
+             MetricsWriterCallback(self.output_dir, title="pretraining"), *callbacks],
+            self.unwrapped, tokenizer, self.optimizer,
+        )
+        self.budget_s = args.time_budget_minutes * 60
+        self.window_losses: list[float] = []  # losses of the batches since the last log record
+        self.epoch_losses: list[float] = []  # the log records' mean losses since the last evaluation
+
+    def _start_or_resume(self, steps_per_epoch: int, run_info: dict):
+        """A fresh `TrainerState` and progress dict, or those of `<output_dir>/last` when resuming."""
+        from transformers import TrainerState
+
+        args, accelerator = self.args, self.accelerator
+        state = TrainerState(max_steps=self.total_steps, logging_steps=args.logging_steps, save_steps=args.save_steps,
+                             num_train_epochs=math.ceil(self.total_steps / steps_per_epoch),
+                             train_batch_size=args.per_device_train_batch_size)
+        progress = {"args": args.training_fields(), "epoch": 0, "batches_done": 0, "batches_total": 0, "elapsed_s": 0.0,
+                    "train_seconds": 0.0, "tokens": 0, "done": False, **run_info}
+        if args.resume and (restored := load_checkpoint(accelerator, self.output_dir, args)):
+            state, progress = restored
+            if accelerator.is_main_process:
+                self.log(f"resuming from {self.output_dir / LAST_CHECKPOINT}: step {state.global_step}, "
+                         f"epoch {progress['epoch']}")
+        elif accelerator.is_main_process and (self.output_dir / LAST_CHECKPOINT).exists():
+            shutil.rmtree(self.output_dir / LAST_CHECKPOINT)
+            shutil.rmtree(self.output_dir / BEST_CHECKPOINT, ignore_errors=True)
         state.is_world_process_zero = accelerator.is_main_process
         state.is_local_process_zero = accelerator.is_local_main_process
+        return state, progress
+
+    # -- the run, top to bottom
+
+    def train(self) -> None:
+        """Epochs until the schedule ends; each one evaluated, sampled and checkpointed."""
+        from tqdm.auto import tqdm
+
+        args, accelerator = self.args, self.accelerator
+        self.output_dir.mkdir(parents=True, exist_ok=True)
         if accelerator.is_main_process:
-            log(f"resuming from {output_dir / LAST_CHECKPOINT}: step {state.global_step}, epoch {progress['epoch']}")
-    elif accelerator.is_main_process and (output_dir / LAST_CHECKPOINT).exists():
-        shutil.rmtree(output_dir / LAST_CHECKPOINT)
-        shutil.rmtree(output_dir / BEST_CHECKPOINT, ignore_errors=True)
+            write_json(self.output_dir / "pretrain_args.json", without_secrets(asdict(args)))
+            self.log(f"{self.unwrapped.num_parameters():,} parameters | {self.train_chunks:,} train chunks of "
+                     f"{self.chunk_length} | {self.total_steps} steps of {self.tokens_per_step:,} tokens | precision "
+                     f"{self.progress['precision']} | {accelerator.num_processes} process(es) on {accelerator.device}")
+        self.control = self.callbacks.on_train_begin(args, self.state, self.control)
+        self.bar = tqdm(total=self.total_steps, initial=self.state.global_step, desc="pretraining", unit="step",
+                        disable=not accelerator.is_local_main_process, dynamic_ncols=True)
+        self.clock = time.perf_counter()
+        self.set_learning_rate()  # the first step warms up too (and a resumed one continues the schedule)
+        self.model.train()
+        while not self.progress["done"]:
+            # A resumed run may find the schedule over but the final evaluation not yet done.
+            epoch_ran_out = self.schedule_progress() < 1.0 and self.train_epoch()
+            self.end_epoch(epoch_ran_out)
+        self.bar.close()
+        self.control = self.callbacks.on_train_end(args, self.state, self.control)
 
-    control = TrainerControl()
-    unwrapped = accelerator.unwrap_model(model)
-    all_callbacks = [_as_trainer_callback(BestCheckpointCallback)(output_dir),
-                     MetricsWriterCallback(output_dir, title="pretraining"), *callbacks]
-    dispatch = _Dispatcher(all_callbacks, args, state, control, model=unwrapped, processing_class=tokenizer,
-                           optimizer=optimizer)
-    budget_s = args.time_budget_minutes * 60
+    def train_epoch(self) -> bool:
+        """Optimizer steps through the rest of the current epoch: True if the epoch ran out, False if the schedule
+        ended first."""
+        epoch = self.progress["epoch"]
+        self.train_loader.set_epoch(epoch)
+        self.collator.batches_drawn = self.progress["batches_total"]
+        done = self.progress["batches_done"]
+        loader = self.accelerator.skip_first_batches(self.train_loader, done) if done else self.train_loader
+        self.control = self.callbacks.on_epoch_begin(self.args, self.state, self.control)
+        step_started = time.perf_counter()
+        for batch in loader:
+            self.train_batch(batch)
+            if not self.accelerator.sync_gradients:
+                continue  # accumulating gradients
+            if self.end_step(epoch, step_started):
+                return False
+            step_started = time.perf_counter()
+        return True
 
-    def current_progress() -> float:
-        by_steps = state.global_step / total_steps
-        by_time = progress["elapsed_s"] / budget_s if budget_s else 0.0
-        return max(by_steps, by_time)
+    def train_batch(self, batch: dict) -> None:
+        """Forward, backward and (once `gradient_accumulation_steps` batches are in) the optimizer step."""
+        batch = without_full_attention_mask(batch)
+        with self.accelerator.accumulate(self.model):
+            loss = self.step_model(**batch)["loss"]
+            self.accelerator.backward(loss)
+            if self.accelerator.sync_gradients and self.args.max_grad_norm > 0:
+                self.accelerator.clip_grad_norm_(self.model.parameters(), self.args.max_grad_norm)
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+        self.progress["batches_done"] += 1
+        self.progress["batches_total"] += 1
+        self.window_losses.append(mean_over_processes(self.accelerator, loss))
 
-    def log_record(record: dict) -> None:
-        state.log_history.append(record)
-        dispatch("on_log", logs=record)
+    def end_step(self, epoch: int, step_started: float) -> bool:
+        """After an optimizer step: counters, clock, learning rate, log record, checkpoint. True when the schedule
+        has ended."""
+        state, progress = self.state, self.progress
+        state.global_step += 1
+        state.epoch = epoch + progress["batches_done"] / self.batches_per_epoch
+        progress["tokens"] += self.tokens_per_step
+        self.tick()
+        progress["train_seconds"] += time.perf_counter() - step_started
+        lr = self.set_learning_rate()
+        self.bar.update(1)
+        if state.global_step % self.args.logging_steps == 0:
+            mean_loss = self.close_window()
+            self.log_record({"step": state.global_step, "epoch": round(state.epoch, 4), "loss": mean_loss,
+                             "learning_rate": lr, "tokens_per_second": progress["tokens"] / progress["train_seconds"]})
+            self.bar.set_postfix(loss=f"{mean_loss:.3f}", lr=f"{lr:.2e}")
+        self.control = self.callbacks.on_step_end(self.args, state, self.control)
+        finished = self.schedule_progress() >= 1.0
+        if finished or state.global_step % self.args.save_steps == 0:
+            save_checkpoint(self.accelerator, self.output_dir, state, progress)
+            self.tick()
+        return finished
 
-    def end_of_epoch(epoch_losses: list[float]) -> None:
+    def end_epoch(self, ran_out: bool) -> None:
+        """Evaluate, sample and checkpoint at an epoch's end (`ran_out`) or where the schedule stopped it (the run's
+        last evaluation)."""
+        self.close_window()
+        if ran_out:
+            self.progress["epoch"], self.progress["batches_done"] = self.progress["epoch"] + 1, 0
+        self.evaluate_and_sample()
+        self.epoch_losses = []
+        self.tick()
+        self.progress["done"] = not ran_out or self.schedule_progress() >= 1.0
+        save_checkpoint(self.accelerator, self.output_dir, self.state, self.progress)
+
+    def evaluate_and_sample(self) -> None:
+        """Validation perplexity, generated samples and their distinct-n: one log record, then `on_evaluate`."""
+        args, state = self.args, self.state
         # The uncompiled model evaluates: a compiled one would recompile for no_grad and for the short last batch.
-        eval_metrics = evaluate(model, eval_loader, accelerator) if len(eval_loader) else {}
+        eval_metrics = evaluate(self.model, self.eval_loader, self.accelerator) if len(self.eval_loader) else {}
         prompts = GENERATION_PROMPTS[: args.generation_prompts]
-        samples = sample_texts(unwrapped, tokenizer, prompts, args.generation_tokens, seed=args.seed) if prompts else []
+        samples = sample_texts(self.unwrapped, self.tokenizer, prompts, args.generation_tokens, seed=args.seed) if prompts else []
         record = {
             "step": state.global_step, "epoch": round(state.epoch, 4),
-            "train_loss": sum(epoch_losses) / len(epoch_losses) if epoch_losses else float("nan"),
+            "train_loss": sum(self.epoch_losses) / len(self.epoch_losses) if self.epoch_losses else float("nan"),
             **eval_metrics,
             "gen_distinct_1": distinct_n(samples, 1), "gen_distinct_2": distinct_n(samples, 2),
-            "elapsed_s": round(progress["elapsed_s"], 1),
+            "elapsed_s": round(self.progress["elapsed_s"], 1),
         }
-        log_record(record)
-        if accelerator.is_main_process:
+        self.log_record(record)
+        if self.accelerator.is_main_process:
             sample = f" | sample: {samples[0][:80]!r}" if samples else ""
-            log(f"epoch {state.epoch:.2f} | step {state.global_step} | train loss {record['train_loss']:.3f} | "
-                f"val ppl {record.get('eval_ppl', float('nan')):.1f} | distinct-1/2 {record['gen_distinct_1']:.2f}/"
-                f"{record['gen_distinct_2']:.2f}{sample}")
-            with (output_dir / "samples.jsonl").open("a") as f:
+            self.log(f"epoch {state.epoch:.2f} | step {state.global_step} | train loss {record['train_loss']:.3f} | "
+                     f"val ppl {record.get('eval_ppl', float('nan')):.1f} | distinct-1/2 {record['gen_distinct_1']:.2f}/"
+                     f"{record['gen_distinct_2']:.2f}{sample}")
+            with (self.output_dir / "samples.jsonl").open("a") as f:
                 f.write(json.dumps({"step": state.global_step, "epoch": state.epoch, "samples": dict(zip(prompts, samples))}) + "\n")
-        dispatch("on_evaluate", metrics=record)
-        dispatch("on_epoch_end")
+        self.control = self.callbacks.on_evaluate(args, state, self.control, metrics=record)
+        self.control = self.callbacks.on_epoch_end(args, state, self.control)
 
-    output_dir.mkdir(parents=True, exist_ok=True)
-    if accelerator.is_main_process:
-        write_json(output_dir / "pretrain_args.json", without_secrets(asdict(args)))
-        log(f"{unwrapped.num_parameters():,} parameters | {len(train_rows):,} train chunks of {chunk_length} | "
-            f"{total_steps} steps of {tokens_per_step:,} tokens | precision {precision} | "
-            f"{accelerator.num_processes} process(es) on {accelerator.device}")
-    dispatch("on_train_begin")
-    bar = tqdm(total=total_steps, initial=state.global_step, desc="pretraining", unit="step",
-               disable=not accelerator.is_local_main_process, dynamic_ncols=True)
-    window_losses: list[float] = []
-    epoch_losses: list[float] = []
-    clock = time.perf_counter()
+    def result(self) -> PretrainResult:
+        """Write `summary.json` (the headline numbers of the run) and return the result."""
+        state, progress = self.state, self.progress
+        summary = {
+            "best_eval_ppl": state.best_metric, "best_step": state.best_global_step, "steps": state.global_step,
+            "epochs": state.epoch, "train_tokens": progress["tokens"], "elapsed_s": progress["elapsed_s"],
+            "tokens_per_second": progress["tokens"] / progress["train_seconds"] if progress["train_seconds"] else 0.0,
+            "precision": progress["precision"], "parameters": self.unwrapped.num_parameters(),
+            **{k: v for k, v in progress.items() if k.startswith("probe_")},
+        }
+        if self.accelerator.is_main_process:
+            write_json(self.output_dir / "summary.json", summary)
+        self.accelerator.wait_for_everyone()
+        return PretrainResult(self.output_dir, self.output_dir / BEST_CHECKPOINT, state.log_history, summary)
 
-    def tick() -> None:
-        nonlocal clock
-        now = time.perf_counter()
-        progress["elapsed_s"] += now - clock
-        clock = now
+    # -- small helpers
 
-    def set_learning_rate() -> float:
-        lr = learning_rate_at(args, state.global_step, current_progress())
-        for group in optimizer.param_groups:
+    def schedule_progress(self) -> float:
+        """How far the learning-rate schedule is: the larger of step progress and time-budget progress."""
+        by_steps = self.state.global_step / self.total_steps
+        by_time = self.progress["elapsed_s"] / self.budget_s if self.budget_s else 0.0
+        return max(by_steps, by_time)
+
+    def set_learning_rate(self) -> float:
+        lr = learning_rate_at(self.args, self.state.global_step, self.schedule_progress())
+        for group in self.optimizer.param_groups:
             group["lr"] = lr
         return lr
 
-    def finish() -> None:
-        """Stopped mid-epoch (max_steps or the time budget): evaluate the final model too, then mark the run done."""
-        if window_losses:
-            epoch_losses.append(sum(window_losses) / len(window_losses))
-        end_of_epoch(epoch_losses)
-        tick()
-        progress["done"] = True
-        save_checkpoint(accelerator, output_dir, state, progress)
+    def tick(self) -> None:
+        """Add the wall-clock time since the last tick to `progress["elapsed_s"]` (the time budget's clock)."""
+        now = time.perf_counter()
+        self.progress["elapsed_s"] += now - self.clock
+        self.clock = now
 
-    set_learning_rate()  # the first step warms up too (and a resumed one continues the schedule)
-    model.train()
-    while not progress["done"]:
-        if current_progress() >= 1.0:  # resumed after the last step but before the final evaluation
-            finish()
-            break
-        epoch = progress["epoch"]
-        train_loader.set_epoch(epoch)
-        collator.batches_drawn = progress["batches_total"]
-        loader = accelerator.skip_first_batches(train_loader, progress["batches_done"]) if progress["batches_done"] else train_loader
-        dispatch("on_epoch_begin")
-        step_started = time.perf_counter()
-        for batch in loader:
-            batch = without_full_attention_mask(batch)
-            with accelerator.accumulate(model):
-                loss = step_model(**batch)["loss"]
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and args.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(model.parameters(), args.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            progress["batches_done"] += 1
-            progress["batches_total"] += 1
-            window_losses.append(mean_over_processes(accelerator, loss))
-            if not accelerator.sync_gradients:
-                continue
-            state.global_step += 1
-            state.epoch = epoch + progress["batches_done"] / batches_per_epoch
-            progress["tokens"] += tokens_per_step
-            tick()
-            progress["train_seconds"] += time.perf_counter() - step_started
-            lr = set_learning_rate()
-            bar.update(1)
-            if state.global_step % args.logging_steps == 0:
-                mean_loss = sum(window_losses) / len(window_losses)
-                epoch_losses.append(mean_loss)
-                log_record({"step": state.global_step, "epoch": round(state.epoch, 4), "loss": mean_loss,
-                            "learning_rate": lr, "tokens_per_second": progress["tokens"] / progress["train_seconds"]})
-                bar.set_postfix(loss=f"{mean_loss:.3f}", lr=f"{lr:.2e}")
-                window_losses = []
-            dispatch("on_step_end")
-            finished = current_progress() >= 1.0
-            if finished or state.global_step % args.save_steps == 0:
-                save_checkpoint(accelerator, output_dir, state, progress)
-                tick()
-            if finished:
-                break
-            step_started = time.perf_counter()
-        else:  # the epoch ran out
-            if window_losses:
-                epoch_losses.append(sum(window_losses) / len(window_losses))
-                window_losses = []
-            progress["epoch"], progress["batches_done"] = epoch + 1, 0
-            end_of_epoch(epoch_losses)
-            epoch_losses = []
-            tick()
-            progress["done"] = current_progress() >= 1.0
-            save_checkpoint(accelerator, output_dir, state, progress)
-            continue
-        finish()
-    bar.close()
-    dispatch("on_train_end")
-    summary = {
-        "best_eval_ppl": state.best_metric, "best_step": state.best_global_step, "steps": state.global_step,
-        "epochs": state.epoch, "train_tokens": progress["tokens"], "elapsed_s": progress["elapsed_s"],
-        "tokens_per_second": progress["tokens"] / progress["train_seconds"] if progress["train_seconds"] else 0.0,
-        "precision": progress["precision"], "parameters": unwrapped.num_parameters(),
-        **{k: v for k, v in progress.items() if k.startswith("probe_")},
-    }
-    if accelerator.is_main_process:
-        write_json(output_dir / "summary.json", summary)
-    accelerator.wait_for_everyone()
-    return PretrainResult(output_dir, output_dir / BEST_CHECKPOINT, state.log_history, summary)
+    def close_window(self) -> float | None:
+        """Fold the batch losses since the last log record into one mean (kept for the epoch's train loss)."""
+        if not self.window_losses:
+            return None
+        mean_loss = sum(self.window_losses) / len(self.window_losses)
+        self.epoch_losses.append(mean_loss)
+        self.window_losses = []
+        return mean_loss
+
+    def log_record(self, record: dict) -> None:
+        self.state.log_history.append(record)
+        self.control = self.callbacks.on_log(self.args, self.state, self.control, logs=record)
 
 
 # ---------------------------------------------------------------- publishing

@@ -122,5 +122,5 @@ def test_repl_leaves_cleanly_at_end_of_input_and_on_quit(agent):
     console = Console(record=True, width=100)
     assert repl(agent, console, typed("!bogus", "", "!search")) == 0
     text = console.export_text()
-    assert "unknown command !bogus" in text and "usage: !search <term>" in text and text.rstrip().endswith("bye")
+    assert "Unknown command !bogus; type !help" in text and "Usage: !search <term>" in text and text.rstrip().endswith("bye")
     assert repl(agent, console, typed("!quit", "never read")) == 0

@@ -7,17 +7,14 @@ import json
 import pytest
 
 from pocketlm.rag.corpus import squad_train_set
-from pocketlm.rag.generator import (
+from pocketlm.rag.generator import build_prompt, generate_answers, load_base, load_generator
+from pocketlm.rag.lora_finetune import (
     LoraTrainingConfig,
     RagPair,
     attention_target_modules,
-    build_prompt,
     build_rag_pairs,
     copy_accuracy,
     finetune_lora,
-    generate_answers,
-    load_base,
-    load_generator,
     read_pairs,
     rouge_l,
     save_lora,
@@ -161,3 +158,48 @@ def test_lora_sweep_reports_gain_and_seed_spread_per_config(squad_pairs, tiny_lm
 
     bad = subprocess.run([*command[:2], "--pairs", str(tmp_path / "missing.json")], capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and "--pairs" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_run_lora_finetune_script_measures_before_and_after_and_publishes_the_lora(tiny_lm_repo, tmp_path, capsys):
+    """training_scripts/run_lora_finetune.py --preset smoke: pairs → ROUGE-L before → LoRA → after → published."""
+    import runpy
+    import sys
+
+    from pocketlm.hub import hub_dir
+    from pocketlm.settings import REPO_ROOT
+
+    repo_id = "pocketlm/test-rag-lora"
+    argv = ["run_lora_finetune.py", "--preset", "smoke", "--output_dir", str(tmp_path / "run"), "--repo_id", repo_id]
+    saved_argv, sys.argv = sys.argv, argv
+    try:
+        runpy.run_path(str(REPO_ROOT / "training_scripts" / "run_lora_finetune.py"), run_name="__main__")
+    except SystemExit as exit_:
+        assert exit_.code in (0, None), capsys.readouterr().err
+    finally:
+        sys.argv = saved_argv
+    printed = capsys.readouterr().out
+
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["pairs"] == {"train": 4, "held_out": 4} and [r["seed"] for r in results["after"]] == [0]
+    before, after = results["rougeL_before"], results["after"][0]["rougeL"]
+    assert 0 <= before <= 1 and 0 <= after <= 1 and results["rougeL_gain"] == pytest.approx(after - before)
+    assert f"ROUGE-L {before:.4f} -> {after:.4f}" in printed
+    examples = results["after"][0]["examples"]
+    assert any(e["before"] != e["after"] for e in examples)  # "after" comes from another model than "before"
+    assert len(read_pairs(tmp_path / "run" / "pairs.json")[1]) == 4  # the held-out pairs it was judged on
+
+    folder = hub_dir() / repo_id
+    adapter_config = json.loads((folder / "adapter_config.json").read_text())
+    assert adapter_config["r"] == 4 and adapter_config["base_model_name_or_path"] == tiny_lm_repo
+    card = (folder / "README.md").read_text()
+    assert f"{before:.4f} before, {after:.4f} after" in card and "library_name: peft" in card
+    assert json.loads((folder / "lora_results.json").read_text())["rougeL_before"] == before
+    from safetensors.torch import load_file
+
+    lora_b = [v for k, v in load_file(folder / "adapter_model.safetensors").items() if "lora_B" in k]
+    assert lora_b and any(bool(v.abs().sum() > 0) for v in lora_b)  # trained: peft starts every B at zero
+    model, tokenizer, description = load_generator(repo_id)  # the published LoRA loads onto its base
+    assert description == f"{tiny_lm_repo} + LoRA {repo_id}"
+    held_out = read_pairs(tmp_path / "run" / "pairs.json")[1]
+    answers = generate_answers(model, tokenizer, [p.prompt for p in held_out])
+    assert rouge_l(answers, [p.answer for p in held_out]) == pytest.approx(after)  # the published LoRA scores "after"

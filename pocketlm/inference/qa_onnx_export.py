@@ -20,9 +20,6 @@ from pocketlm.hub import resolve
 from pocketlm.inference.qa_engine import FP32_FILE, INT8_FILE, OPTIMIZED_FILE
 from pocketlm.inference.smoothing import DEFAULT_ALPHA, smooth_matmuls
 
-QA_OUTPUTS = ("start_logits", "end_logits")
-
-
 def export_question_answering(model_name_or_path: str, output_dir: str | Path, quantize: bool = True) -> Path:
     """Write `model.onnx` and `model_optimized.onnx` (fp32) and, with `quantize`, `model_quantized.onnx` (dynamic
     int8) into `output_dir`.
@@ -60,10 +57,10 @@ def fuse_encoder(folder: str | Path) -> Path:
 
     Each layer's attention becomes one `Attention` op and bias + GELU one `BiasGelu`; residual + LayerNorm are left
     unfused (`pocketlm.inference.qa_engine.QA_DISABLED_FUSIONS` says why). ONNX Runtime does not find this
-    export's attention pattern by itself at load time; the fused graph is a few per cent faster
-    (`benchmarks/qa_latency.py`; docs/inference.md). The function
-    is unchanged (tests check both graphs within 1e-4 of PyTorch). The ops it adds are ONNX Runtime contrib ops,
-    which is why `model.onnx` is kept as well. A graph the optimiser cannot fuse is written as it is.
+    export's attention pattern by itself at load time, and the fused graph is faster (`benchmarks/qa_latency.py`
+    times both). The function is unchanged (tests check both graphs within 1e-4 of PyTorch). The ops it adds are
+    ONNX Runtime contrib ops, which is why `model.onnx` is kept as well. A graph the optimiser cannot fuse is
+    written as it is.
     """
     import shutil
     import tempfile
@@ -95,8 +92,8 @@ def quantize_encoder_int8(
     "smooth" (default) moves the outliers into the weights first (`pocketlm.inference.smoothing`, calibrated on
     `calibration` (question, context) pairs: 128 from SQuAD *train* by default) and quantises everything;
     "fp32" leaves those six MatMuls unquantised; "int8" quantises them as they are.
-    On the SQuAD MiniLM at batch 1 (`benchmarks/qa_latency.py`; docs/inference.md) "smooth" is as fast as "int8"
-    and more accurate; "fp32" is slower and less accurate than "smooth".
+    `benchmarks/qa_latency.py` measures the three on the SQuAD MiniLM: "smooth" is the default because it is as
+    fast as "int8" and more accurate than both others.
     (`ORTQuantizer` cannot quantise the fused graph: its shape inference does not type the contrib ops'
     outputs, hence `DefaultTensorType`.)
     """
@@ -155,24 +152,6 @@ def feed_forward_outputs(model) -> list[str]:
     """Names of the MatMul nodes that read a GELU's output: each layer's feed-forward output projection."""
     produced_by = {output: node.op_type for node in model.graph.node for output in node.output}
     return [node.name for node in model.graph.node if node.op_type == "MatMul" and produced_by.get(node.input[0]) in GELU_OPS]
-
-
-def quantize_dynamic_int8(folder: str | Path) -> Path:
-    """Quantise `<folder>/model.onnx` to `<folder>/model_quantized.onnx` with ONNX Runtime's dynamic int8 scheme
-    as is, no fusions first: for graphs other than BERT-style encoders (the LM's decoder)."""
-    from optimum.onnxruntime import ORTQuantizer
-    from optimum.onnxruntime.configuration import AutoQuantizationConfig
-
-    folder = Path(folder)
-    # The AVX-512 VNNI preset: symmetric int8 weights, per channel (more accurate than per tensor, same speed),
-    # no reduced range. The resulting graph (MatMulInteger / DynamicQuantizeLinear) runs on any CPU.
-    config = AutoQuantizationConfig.avx512_vnni(is_static=False, per_channel=True)
-    quantizer = ORTQuantizer.from_pretrained(folder, file_name=FP32_FILE)
-    quantizer.quantize(config, save_dir=folder, file_suffix="quantized")
-    written = folder / INT8_FILE
-    if not written.is_file():
-        raise FileNotFoundError(f"the quantiser did not write {written}")
-    return written
 
 
 def _keep_window_settings(source: str, output_dir: Path) -> None:
