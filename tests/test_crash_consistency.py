@@ -208,11 +208,11 @@ def test_best_checkpoint_survives_a_full_disk_at_every_point(accelerated, tiny_t
     from transformers import TrainerControl, TrainerState
 
     from pocketlm.models.transformer_lm import TransformerLM
-    from pocketlm.training.pretrain import BestCheckpointCallback
+    from pocketlm.training.callbacks import BestCheckpointCallback
 
     accelerator, model, _ = accelerated
     model = accelerator.unwrap_model(model)
-    callback = BestCheckpointCallback(tmp_path)
+    callback = BestCheckpointCallback(tmp_path / "best")
 
     def write(version):
         _stamp(model, version)

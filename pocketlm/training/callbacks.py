@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import csv
 import io
-import shutil
 from pathlib import Path
 
 from transformers import TrainerCallback
 
-from pocketlm.io import atomic_write_text, replace_dir, write_json
+from pocketlm.io import atomic_write_text, write_dir, write_json
 from pocketlm.training.plots import save_training_curves
 
 
@@ -63,10 +62,11 @@ class BestCheckpointCallback(TrainerCallback):
             return
         state.best_metric, state.best_global_step = value, state.global_step
         state.best_model_checkpoint = str(self.best_dir)
-        staging = self.best_dir.with_name(f".{self.best_dir.name}.staging")
-        shutil.rmtree(staging, ignore_errors=True)
-        model.save_pretrained(staging)
-        if processing_class is not None:
-            processing_class.save_pretrained(staging)
-        write_json(staging / "best_metrics.json", {**metrics, "step": state.global_step, "epoch": state.epoch})
-        replace_dir(staging, self.best_dir)
+
+        def build(folder: Path) -> None:
+            model.save_pretrained(folder)
+            if processing_class is not None:
+                processing_class.save_pretrained(folder)
+            write_json(folder / "best_metrics.json", {**metrics, "step": state.global_step, "epoch": state.epoch})
+
+        write_dir(self.best_dir, build)
