@@ -44,6 +44,10 @@ class Limits:
 
     max_active: int = 1
     """Model calls running at once."""
+    max_batch: int = 16
+    """Requests decoded together in the continuous batch (`--scheduler continuous`); more wait for a row, within
+    the same `max_waiting` / `max_wait_s` bounds. Each row makes every step a little slower, so this caps how
+    slow a step (the time between two tokens of a stream) can get."""
     max_waiting: int = 32
     """Requests allowed to queue for a compute slot (8 concurrent clients fit with room to spare)."""
     max_wait_s: float = 10.0
@@ -110,12 +114,13 @@ class Admission:
             ticket.release()
 
     @asynccontextmanager
-    async def compute_slot(self) -> AsyncIterator[None]:
-        """Hold one of the `max_active` slots for one model call; `Overloaded` after `max_wait_s` of waiting."""
+    async def compute_slot(self, queue_timeout: bool = True) -> AsyncIterator[None]:
+        """Hold one of the `max_active` slots for one model call; `Overloaded` after `max_wait_s` of waiting
+        (never with `queue_timeout=False`: the continuous batch's steps, whose requests were admitted already)."""
         try:
             # asyncio.timeout cancels the acquire itself, whose cancellation handling gives back a slot granted
             # at the last moment (3.11's wait_for could lose it)
-            async with asyncio.timeout(self.limits.max_wait_s):
+            async with asyncio.timeout(self.limits.max_wait_s if queue_timeout else None):
                 await self._slots.acquire()
         except TimeoutError:
             raise Overloaded(f"server busy: no compute slot within {self.limits.max_wait_s:g} s",
