@@ -234,3 +234,25 @@ def test_the_command_line_picks_the_scheduler_and_refuses_a_batch_unstable_graph
     with pytest.raises(SystemExit):
         parse_args(["--lm-precision", "int8", "--scheduler", "continuous"])
     assert "--scheduler continuous needs --lm-precision fp32" in capsys.readouterr().err
+
+
+def test_load_benchmark_writes_its_record(tiny_lm_onnx_repo, tmp_path):
+    import runpy
+
+    from pocketlm.benchmarking import read_results
+    from pocketlm.settings import REPO_ROOT
+
+    main = runpy.run_path(str(REPO_ROOT / "benchmarks" / "serving_load.py"))["main"]
+    assert main(["--clients", "1,2", "--requests_per_client", "2", "--warmup", "1", "--output_dir", str(tmp_path)]) == 0
+    record = read_results(tmp_path, "serving_load")
+    assert record is not None and record["errors"] == 0
+    for kind in ("serial", "continuous"):
+        assert record["servers"][kind]["scheduler"] == kind
+        for clients in ("1", "2"):
+            cell = record["cells"][kind][clients]
+            assert cell["requests"] == 2 * int(clients) and cell["tokens"] == 32 * cell["requests"]
+            assert cell["tokens_per_s"] > 0 and cell["generate_ms"]["n"] >= 1 and cell["first_token_ms"]["n"] >= 1
+            assert cell["first_token_ms"]["p50_ms"] <= cell["stream_ms"]["p50_ms"]
+    assert set(record["speedup"]) == {"1", "2"} and record["targets"] == {}  # 8 clients not measured here
+    assert any("tokens/s" in label for label, _ in record["figures"])
+    assert (tmp_path / "serving_load.png").is_file() and "× serial" in (tmp_path / "serving_load.md").read_text()
