@@ -79,6 +79,8 @@ class Admission:
         self.service_s = 0.0
         """Running mean of how long a model call holds a compute slot (0 until the first call)."""
         self._slots = asyncio.Semaphore(limits.max_active)
+        self.waiting_for_slot = 0
+        """Callers queued in `compute_slot` right now (the continuous batch yields its slot when this is > 0)."""
 
     @property
     def capacity(self) -> int:
@@ -120,11 +122,14 @@ class Admission:
         try:
             # asyncio.timeout cancels the acquire itself, whose cancellation handling gives back a slot granted
             # at the last moment (3.11's wait_for could lose it)
+            self.waiting_for_slot += 1
             async with asyncio.timeout(self.limits.max_wait_s if queue_timeout else None):
                 await self._slots.acquire()
         except TimeoutError:
             raise Overloaded(f"server busy: no compute slot within {self.limits.max_wait_s:g} s",
                              self.retry_after_s()) from None
+        finally:
+            self.waiting_for_slot -= 1
         started = time.perf_counter()
         try:
             yield
