@@ -73,6 +73,8 @@ class Row:
     prompt: list[int]
     params: SamplingParams
     rng: np.random.Generator
+    streaming: bool = True
+    """False (`/generate`): the tokens are handed over all at once when the row ends — no event-loop wake-up per token."""
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
     """Each new token id, then `_FINISHED` or the exception that ended the batch."""
     joined: asyncio.Event = field(default_factory=asyncio.Event)
@@ -114,7 +116,7 @@ class ContinuousScheduler:
         """The whole continuation; when `receive` reports that the client hung up, the row leaves the batch at
         once and `ClientGone` is raised."""
         ticket = self.admission.admit()
-        stream = self.stream(ids, params, ticket)
+        stream = self.stream(ids, params, ticket, streaming=False)
         collect = asyncio.ensure_future(_collect(stream))
         hangup = asyncio.ensure_future(_disconnected(receive)) if receive is not None else None
         try:
@@ -130,8 +132,8 @@ class ContinuousScheduler:
                 await asyncio.gather(collect, return_exceptions=True)
             ticket.release()  # (idempotent) also when the stream never started
 
-    def stream(self, ids: list[int], params: SamplingParams, ticket: Ticket) -> RowStream:
-        row = Row(list(ids), params, np.random.default_rng(params.seed))
+    def stream(self, ids: list[int], params: SamplingParams, ticket: Ticket, streaming: bool = True) -> RowStream:
+        row = Row(list(ids), params, np.random.default_rng(params.seed), streaming)
         return RowStream(self, row, ticket)
 
     # -- the event loop side ------------------------------------------------------------------------------
@@ -169,7 +171,8 @@ class ContinuousScheduler:
     @staticmethod
     def _deliver(made: list[tuple[Row, int, bool]]) -> None:
         for row, token, last in made:
-            row.events.put_nowait(token)
+            for each in [token] if row.streaming else row.tokens:  # (a row that is not streaming: its last token)
+                row.events.put_nowait(each)
             if last:
                 row.events.put_nowait(_FINISHED)
 
@@ -229,7 +232,8 @@ class ContinuousScheduler:
                 or len(row.tokens) >= row.params.max_new_tokens
                 or (row.deadline is not None and now > row.deadline)
             )
-            made.append((row, token, row.done))
+            if row.streaming or row.done:
+                made.append((row, token, row.done))
         return made
 
 
