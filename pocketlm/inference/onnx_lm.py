@@ -18,7 +18,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -172,6 +172,42 @@ class OnnxCausalLM:
             for kind in ("key", "value")
         }
 
+    def _left_padded(self, prompts: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Input ids, attention mask and position ids of `prompts` left-padded to the longest of them."""
+        longest = max(len(p) for p in prompts)
+        input_ids = np.full((len(prompts), longest), self.pad_token_id, dtype=np.int64)
+        attention_mask = np.zeros((len(prompts), longest), dtype=np.int64)
+        for row, ids in enumerate(prompts):
+            input_ids[row, longest - len(ids) :] = ids
+            attention_mask[row, longest - len(ids) :] = 1
+        # Positions count real tokens only: a left-padded prompt gets the same RoPE angles as when alone.
+        position_ids = np.clip(attention_mask.cumsum(-1) - 1, 0, None)
+        return input_ids, attention_mask, position_ids
+
+    def _run(self, input_ids: np.ndarray, attention_mask: np.ndarray, position_ids: np.ndarray,
+             cache: dict[str, np.ndarray]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """One graph call: the last position's logits (batch, vocab) and the cache with the new tokens in it."""
+        feed = {"input_ids": input_ids, "attention_mask": attention_mask, **cache}
+        if self.uses_position_ids:
+            feed["position_ids"] = position_ids
+        logits, *presents = self.session.run(self.output_names, feed)
+        return logits[:, -1, :], dict(zip(cache, presents, strict=True))
+
+    def prefill(self, prompts: Sequence[Sequence[int]]) -> tuple[np.ndarray, KVState]:
+        """Run `prompts` (left-padded together) through the graph: each one's next-token logits, and the
+        batch state that `decode_step` continues from."""
+        input_ids, attention_mask, position_ids = self._left_padded(prompts)
+        logits, cache = self._run(input_ids, attention_mask, position_ids, self._empty_cache(len(prompts)))
+        return logits, KVState(cache, attention_mask, position_ids[:, -1] + 1)
+
+    def decode_step(self, state: KVState, tokens: np.ndarray) -> tuple[np.ndarray, KVState]:
+        """Feed each row's newest token (`tokens`, one per row of `state`) with the cache of everything before
+        it: the next-token logits, and the state with those tokens cached."""
+        attention_mask = np.concatenate([state.attention_mask, np.ones((state.rows, 1), np.int64)], axis=1)
+        logits, cache = self._run(np.asarray(tokens, np.int64)[:, None], attention_mask,
+                                  state.next_positions[:, None], state.cache)
+        return logits, KVState(cache, attention_mask, state.next_positions + 1)
+
     def decode_steps(
         self, prompts: Sequence[Sequence[int]], params: SamplingParams, use_cache: bool = True
     ) -> Iterator[np.ndarray]:
@@ -182,32 +218,21 @@ class OnnxCausalLM:
         `use_cache=False` re-runs the whole sequence at every step instead of feeding the KV cache — the
         naive loop, kept as the benchmark's reference for what the cache saves.
         """
-        if not prompts or any(len(p) == 0 for p in prompts):
-            raise ConfigError("every prompt needs at least one token")
-        longest = max(len(p) for p in prompts)
-        if longest + params.max_new_tokens > self.max_positions:
-            raise ConfigError(
-                f"prompt of {longest} tokens + max_new_tokens {params.max_new_tokens} exceeds the model's "
-                f"{self.max_positions} positions"
-            )
+        self.check_prompts(prompts, params.max_new_tokens)
         batch = len(prompts)
-        input_ids = np.full((batch, longest), self.pad_token_id, dtype=np.int64)
-        attention_mask = np.zeros((batch, longest), dtype=np.int64)
-        for row, ids in enumerate(prompts):
-            input_ids[row, longest - len(ids) :] = ids
-            attention_mask[row, longest - len(ids) :] = 1
-        # Positions count real tokens only: a left-padded prompt gets the same RoPE angles as when alone.
-        position_ids = np.clip(attention_mask.cumsum(-1) - 1, 0, None)
-        cache = self._empty_cache(batch)
+        input_ids, attention_mask, position_ids = self._left_padded(prompts)
+        state = None
         finished = np.zeros(batch, dtype=bool)
         rng = np.random.default_rng(params.seed)
         deadline = None if params.max_time is None else time.monotonic() + params.max_time
         for _ in range(params.max_new_tokens):
-            feed = {"input_ids": input_ids, "attention_mask": attention_mask, **cache}
-            if self.uses_position_ids:
-                feed["position_ids"] = position_ids
-            logits, *presents = self.session.run(self.output_names, feed)
-            next_ids = choose_next_tokens(logits[:, -1, :], params, rng)
+            if not use_cache:
+                logits, _ = self._run(input_ids, attention_mask, position_ids, self._empty_cache(batch))
+            elif state is None:
+                logits, state = self.prefill(prompts)
+            else:
+                logits, state = self.decode_step(state, next_ids)
+            next_ids = choose_next_tokens(logits, params, rng)
             next_ids = np.where(finished, self.pad_token_id, next_ids)
             yield next_ids
             if params.stop_at_eos and self.eos_token_id is not None:
@@ -216,14 +241,21 @@ class OnnxCausalLM:
                     return
             if deadline is not None and time.monotonic() > deadline:
                 return
-            attention_mask = np.concatenate([attention_mask, np.ones((batch, 1), np.int64)], axis=1)
-            if use_cache:
-                cache = dict(zip(cache, presents, strict=True))
-                input_ids = next_ids[:, None].astype(np.int64)
-                position_ids = position_ids[:, -1:] + 1
-            else:
+            if not use_cache:
+                attention_mask = np.concatenate([attention_mask, np.ones((batch, 1), np.int64)], axis=1)
                 input_ids = np.concatenate([input_ids, next_ids[:, None].astype(np.int64)], axis=1)
                 position_ids = np.concatenate([position_ids, position_ids[:, -1:] + 1], axis=1)
+
+    def check_prompts(self, prompts: Sequence[Sequence[int]], max_new_tokens: int) -> None:
+        """`ConfigError` unless every prompt has a token and leaves room for `max_new_tokens` in the context."""
+        if not prompts or any(len(p) == 0 for p in prompts):
+            raise ConfigError("every prompt needs at least one token")
+        longest = max(len(p) for p in prompts)
+        if longest + max_new_tokens > self.max_positions:
+            raise ConfigError(
+                f"prompt of {longest} tokens + max_new_tokens {max_new_tokens} exceeds the model's "
+                f"{self.max_positions} positions"
+            )
 
     def generate_ids(self, prompts: Sequence[Sequence[int]], params: SamplingParams) -> list[list[int]]:
         """Full batch: all prompts in one padded batch; returns each row's new tokens (EOS included, pads not)."""
@@ -243,12 +275,73 @@ class OnnxCausalLM:
             yield int(step[0])
 
     def stream_text(self, prompt: Sequence[int], params: SamplingParams) -> Iterator[tuple[int, str]]:
-        """`stream_ids` plus the text each token adds; a byte-level token that ends mid-character yields ''."""
+        """`stream_ids` plus the text each token adds (see `text_decoder`)."""
+        text_of = self.text_decoder(prompt)
+        for token in self.stream_ids(prompt, params):
+            yield token, text_of(token)
+
+    def text_decoder(self, prompt: Sequence[int]) -> Callable[[int], str]:
+        """A function from each next token of a continuation of `prompt` to the text it adds; a byte-level token
+        that ends mid-character adds '' (its bytes come out with the token that completes the character)."""
         from tokenizers.decoders import DecodeStream
 
         decoder = DecodeStream(ids=list(prompt), skip_special_tokens=True)
-        for token in self.stream_ids(prompt, params):
-            yield token, decoder.step(self.tokenizer, token) or ""
+        return lambda token: decoder.step(self.tokenizer, token) or ""
+
+
+@dataclass
+class KVState:
+    """A decode batch between two graph calls: each row's KV cache, which cache columns are real, and where
+    each row's next token sits.
+
+    Rows are right-aligned (left padding): every row's newest token is in the last column, and a row's padding
+    is a prefix of its mask. That is what lets rows of different lengths join one batch (`concat`: the shorter
+    caches get masked zero columns on the left) and leave it (`select`: drop rows, then the columns that are
+    padding in every row left) while each row still attends to exactly its own tokens at its own positions.
+    Hand-written because optimum/transformers have no cache type that merges batches for an ONNX graph.
+    """
+
+    cache: dict[str, np.ndarray]
+    """`past_key_values.{i}.key/value`, each (rows, kv_heads, length, head_dim)."""
+    attention_mask: np.ndarray
+    """(rows, length) int64: 1 for a real token, 0 for padding."""
+    next_positions: np.ndarray
+    """(rows,) the RoPE position of each row's next token: its real token count so far."""
+
+    @property
+    def rows(self) -> int:
+        return self.attention_mask.shape[0]
+
+    @property
+    def length(self) -> int:
+        return self.attention_mask.shape[1]
+
+    def select(self, rows: Sequence[int]) -> KVState:
+        """Only `rows` (indices, in this order), without the leading columns that are padding in all of them."""
+        index = np.asarray(rows, dtype=np.int64)
+        mask = self.attention_mask[index]
+        start = int(mask.argmax(1).min()) if len(index) else self.length  # first real column of the longest row
+        return KVState({name: np.ascontiguousarray(array[index, :, start:]) for name, array in self.cache.items()},
+                       np.ascontiguousarray(mask[:, start:]), self.next_positions[index])
+
+    @staticmethod
+    def concat(states: Sequence[KVState]) -> KVState:
+        """The rows of `states` in one batch, every cache left-padded with masked zeros to the longest."""
+        length = max(state.length for state in states)
+        return KVState(
+            {name: np.concatenate([_left_pad(state.cache[name], length - state.length, axis=2) for state in states])
+             for name in states[0].cache},
+            np.concatenate([_left_pad(state.attention_mask, length - state.length, axis=1) for state in states]),
+            np.concatenate([state.next_positions for state in states]),
+        )
+
+
+def _left_pad(array: np.ndarray, width: int, axis: int) -> np.ndarray:
+    if width == 0:
+        return array
+    pad = [(0, 0)] * array.ndim
+    pad[axis] = (width, 0)
+    return np.pad(array, pad)
 
 
 def choose_next_tokens(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator) -> np.ndarray:

@@ -26,8 +26,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="which LM graph to serve (default fp32: token for token what PyTorch generates, and the "
                         "same batched or not; dynamic int8 changes some greedy tokens, see the export's model card)")
     parser.add_argument("--qa-precision", choices=["fp32", "int8"], default="int8")
+    # the choices are pocketlm.serving.scheduler.SCHEDULERS, not imported here: that would import numpy before
+    # the models start loading in parallel with the web stack (see main)
+    parser.add_argument("--scheduler", choices=["continuous", "serial"], default=None,
+                        help="how /generate and /generate/stream run: 'continuous' (one decode batch that requests join "
+                        "and leave at every step; the default for the fp32 LM) or 'serial' (one at a time; the default "
+                        "for int8, whose tokens change with the batch)")
     parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: CPU count, at most 4)")
     parser.add_argument("--max-active", type=int, default=defaults.max_active, help="model calls run at once")
+    parser.add_argument("--max-batch", type=int, default=defaults.max_batch,
+                        help="requests decoded together by the continuous scheduler; more wait for a row")
     parser.add_argument("--max-waiting", type=int, default=defaults.max_waiting,
                         help="requests that may queue for the model; more are refused with 503")
     parser.add_argument("--max-wait-s", type=float, default=defaults.max_wait_s,
@@ -44,7 +52,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not 0 < args.port < 65536:
         parser.error(f"--port must be in 1..65535, got {args.port}")
-    for flag in ("max_active", "threads"):
+    for flag in ("max_active", "max_batch", "threads"):
         value = getattr(args, flag)
         if value is not None and value < 1:
             parser.error(f"--{flag.replace('_', '-')} must be at least 1, got {value}")
@@ -53,6 +61,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for flag in ("max_compute_s", "max_body_bytes", "read_timeout_s"):
         if getattr(args, flag) <= 0:
             parser.error(f"--{flag.replace('_', '-')} must be positive, got {getattr(args, flag)}")
+    if args.scheduler is None:
+        args.scheduler = "serial" if args.lm_precision == "int8" else "continuous"
+    elif args.scheduler == "continuous" and args.lm_precision == "int8":
+        parser.error("--scheduler continuous needs --lm-precision fp32: the dynamic int8 graph scales its activations "
+                     "per batch, so a request's tokens would depend on who shares its batch (use --scheduler serial)")
     if args.lm == "none" and args.qa == "none":
         parser.error("--lm and --qa are both 'none': nothing to serve")
     return args
@@ -90,10 +103,10 @@ def main(argv: list[str] | None = None) -> int:
         from pocketlm.serving.http_limits import server_config
 
         models = loading.result()
-    limits = Limits(max_active=args.max_active, max_waiting=args.max_waiting, max_wait_s=args.max_wait_s,
-                    max_compute_s=args.max_compute_s, max_body_bytes=args.max_body_bytes,
-                    read_timeout_s=args.read_timeout_s)
-    app = create_app(models, limits)
+    limits = Limits(max_active=args.max_active, max_batch=args.max_batch, max_waiting=args.max_waiting,
+                    max_wait_s=args.max_wait_s, max_compute_s=args.max_compute_s,
+                    max_body_bytes=args.max_body_bytes, read_timeout_s=args.read_timeout_s)
+    app = create_app(models, limits, args.scheduler)
     gc.freeze()
     gc.enable()
     print(f"pocketlm REST API on http://{args.host}:{args.port} (docs: /docs), pid {os.getpid()}", flush=True)

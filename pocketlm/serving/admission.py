@@ -44,6 +44,10 @@ class Limits:
 
     max_active: int = 1
     """Model calls running at once."""
+    max_batch: int = 16
+    """Requests decoded together in the continuous batch (`--scheduler continuous`); more wait for a row, within
+    the same `max_waiting` / `max_wait_s` bounds. Each row makes every step a little slower, so this caps how
+    slow a step (the time between two tokens of a stream) can get."""
     max_waiting: int = 32
     """Requests allowed to queue for a compute slot (8 concurrent clients fit with room to spare)."""
     max_wait_s: float = 10.0
@@ -75,6 +79,8 @@ class Admission:
         self.service_s = 0.0
         """Running mean of how long a model call holds a compute slot (0 until the first call)."""
         self._slots = asyncio.Semaphore(limits.max_active)
+        self.waiting_for_slot = 0
+        """Callers queued in `compute_slot` right now (the continuous batch yields its slot when this is > 0)."""
 
     @property
     def capacity(self) -> int:
@@ -110,16 +116,20 @@ class Admission:
             ticket.release()
 
     @asynccontextmanager
-    async def compute_slot(self) -> AsyncIterator[None]:
-        """Hold one of the `max_active` slots for one model call; `Overloaded` after `max_wait_s` of waiting."""
+    async def compute_slot(self, queue_timeout: bool = True) -> AsyncIterator[None]:
+        """Hold one of the `max_active` slots for one model call; `Overloaded` after `max_wait_s` of waiting
+        (never with `queue_timeout=False`: the continuous batch's steps, whose requests were admitted already)."""
         try:
             # asyncio.timeout cancels the acquire itself, whose cancellation handling gives back a slot granted
             # at the last moment (3.11's wait_for could lose it)
-            async with asyncio.timeout(self.limits.max_wait_s):
+            self.waiting_for_slot += 1
+            async with asyncio.timeout(self.limits.max_wait_s if queue_timeout else None):
                 await self._slots.acquire()
         except TimeoutError:
             raise Overloaded(f"server busy: no compute slot within {self.limits.max_wait_s:g} s",
                              self.retry_after_s()) from None
+        finally:
+            self.waiting_for_slot -= 1
         started = time.perf_counter()
         try:
             yield

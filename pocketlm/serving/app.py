@@ -18,7 +18,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -28,6 +28,7 @@ from pocketlm.inference.onnx_lm import OnnxCausalLM, SamplingParams
 from pocketlm.serving.admission import Admission, Limits, Overloaded, Ticket
 from pocketlm.serving.http_limits import BodyLimits
 from pocketlm.serving.models import ServedModel, ServingModels
+from pocketlm.serving.scheduler import ClientGone, Scheduler, SchedulerKind, TokenStream, make_scheduler
 from pocketlm.serving.schemas import (
     BatchGenerateRequest,
     BatchGenerateResponse,
@@ -63,9 +64,12 @@ earlier ones, so a step costs the same at token 5 as at token 200. QA runs the i
 quantised) export of the encoder; long contexts are read in overlapping windows (document stride) and the
 best span over all windows wins. `/health` names the exact graph and precision each endpoint serves.
 
-### Two batching schemes
-* **Token by token** — `POST /generate/stream`: one prompt, each token sent as a server-sent event the
-  moment it is produced. Lowest time to first token; the CPU runs batches of one.
+### Batching
+* **Token by token** — `POST /generate/stream`: each token sent as a server-sent event the moment it is
+  produced (`POST /generate`: the same, answered whole).
+* **Continuous batching** (the default scheduler for the fp32 graph) — concurrent `/generate` and
+  `/generate/stream` requests join one running decode batch at the next step and leave it when they finish:
+  every step advances all of them with one graph call. (`--scheduler serial`: one request at a time.)
 * **Full batch** — `POST /generate/batch`: up to 32 prompts decoded together, left-padded to the longest
   prompt *of this request* (dynamic padding) with an attention mask, sharing every graph call. Several
   times the tokens per second (see the README's batching benchmark).
@@ -76,8 +80,8 @@ activations per batch (dynamic quantisation), so there batching can change a tok
 
 ### Limits and overload
 Bad input gets **422** naming the field (long inputs are not echoed back whole). A request body over the
-size cap gets **413**, one not sent in time **408**. The two CPU cores run one model call at a time; a
-bounded number of requests may queue, beyond that a request is refused at once with **503** and a
+size cap gets **413**, one not sent in time **408**. The two CPU cores run one model call (or decoding step)
+at a time; a bounded number of requests may be in flight, beyond that a request is refused at once with **503** and a
 `Retry-After` estimated from the queue. A generation that runs past the compute budget ends early with
 `finish_reason: "time_limit"`; `/generate/batch` has a budget of new tokens (prompts × `max_new_tokens`).
 """
@@ -134,8 +138,10 @@ class TicketedStreamingResponse(StreamingResponse):
             self.ticket.release()
 
 
-def create_app(models: ServingModels, limits: Limits | None = None) -> FastAPI:
-    """Build the REST app around loaded `models`; `limits` bounds bodies, waiting and compute (see `admission`)."""
+def create_app(models: ServingModels, limits: Limits | None = None, scheduler: SchedulerKind = "continuous") -> FastAPI:
+    """Build the REST app around loaded `models`; `limits` bounds bodies, waiting and compute (see `admission`);
+    `scheduler` runs `/generate` and `/generate/stream`: one continuous batch, or one request at a time
+    (`pocketlm.serving.scheduler`)."""
     limits = limits or Limits()
     app = FastAPI(
         title="pocketlm REST API",
@@ -149,6 +155,7 @@ def create_app(models: ServingModels, limits: Limits | None = None) -> FastAPI:
     app.add_middleware(BodyLimits, max_bytes=limits.max_body_bytes, timeout_s=limits.read_timeout_s)
     app.state.models = models
     app.state.admission = admission = Admission(limits)
+    app.state.scheduler = lm_scheduler = make_scheduler(scheduler, models.lm.runtime, admission) if models.lm else None
     app.state.started = time.monotonic()
     _install_docs(app)
     _install_error_handlers(app)
@@ -158,19 +165,20 @@ def create_app(models: ServingModels, limits: Limits | None = None) -> FastAPI:
         import onnxruntime
 
         return HealthResponse(
-            status="ok", models=models.describe(), in_flight=admission.in_flight, capacity=admission.capacity,
+            status="ok", models=models.describe(), scheduler=scheduler, in_flight=admission.in_flight,
+            capacity=admission.capacity,
             onnxruntime=onnxruntime.__version__, uptime_s=time.monotonic() - app.state.started,
         )
 
     @app.post("/generate", tags=["generation"], response_model=GenerateResponse, responses=REFUSALS,
               summary="Continue one prompt (answered whole)")
-    async def generate(body: GenerateRequest) -> GenerateResponse:
+    async def generate(body: GenerateRequest, request: Request) -> GenerateResponse:
         served = _require(models.lm, "lm")
         lm: OnnxCausalLM = served.runtime
         ids = _encode_prompts(lm, [body.prompt], body.max_new_tokens, ("body", "prompt"))[0]
         params = _sampling(body, limits)
-        outputs, latency = await admission.run(lm.generate_ids, [ids], params)
-        generation = _generation(lm, ids, outputs[0], params)
+        tokens, latency = await lm_scheduler.generate(ids, params, request.receive)
+        generation = _generation(lm, ids, tokens, params)
         return GenerateResponse(**generation.model_dump(), model=served.label, latency_ms=1000 * latency)
 
     @app.post("/generate/stream", tags=["generation"], responses={
@@ -185,7 +193,7 @@ def create_app(models: ServingModels, limits: Limits | None = None) -> FastAPI:
         ids = _encode_prompts(lm, [body.prompt], body.max_new_tokens, ("body", "prompt"))[0]
         ticket = admission.admit()  # refused here, the client gets a 503 status rather than an error event
         return TicketedStreamingResponse(
-            _token_events(lm, ids, _sampling(body, limits), admission, ticket), ticket, media_type="text/event-stream",
+            _token_events(lm, ids, _sampling(body, limits), lm_scheduler, ticket), ticket, media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
 
@@ -237,6 +245,10 @@ def _install_error_handlers(app: FastAPI) -> None:
         if err.status_code == 400:
             return JSONResponse({"detail": [{"type": "json_invalid", "loc": ["body"], "msg": str(err.detail)}]}, 422)
         return await http_exception_handler(request, err)
+
+    @app.exception_handler(ClientGone)
+    async def _gone(request: Request, err: ClientGone) -> Response:
+        return Response(status_code=499)  # nginx's "client closed request": no one is left to read it
 
     @app.exception_handler(ModelNotLoaded)
     async def _not_loaded(request: Request, err: ModelNotLoaded) -> JSONResponse:
@@ -336,17 +348,18 @@ def _sse(data: dict, event: str | None = None) -> str:
     return f"{head}data: {json.dumps(data)}\n\n"
 
 
-async def _token_events(lm: OnnxCausalLM, ids: list[int], params: SamplingParams, admission: Admission,
+async def _token_events(lm: OnnxCausalLM, ids: list[int], params: SamplingParams, scheduler: Scheduler,
                         ticket: Ticket) -> AsyncIterator[str]:
-    """Server-sent events for the token-by-token scheme (each decoding step takes a compute slot of its own,
-    see `Admission.steps`). The stream always ends with `end` or `error`: the status line and headers are
-    long gone when a step fails, so an event is the only way left to tell the client."""
-    steps = admission.steps(lm.stream_text(ids, params), ticket)
+    """Server-sent events of one prompt's tokens as the scheduler makes them. The stream always ends with `end`
+    or `error`: the status line and headers are long gone when a step fails, so an event is the only way left
+    to tell the client."""
+    steps: TokenStream = scheduler.stream(ids, params, ticket)
+    text_of = lm.text_decoder(ids)
     tokens: list[int] = []
     try:
-        async for token, text in steps:
+        async for token in steps:
             tokens.append(token)
-            yield _sse(StreamToken(index=len(tokens) - 1, token_id=token, text=text).model_dump())
+            yield _sse(StreamToken(index=len(tokens) - 1, token_id=token, text=text_of(token)).model_dump())
     except Overloaded as err:
         yield _sse({"detail": str(err)}, event="error")
         return

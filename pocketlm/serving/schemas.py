@@ -192,6 +192,8 @@ class ModelInfo(BaseModel):
 class HealthResponse(BaseModel):
     status: Literal["ok"]
     models: dict[str, ModelInfo] = Field(description="What each endpoint serves (`lm`, `qa`).")
+    scheduler: Literal["continuous", "serial"] = Field(
+        description="How `/generate` and `/generate/stream` run: one continuous batch, or one request at a time.")
     in_flight: int = Field(description="Model requests running or queued right now.")
     capacity: int = Field(description="In-flight requests accepted before new ones get 503.")
     onnxruntime: str
