@@ -1,18 +1,22 @@
 """Export an extractive QA model (the fine-tuned MiniLM, any BERT or DistilBERT checkpoint) to ONNX, plus int8.
 
-optimum does the work: `main_export` traces the model for the `question-answering` task with dynamic
-`batch_size` and `sequence_length` axes and checks the ONNX outputs against PyTorch. The folder it writes is
-self-contained for a torch-free reader, with `config.json` and the tokenizer as `tokenizer.json` (loadable by
-`tokenizers` alone), and holds three graphs of the same model:
+`torch.onnx.export` traces the model with dynamic `batch_size` and `sequence_length` axes, and the graph is
+checked against PyTorch before anything else is written (`export_with_torch`). The folder is self-contained
+for a torch-free reader, with `config.json` and the tokenizer as `tokenizer.json` (loadable by `tokenizers`
+alone), and holds three graphs of the same model:
 - `model.onnx`: fp32, standard ONNX operators (any ONNX runtime);
 - `model_optimized.onnx`: fp32 after ONNX Runtime's transformer fusions (`fuse_encoder`), what pocketlm runs;
 - `model_quantized.onnx`: the fused graph in dynamic int8, feed-forward outputs smoothed first (`quantize_encoder_int8`).
+
+Why not optimum: `optimum-onnx` 0.1.0 (the latest) requires transformers < 4.58, and its exporter does not even
+import under transformers 5 (`get_parameter_dtype` was removed from `transformers.modeling_utils`); what it did
+for pocketlm is a trace, ONNX Runtime's fusions and its quantiser, all called directly here.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -21,22 +25,103 @@ from pocketlm.inference.qa_engine import FP32_FILE, INT8_FILE, OPTIMIZED_FILE
 from pocketlm.inference.smoothing import DEFAULT_ALPHA, smooth_matmuls
 
 QA_OUTPUTS = ("start_logits", "end_logits")
+EXPORT_ATOL = 1e-4
+"""Largest difference from PyTorch an export may show on its check inputs (the parity tests hold the same bound)."""
+OPSET = 17
+
+
+class ExportMismatchError(RuntimeError):
+    """The exported graph does not compute what the PyTorch model computes."""
+
+
+def export_with_torch(module, inputs: Mapping, path: Path, output_names: Sequence[str], dynamic_axes: Mapping,
+                      checks: Sequence[Mapping] = ()) -> Path:
+    """Trace `module` on `inputs` (a name → tensor mapping, in the order of `module.forward`'s arguments) into the
+    ONNX graph `path`, then compare it with `module` on `inputs` and on each of `checks` (other shapes: what the
+    dynamic axes must cover). Raises `ExportMismatchError` past `EXPORT_ATOL`.
+
+    The TorchScript exporter (`dynamo=False`), not `torch.export`: its graph is the one ONNX Runtime's transformer
+    fusions recognise (one `Attention` per BERT layer, `fuse_encoder`), the one optimum exported.
+    """
+    import warnings
+
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+
+    module.eval()
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shape-dependent Python branches: checked below
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.filterwarnings("ignore", message=".*advanced indexing.*")  # the masks index with aranges: never negative
+        torch.onnx.export(module, tuple(inputs.values()), str(path), input_names=list(inputs), output_names=list(output_names),
+                          dynamic_axes=dict(dynamic_axes), opset_version=OPSET, dynamo=False)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for feed in (inputs, *checks):
+        with torch.no_grad():
+            expected = [t.numpy() for t in module(*feed.values())]
+        got = session.run(list(output_names), {name: tensor.numpy() for name, tensor in feed.items()})
+        for name, e, g in zip(output_names, expected, got):
+            if e.shape != g.shape or np.abs(e - g).max() > EXPORT_ATOL:
+                diff = np.abs(e - g).max() if e.shape == g.shape else f"shape {g.shape} against {e.shape}"
+                raise ExportMismatchError(f"{path.name}: output {name} differs from PyTorch ({diff}) on inputs of shape "
+                                          f"{tuple(next(iter(feed.values())).shape)}")
+    return path
+
+
+def _qa_graph(model, input_names: Sequence[str]):
+    """What the QA graph computes: the model's start and end logits from its token inputs, taken positionally so
+    that the graph's inputs come in this order. (A function: torch is imported only when exporting.)"""
+    import torch
+
+    class QuestionAnsweringGraph(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, *tensors):
+            out = self.model(**dict(zip(input_names, tensors)))
+            return out.start_logits, out.end_logits
+
+    return QuestionAnsweringGraph()
+
+
+def _qa_inputs(model, batch: int, length: int, padded_row: int | None = None) -> dict:
+    import inspect
+
+    import torch
+
+    generator = torch.Generator().manual_seed(batch * 1000 + length)
+    ids = torch.randint(1000, min(model.config.vocab_size, 2000), (batch, length), generator=generator)
+    mask = torch.ones_like(ids)
+    if padded_row is not None:
+        mask[padded_row, length // 2 :] = 0
+    inputs = {"input_ids": ids, "attention_mask": mask}
+    if "token_type_ids" in inspect.signature(model.forward).parameters:  # DistilBERT takes none
+        inputs["token_type_ids"] = (torch.arange(length) >= length // 3).long().expand(batch, -1).contiguous()
+    return inputs
 
 
 def export_question_answering(model_name_or_path: str, output_dir: str | Path, quantize: bool = True) -> Path:
     """Write `model.onnx` and `model_optimized.onnx` (fp32) and, with `quantize`, `model_quantized.onnx` (dynamic
-    int8) into `output_dir`.
+    int8) into `output_dir`, with `config.json` and the tokenizer.
 
     Inputs are `input_ids`, `attention_mask` and `token_type_ids` where the model takes them (DistilBERT does
     not); outputs `start_logits` and `end_logits`, both (batch_size, sequence_length). Returns `output_dir`.
     """
-    from optimum.exporters.onnx import main_export
+    from transformers import AutoModelForQuestionAnswering, AutoTokenizer
 
     source = resolve(model_name_or_path)
     output_dir = Path(output_dir)
-    # library_name: the offline MiniLM folder also holds sentence-transformers files, which would make
-    # optimum export it as a sentence embedder; we want the transformers QA head.
-    main_export(source, output_dir, task="question-answering", library_name="transformers", do_validation=True)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    # Eager attention: the matmul-softmax pattern ONNX Runtime's Attention fusion matches (SDPA traces differently).
+    model = AutoModelForQuestionAnswering.from_pretrained(source, attn_implementation="eager").eval()
+    inputs = _qa_inputs(model, batch=2, length=16, padded_row=0)
+    axes = {name: {0: "batch_size", 1: "sequence_length"} for name in (*inputs, *QA_OUTPUTS)}
+    export_with_torch(_qa_graph(model, list(inputs)), inputs, output_dir / FP32_FILE, QA_OUTPUTS, axes,
+                      checks=[_qa_inputs(model, batch=3, length=37, padded_row=1), _qa_inputs(model, batch=1, length=5)])
+    model.config.save_pretrained(output_dir)
+    AutoTokenizer.from_pretrained(source).save_pretrained(output_dir)
     _keep_window_settings(source, output_dir)
     if not (output_dir / "tokenizer.json").is_file():
         raise FileNotFoundError(f"{output_dir}: the tokenizer was not saved as tokenizer.json (a fast tokenizer is needed)")
@@ -56,27 +141,27 @@ CALIBRATION_QUESTIONS = 128
 
 def fuse_encoder(folder: str | Path) -> Path:
     """`<folder>/model.onnx` → `<folder>/model_optimized.onnx`: ONNX Runtime's transformer fusions for a BERT-style
-    encoder, through optimum's `ORTOptimizer` (level 2, CPU).
+    encoder (`onnxruntime.transformers.optimizer`, level 2, CPU; the settings optimum's `ORTOptimizer` used).
 
     Each layer's attention becomes one `Attention` op and bias + GELU one `BiasGelu`; residual + LayerNorm are left
-    unfused (`pocketlm.inference.qa_engine.QA_DISABLED_FUSIONS` says why). ONNX Runtime does not find this
-    export's attention pattern by itself at load time; the fused graph is a few per cent faster (1.33× PyTorch
-    against 1.28× for `model.onnx`, medians of five `benchmarks/qa_latency.py` runs in the README). The function
-    is unchanged (tests check both graphs within 1e-4 of PyTorch). The ops it adds are ONNX Runtime contrib ops,
-    which is why `model.onnx` is kept as well. A graph the optimiser cannot fuse is written as it is.
+    unfused (`pocketlm.inference.qa_engine.QA_DISABLED_FUSIONS` says why), and so are the embeddings' LayerNorm (as
+    optimum left them). ONNX Runtime does not find this export's attention pattern by itself at load time; the
+    fused graph is a few per cent faster. The function is unchanged (tests check both graphs within 1e-4 of
+    PyTorch). The ops it adds are ONNX Runtime contrib ops, which is why `model.onnx` is kept as well.
     """
-    import shutil
-    import tempfile
-
-    from optimum.onnxruntime import ORTOptimizer
-    from optimum.onnxruntime.configuration import OptimizationConfig
+    from onnxruntime.transformers.fusion_options import FusionOptions
+    from onnxruntime.transformers.optimizer import optimize_model
 
     folder = Path(folder)
-    with tempfile.TemporaryDirectory(dir=folder) as tmp:  # the optimiser also writes a config.json: keep ours
-        ORTOptimizer.from_pretrained(folder, file_names=[FP32_FILE]).optimize(
-            OptimizationConfig(optimization_level=2, optimize_for_gpu=False, disable_skip_layer_norm_fusion=True), save_dir=tmp
-        )
-        shutil.move(Path(tmp) / FP32_FILE.replace(".onnx", "_optimized.onnx"), folder / OPTIMIZED_FILE)
+    config = json.loads((folder / "config.json").read_text())
+    heads = config.get("num_attention_heads") or config["n_heads"]  # DistilBERT names them n_heads and dim
+    hidden = config.get("hidden_size") or config["dim"]
+    options = FusionOptions("bert")
+    options.enable_skip_layer_norm = False
+    options.enable_embed_layer_norm = False
+    optimized = optimize_model(str(folder / FP32_FILE), "bert", num_heads=heads, hidden_size=hidden, opt_level=2,
+                               optimization_options=options, use_gpu=False)
+    optimized.save_model_to_file(str(folder / OPTIMIZED_FILE))
     return folder / OPTIMIZED_FILE
 
 
@@ -160,26 +245,23 @@ def feed_forward_outputs(model) -> list[str]:
 def quantize_dynamic_int8(folder: str | Path) -> Path:
     """Quantise `<folder>/model.onnx` to `<folder>/model_quantized.onnx` with ONNX Runtime's dynamic int8 scheme
     as is, no fusions first: for graphs other than BERT-style encoders (the LM's decoder)."""
-    from optimum.onnxruntime import ORTQuantizer
-    from optimum.onnxruntime.configuration import AutoQuantizationConfig
+    from onnxruntime.quantization import QuantType, quantize_dynamic
 
     folder = Path(folder)
-    # The AVX-512 VNNI preset: symmetric int8 weights, per channel (more accurate than per tensor, same speed),
-    # no reduced range. The resulting graph (MatMulInteger / DynamicQuantizeLinear) runs on any CPU.
-    config = AutoQuantizationConfig.avx512_vnni(is_static=False, per_channel=True)
-    quantizer = ORTQuantizer.from_pretrained(folder, file_name=FP32_FILE)
-    quantizer.quantize(config, save_dir=folder, file_suffix="quantized")
     written = folder / INT8_FILE
-    if not written.is_file():
-        raise FileNotFoundError(f"the quantiser did not write {written}")
+    # Symmetric int8 weights, per channel (more accurate than per tensor, same speed), no reduced range, every
+    # operator ONNX Runtime quantises dynamically: optimum's AVX-512 VNNI preset. The resulting graph
+    # (MatMulInteger / DynamicQuantizeLinear) runs on any CPU.
+    quantize_dynamic(str(folder / FP32_FILE), str(written), weight_type=QuantType.QInt8, per_channel=True,
+                     reduce_range=False, extra_options={"WeightSymmetric": True, "ActivationSymmetric": False})
     return written
 
 
 def _keep_window_settings(source: str, output_dir: Path) -> None:
     """Carry the window length and stride the model was trained with into the export's config.json.
 
-    `main_export` rewrites config.json from the model's config, which keeps these extra keys; this is a
-    guard for checkpoints whose config was saved by other tools."""
+    The export writes config.json from the model's config, which keeps these extra keys; this is a guard for
+    checkpoints whose config was saved by other tools."""
     source_config = Path(source) / "config.json"
     if not source_config.is_file():
         return
@@ -230,7 +312,7 @@ def publish_question_answering_onnx(model: str, repo_id: str, records: list[dict
     }
     card = ModelCardInfo(
         title=repo_id.split("/")[-1],
-        summary=f"`{model}` exported to ONNX by optimum (`question-answering` task, dynamic batch and sequence axes): "
+        summary=f"`{model}` exported to ONNX by `torch.onnx` (question answering, dynamic batch and sequence axes): "
         f"`{FP32_FILE}` (fp32, standard ONNX operators, {sizes[FP32_FILE]:.1f} MB), `{OPTIMIZED_FILE}` (the same fp32 "
         f"function after ONNX Runtime's transformer fusions: one `Attention` op per layer, {sizes[OPTIMIZED_FILE]:.1f} MB) and "
         f"`{INT8_FILE}` (the fused graph in dynamic int8, each feed-forward output projection smoothed first (SmoothQuant, "
@@ -239,8 +321,7 @@ def publish_question_answering_onnx(model: str, repo_id: str, records: list[dict
         how_to_load=(
             "from pocketlm.inference.qa_engine import OnnxQuestionAnswerer\n"
             f"qa = OnnxQuestionAnswerer.from_pretrained(\"{repo_id}\", quantized=True)  # a local folder\n"
-            "qa.answer(\"Where is the Eiffel Tower?\", \"The Eiffel Tower is in Paris.\").text\n"
-            "# or with optimum: ORTModelForQuestionAnswering.from_pretrained(folder, file_name=\"model_quantized.onnx\")"
+            "qa.answer(\"Where is the Eiffel Tower?\", \"The Eiffel Tower is in Paris.\").text"
         ),
         pipeline_tag="question-answering",
         eval_dataset="rajpurkar/squad",
