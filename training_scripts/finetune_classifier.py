@@ -44,6 +44,9 @@ class PublishArguments:
         default=None, metadata={"help": f"publish as this id (default: {MINILM_SST2_PEFT} for the MiniLM on SST-2, "
                                         "else pocketlm/<model>-<dataset>-peft)"})
     publish: bool = field(default=True, metadata={"help": "publish to the local hub folder (--publish false to skip)"})
+    # transformers 5 dropped this flag from TrainingArguments; pocketlm's resume logic still honours it
+    overwrite_output_dir: bool = field(default=False, metadata={"help": "start afresh instead of resuming from the "
+                                                                        "last checkpoint in --output_dir"})
 
 
 def default_repo_id(spec: ClassifierSpec, dataset: str) -> str:
@@ -63,7 +66,8 @@ def main(argv: list[str] | None = None) -> int:
         PRESETS, "full", argv, description=__doc__.splitlines()[0],
     )
     repo_id = publish_args.repo_id or default_repo_id(spec, data_args.dataset)
-    finetune_and_publish(spec, data_args, regularisation, training_args, repo_id if publish_args.publish else None)
+    finetune_and_publish(spec, data_args, regularisation, training_args, repo_id if publish_args.publish else None,
+                         overwrite_output_dir=publish_args.overwrite_output_dir)
     return 0
 
 

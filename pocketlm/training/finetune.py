@@ -66,6 +66,7 @@ def finetune_and_publish(
     regularisation: RegularisationArguments,
     training_args,
     repo_id: str | None,
+    overwrite_output_dir: bool = False,
 ) -> dict:
     """Train on the train split (early stopping on validation macro-F1), report validation and test, publish `repo_id`."""
     from transformers import AutoTokenizer, set_seed
@@ -88,7 +89,7 @@ def finetune_and_publish(
     trainer = build_trainer(model, tokenizer, training_args, splits["train"], splits["validation"], label_names,
                             regularisation, callbacks=[MetricsWriterCallback(output_dir, title)])
     resume = training_args.resume_from_checkpoint or (
-        get_last_checkpoint(str(output_dir)) if output_dir.is_dir() and not training_args.overwrite_output_dir else None)
+        get_last_checkpoint(str(output_dir)) if output_dir.is_dir() and not overwrite_output_dir else None)
     if resume:
         print(f"resuming from {resume}", flush=True)
     started = time.perf_counter()
