@@ -26,7 +26,7 @@ _COMMON = dict(
     eval_strategy="epoch", save_strategy="epoch", save_total_limit=2, load_best_model_at_end=True,
     metric_for_best_model=BEST_METRIC, greater_is_better=True, logging_steps=20, report_to="none",
     per_device_train_batch_size=32, per_device_eval_batch_size=64, gradient_accumulation_steps=1,
-    warmup_ratio=0.06, weight_decay=0.01, group_by_length=True, dataloader_num_workers=0, seed=42,
+    warmup_steps=0.06, weight_decay=0.01, train_sampling_strategy="group_by_length", dataloader_num_workers=0, seed=42,
 )
 PRESETS = {
     # The published model: the whole SST-2 train split (6,920 sentences); 2 epochs keep it near 10 minutes on the

@@ -4,7 +4,7 @@ Written out in full, nanoGPT-style, so each part can be read in one sitting — 
 the name that transformers' `LlamaForCausalLM` gives it, and `save_pretrained` writes a standard
 `config.json` + `model.safetensors`. The checkpoint therefore loads with
 `AutoModelForCausalLM.from_pretrained(path)` and `pipeline("text-generation")` with no custom code, and it
-exports with optimum / onnxruntime-genai like any Llama. (See DESIGN.md for why Llama and not GPT-2.)
+exports to ONNX with `torch.onnx` (`pocketlm.inference.lm_export`) like any Llama. (See DESIGN.md for why Llama and not GPT-2.)
 
 Shapes in comments: B batch, T sequence length, C d_model, H heads, D head_dim = C / H.
 """

@@ -178,7 +178,7 @@ def _training_section(spec, data_args, regularisation, training_args, summary) -
         f"{regularisation.early_stopping_patience} evaluations without a validation {BEST_METRIC} gain "
         f"(stopped at epoch {summary['epochs']:.0f}; best: `{Path(summary['best_checkpoint'] or '-').name}`). "
         f"Trained on {summary['train_examples']:,} sentences of the train split. "
-        f"Texts truncated to {data_args.max_seq_length} tokens, padded per batch, grouped by length: {training_args.group_by_length}. "
+        f"Texts truncated to {data_args.max_seq_length} tokens, padded per batch, grouped by length: {training_args.train_sampling_strategy == 'group_by_length'}. "
         f"Training took {summary['train_runtime_s']:.0f} s."
     )
 

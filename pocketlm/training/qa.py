@@ -2,7 +2,7 @@
 
 What makes it fit a 2-core CPU (compared with the `run_qa.py` defaults of max length 384, padded):
 * windows of 256 tokens with a 64-token document stride — most SQuAD contexts fit whole in 256 tokens;
-* dynamic padding (`DataCollatorWithPadding`) and `group_by_length`, so a batch is only as long as its
+* dynamic padding (`DataCollatorWithPadding`) and length-grouped batches, so a batch is only as long as its
   longest window, not 384 — on this data that is well under half the tokens;
 * a high learning rate for a small encoder.
 The window settings are written into the model's `config.json` (`qa_max_length`, `qa_doc_stride`) so that
@@ -92,6 +92,8 @@ def finetune_question_answering(args: QAArguments, training_args, preset: str | 
         processing_class=tokenizer,
         callbacks=[MetricsWriterCallback(output_dir, title=f"QA fine-tune of {args.model_name_or_path}")],
     )
+    # The QA loss is a per-batch mean; see `ClassifierTrainer.loss_is_scaled_for_ga` (transformers#47688).
+    trainer.loss_is_scaled_for_ga = False
     last = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
     if last:
         print(f"resuming from {last}", flush=True)
@@ -145,7 +147,7 @@ def _model_card(args: QAArguments, training_args, metrics: dict, preset: str | N
         + (f"{epochs:g} epoch(s)" if epochs is not None else f"{training_args.max_steps} steps")
         + f", effective batch {effective_batch}, learning rate {training_args.learning_rate:g} "
         f"({training_args.lr_scheduler_type.value if hasattr(training_args.lr_scheduler_type, 'value') else training_args.lr_scheduler_type} schedule, "
-        f"warm-up ratio {training_args.warmup_ratio:g}), {'bf16 autocast' if training_args.bf16 else 'fp32'}.\n\n"
+        f"warm-up {training_args.warmup_steps:g}{' of the steps' if training_args.warmup_steps < 1 else ' steps'}), {'bf16 autocast' if training_args.bf16 else 'fp32'}.\n\n"
         f"Training took **{metrics['train_seconds'] / 60:.1f} minutes** ({metrics['train_cpu_seconds'] / 60:.1f} CPU-minutes, "
         f"{metrics['threads']} torch threads) on {machine_description()}; final training loss {metrics['train_loss']}.\n\n"
         f"EM/F1 use the official SQuAD v1.1 normalisation on the first {metrics['eval_questions']:,} questions of the "
