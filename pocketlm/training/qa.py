@@ -156,9 +156,9 @@ def _model_card(args: QAArguments, training_args, metrics: dict, preset: str | N
         f"`python training_scripts/evaluate_qa.py ../shared/data/squad-v1.1/validation.json --model {args.output_repo}`."
     )
     how_to_load = (
-        "from transformers import pipeline\n"
-        f"qa = pipeline(\"question-answering\", model=\"{args.output_repo}\")\n"
-        "qa(question=\"Where is the Eiffel Tower?\", context=\"The Eiffel Tower is in Paris.\")"
+        "from pocketlm.inference.qa_torch import TorchQuestionAnswerer\n"
+        f"qa = TorchQuestionAnswerer.from_pretrained(\"{args.output_repo}\")  # AutoModelForQuestionAnswering inside\n"
+        "qa.answer(\"Where is the Eiffel Tower?\", \"The Eiffel Tower is in Paris.\").text"
     )
     return ModelCardInfo(
         title=args.output_repo.split("/")[-1],
