@@ -92,7 +92,7 @@ def _qa_inputs(model, batch: int, length: int, padded_row: int | None = None) ->
     import torch
 
     generator = torch.Generator().manual_seed(batch * 1000 + length)
-    ids = torch.randint(1000, min(model.config.vocab_size, 2000), (batch, length), generator=generator)
+    ids = torch.randint(0, model.config.vocab_size, (batch, length), generator=generator)
     mask = torch.ones_like(ids)
     if padded_row is not None:
         mask[padded_row, length // 2 :] = 0
