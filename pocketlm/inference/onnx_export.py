@@ -1,7 +1,7 @@
 """Export an extractive QA model (the fine-tuned MiniLM, any BERT or DistilBERT checkpoint) to ONNX, plus int8.
 
 `torch.onnx.export` traces the model with dynamic `batch_size` and `sequence_length` axes, and the graph is
-checked against PyTorch before anything else is written (`export_with_torch`). The folder is self-contained
+checked against PyTorch before the rest of the folder is written (`export_with_torch`). The folder is self-contained
 for a torch-free reader, with `config.json` and the tokenizer as `tokenizer.json` (loadable by `tokenizers`
 alone), and holds three graphs of the same model:
 - `model.onnx`: fp32, standard ONNX operators (any ONNX runtime);
@@ -53,7 +53,7 @@ def export_with_torch(module, inputs: Mapping, path: Path, output_names: Sequenc
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shape-dependent Python branches: checked below
         warnings.simplefilter("ignore", DeprecationWarning)
-        warnings.filterwarnings("ignore", message=".*advanced indexing.*")  # the masks index with aranges: never negative
+        warnings.filterwarnings("ignore", message=".*advanced indexing.*")  # a negative index would fail the check below
         torch.onnx.export(module, tuple(inputs.values()), str(path), input_names=list(inputs), output_names=list(output_names),
                           dynamic_axes=dict(dynamic_axes), opset_version=OPSET, dynamo=False)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
