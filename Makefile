@@ -39,6 +39,7 @@ $(STAMP): pyproject.toml requirements-lock.txt
 
 $(DEV_STAMP): $(STAMP)
 	$(BIN)/python -m pip install -q --no-compile -c requirements-lock.txt -e ".[dev]"
+	$(BIN)/python -m pip check
 	@touch $@
 
 install: $(DEV_STAMP)

@@ -59,8 +59,8 @@ def train_once(method, regime, seed, splits, names, tokenizer, args, workdir):
     model = build_classifier(ClassifierSpec(method=method, mixout_p=settings["mixout_p"]), names)
     training_args = TrainingArguments(
         output_dir=str(workdir), per_device_train_batch_size=args.batch_size, per_device_eval_batch_size=64,
-        learning_rate=LEARNING_RATES[method], num_train_epochs=args.epochs, warmup_ratio=0.06, weight_decay=0.01,
-        group_by_length=True, eval_strategy="no", save_strategy="no", logging_strategy="no", report_to="none",
+        learning_rate=LEARNING_RATES[method], num_train_epochs=args.epochs, warmup_steps=0.06, weight_decay=0.01,
+        train_sampling_strategy="group_by_length", eval_strategy="no", save_strategy="no", logging_strategy="no", report_to="none",
         seed=seed, disable_tqdm=True, use_cpu=True,
     )
     trainer = build_trainer(model, tokenizer, training_args, splits["train"], splits["validation"], names,

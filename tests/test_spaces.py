@@ -326,7 +326,9 @@ def test_each_space_folder_runs_on_its_own_as_staged_for_the_hub(space, tmp_path
 
     folder = stage(space, tmp_path / space)
     front_matter = (folder / "README.md").read_text().split("---")[1]
-    assert "sdk: gradio" in front_matter and "sdk_version: 6.17.3" in front_matter and "app_file: app.py" in front_matter
+    gradio_pin = next(line.split("==")[1] for line in (REPO_ROOT / "requirements-lock.txt").read_text().splitlines()
+                      if line.startswith("gradio=="))
+    assert "sdk: gradio" in front_matter and f"sdk_version: {gradio_pin}" in front_matter and "app_file: app.py" in front_matter
     assert "models:\n  - pocketlm/" in front_matter and "onnxruntime==" in (folder / "requirements.txt").read_text()
     # No PYTHONPATH, run from the staged folder: app.py finds pocketlm beside it, as on the Hub.
     result = subprocess.run([sys.executable, "app.py", "--help"], capture_output=True, text=True, cwd=folder,

@@ -28,7 +28,7 @@ _COMMON = dict(
     eval_strategy="epoch", save_strategy="epoch", save_total_limit=2, load_best_model_at_end=True,
     metric_for_best_model=BEST_METRIC, greater_is_better=True, logging_steps=20, report_to="none",
     per_device_train_batch_size=32, per_device_eval_batch_size=64, gradient_accumulation_steps=1,
-    warmup_ratio=0.06, weight_decay=0.01, group_by_length=True, dataloader_num_workers=0, seed=42,
+    warmup_steps=0.06, weight_decay=0.01, train_sampling_strategy="group_by_length", dataloader_num_workers=0, seed=42,
 )
 PRESETS = {
     # The published model: the whole SST-2 train split (6,920 sentences); 2 epochs keep it near 10 minutes on the
@@ -46,6 +46,9 @@ class PublishArguments:
         default=None, metadata={"help": f"publish as this id (default: {MINILM_SST2_PEFT} for the MiniLM on SST-2, "
                                         "else pocketlm/<model>-<dataset>-peft)"})
     publish: bool = field(default=True, metadata={"help": "publish to the local hub folder (--publish false to skip)"})
+    # transformers 5 dropped this flag from TrainingArguments; pocketlm's resume logic still honours it
+    overwrite_output_dir: bool = field(default=False, metadata={"help": "start afresh instead of resuming from the "
+                                                                        "last checkpoint in --output_dir"})
 
     def __post_init__(self):
         if self.repo_id is not None:
@@ -72,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     repo_id = publish_args.repo_id or validate_repo_id(default_repo_id(spec, data_args.dataset),
                                                        "--repo_id (derived from --model_name_or_path and --dataset; pass one)")
     with OutputDirLock(training_args.output_dir):
-        finetune_and_publish(spec, data_args, regularisation, training_args, repo_id if publish_args.publish else None)
+        finetune_and_publish(spec, data_args, regularisation, training_args, repo_id if publish_args.publish else None,
+                             overwrite_output_dir=publish_args.overwrite_output_dir)
     return 0
 
 

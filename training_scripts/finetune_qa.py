@@ -22,8 +22,8 @@ from pocketlm.training.qa import QAArguments, default_output_dir, finetune_quest
 
 # fp32: on this CPU (AVX-512 without AMX/AVX512-BF16) a bf16-autocast training step measured 2.5x slower than fp32.
 _COMMON = {
-    "bf16": False, "dataloader_pin_memory": False, "lr_scheduler_type": "linear", "warmup_ratio": 0.1, "weight_decay": 0.01,
-    "group_by_length": True, "eval_strategy": "steps", "save_strategy": "steps", "save_total_limit": 1,
+    "bf16": False, "dataloader_pin_memory": False, "lr_scheduler_type": "linear", "warmup_steps": 0.1, "weight_decay": 0.01,
+    "train_sampling_strategy": "group_by_length", "eval_strategy": "steps", "save_strategy": "steps", "save_total_limit": 1,
     "logging_steps": 20, "report_to": "none", "dataloader_num_workers": 0, "seed": 42,
 }
 PRESETS = {

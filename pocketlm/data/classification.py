@@ -2,7 +2,7 @@
 
 Padding is left to transformers' `DataCollatorWithPadding`, so each batch is only as long as its longest
 sentence (SST-2 averages ~25 tokens: padding to 128 would make every step ~4× dearer). With
-`--group_by_length` the Trainer's `LengthGroupedSampler` batches sentences of similar length together.
+`--train_sampling_strategy group_by_length` the Trainer's `LengthGroupedSampler` batches sentences of similar length together.
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
 """Export a causal LM (pocketlm's tiny Llama, gpt2, any `AutoModelForCausalLM`) to ONNX with its KV cache.
 
-optimum's exporter does the tracing (`task="text-generation-with-past"`: one graph that takes the past keys
-and values and returns the present ones) and validates the graph against PyTorch; onnxruntime's dynamic
-quantisation writes an int8 twin beside it. `check_lm_export` then measures what the model card states:
-logit agreement and greedy agreement of the ONNX graphs with transformers' own `generate`.
+`torch.onnx.export` traces one graph that takes the past keys and values and returns the present ones (the
+layout optimum's `text-generation-with-past` export had), computes logits for the last position only, and is
+checked against PyTorch on a prefill and on cached steps; onnxruntime's dynamic quantisation writes an int8
+twin beside it. `check_lm_export` then measures what the model card states: logit and greedy agreement of
+the ONNX graphs with transformers' own `generate`.
 """
 
 from __future__ import annotations
@@ -21,14 +22,24 @@ def export_causal_lm(model_name_or_path: str, output_dir: str | Path, *, quantiz
 
     The tokenizer goes along as `tokenizer.json`, which the `tokenizers` library reads without transformers.
     """
-    from optimum.exporters.onnx import main_export
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from pocketlm.hub import resolve
+    from pocketlm.inference.torch_onnx import export_with_torch
 
     output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
     source = resolve(model_name_or_path)
-    main_export(source, output_dir, task=TASK, device="cpu", do_validation=True)
-    keep_last_position_logits(output_dir / FP32_FILE)
+    # Eager attention: its mask arithmetic traces for any padding and past length (SDPA's can skip the mask).
+    model = AutoModelForCausalLM.from_pretrained(source, attn_implementation="eager").eval()
+    graph = _with_past_graph(model)
+    # Traced on a cached step over a left-padded batch, so that no shape or padding special case is baked in.
+    inputs = _decoder_inputs(model, graph, batch=2, new=4, past=3, padded_row=0)
+    export_with_torch(graph, inputs, output_dir / FP32_FILE, graph.output_names, _decoder_axes(graph),
+                      checks=[_decoder_inputs(model, graph, batch=1, new=5, past=0),  # a prefill
+                              _decoder_inputs(model, graph, batch=3, new=1, past=6, padded_row=2)])
+    model.config.save_pretrained(output_dir)
+    AutoTokenizer.from_pretrained(source).save_pretrained(output_dir)
     if not (output_dir / "tokenizer.json").is_file():
         raise FileNotFoundError(f"{source} has no fast tokenizer (tokenizer.json); the torch-free runtime needs one")
     if quantize:
@@ -38,53 +49,79 @@ def export_causal_lm(model_name_or_path: str, output_dir: str | Path, *, quantiz
 
 def quantize_dynamic_int8(folder: str | Path) -> Path:
     """Quantise `<folder>/model.onnx` to `<folder>/model_quantized.onnx` with ONNX Runtime's dynamic int8 scheme
-    as is, no fusions first: for graphs other than BERT-style encoders (the LM's decoder, which has no
-    BERT attention pattern to fuse); the QA encoder is quantised by `pocketlm.inference.qa_onnx_export`."""
-    from optimum.onnxruntime import ORTQuantizer
-    from optimum.onnxruntime.configuration import AutoQuantizationConfig
+    as is, no fusions first: the LM's decoder has no BERT attention pattern to fuse (the QA encoder is quantised
+    by `pocketlm.inference.qa_onnx_export`)."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
 
     folder = Path(folder)
-    # The AVX-512 VNNI preset: symmetric int8 weights, per channel (more accurate than per tensor, same speed),
-    # no reduced range. The resulting graph (MatMulInteger / DynamicQuantizeLinear) runs on any CPU.
-    config = AutoQuantizationConfig.avx512_vnni(is_static=False, per_channel=True)
-    quantizer = ORTQuantizer.from_pretrained(folder, file_name=FP32_FILE)
-    quantizer.quantize(config, save_dir=folder, file_suffix="quantized")
     written = folder / INT8_FILE
-    if not written.is_file():
-        raise FileNotFoundError(f"the quantiser did not write {written}")
+    # Symmetric int8 weights, per channel (more accurate than per tensor, same speed), no reduced range, every
+    # operator ONNX Runtime quantises dynamically: optimum's AVX-512 VNNI preset. The resulting graph
+    # (MatMulInteger / DynamicQuantizeLinear) runs on any CPU.
+    quantize_dynamic(str(folder / FP32_FILE), str(written), weight_type=QuantType.QInt8, per_channel=True,
+                     reduce_range=False, extra_options={"WeightSymmetric": True, "ActivationSymmetric": False})
     return written
 
 
-def keep_last_position_logits(onnx_path: str | Path) -> bool:
-    """Make the graph compute logits for the last position only (transformers' `logits_to_keep=1`).
+def _with_past_graph(model):
+    """The model as one step of `OnnxCausalLM`'s decode loop: (`input_ids`, `attention_mask`, [`position_ids`],
+    `past_key_values.{i}.key/value`...) → (`logits` of the last position, `present.{i}.key/value`...).
 
-    Generation reads nothing else, but optimum exports with `logits_to_keep=0`: the prefill of a padded batch
-    of 20 prompts × 67 tokens then multiplies all 1,340 hidden states by the 256 × 8,000 output matrix —
-    about 40 % of the prefill's arithmetic, thrown away. A `Slice` of the final hidden states to their last
-    position, inserted before that matmul, removes it. Returns False (graph unchanged) when the logits do not
-    come from a matmul of (batch, sequence, hidden) states, e.g. a differently built export.
+    `logits_to_keep=1`: generation reads nothing else, and the full logits of a padded prefill batch (20 prompts
+    × 67 tokens by a 256 × 8,000 output matrix) would be about 40 % of its arithmetic, thrown away.
     """
-    import onnx
-    from onnx import TensorProto, helper
+    import inspect
 
-    onnx_path = Path(onnx_path)
-    model = onnx.load(str(onnx_path))
-    graph = model.graph
-    index, head = next(((i, n) for i, n in enumerate(graph.node) if "logits" in n.output), (None, None))
-    output = next(o for o in graph.output if o.name == "logits")
-    if head is None or head.op_type != "MatMul" or len(output.type.tensor_type.shape.dim) != 3:
-        return False
-    constants = {"last_position_starts": -1, "last_position_ends": 2**63 - 1, "last_position_axes": 1}
-    graph.initializer.extend(helper.make_tensor(name, TensorProto.INT64, [1], [value]) for name, value in constants.items())
-    sliced = head.input[0] + "_last_position"
-    graph.node.insert(index, helper.make_node("Slice", [head.input[0], *constants], [sliced], name="/keep_last_position_logits"))
-    head.input[0] = sliced
-    sequence_dim = output.type.tensor_type.shape.dim[1]
-    sequence_dim.Clear()
-    sequence_dim.dim_value = 1
-    onnx.checker.check_model(model)
-    onnx.save(model, str(onnx_path))
-    return True
+    import torch
+    from transformers import DynamicCache
+
+    layers = model.config.num_hidden_layers
+    takes_positions = "position_ids" in inspect.signature(model.forward).parameters
+
+    class WithPast(torch.nn.Module):
+        past_names = [f"past_key_values.{i}.{kind}" for i in range(layers) for kind in ("key", "value")]
+        output_names = ["logits", *(name.replace("past_key_values", "present") for name in past_names)]
+        input_names = ["input_ids", "attention_mask", *(["position_ids"] if takes_positions else []), *past_names]
+
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids, attention_mask, *rest):
+            positions, past = (rest[0], rest[1:]) if takes_positions else (None, rest)
+            cache = DynamicCache(ddp_cache_data=list(zip(past[0::2], past[1::2])), config=model.config)
+            extra = {"position_ids": positions} if takes_positions else {}
+            out = self.model(input_ids=input_ids, attention_mask=attention_mask, past_key_values=cache, use_cache=True,
+                             logits_to_keep=1, **extra)
+            return out.logits, *(t for layer in out.past_key_values.layers for t in (layer.keys, layer.values))
+
+    return WithPast()
+
+
+def _decoder_inputs(model, graph, batch: int, new: int, past: int, padded_row: int | None = None) -> dict:
+    """Random inputs for one decode step: `new` tokens after a cache of `past` (0: a prefill), `padded_row` left-padded."""
+    import torch
+
+    config = model.config
+    heads = getattr(config, "num_key_value_heads", None) or config.num_attention_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
+    generator = torch.Generator().manual_seed(batch * 100 + new * 10 + past)
+    mask = torch.ones(batch, past + new, dtype=torch.long)
+    if padded_row is not None:
+        mask[padded_row, : (past + new) // 2] = 0
+    inputs = {"input_ids": torch.randint(0, config.vocab_size, (batch, new), generator=generator), "attention_mask": mask}
+    if "position_ids" in graph.input_names:  # positions count real tokens only, as `OnnxCausalLM` feeds them
+        inputs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0)[:, past:]
+    inputs.update({name: torch.randn(batch, heads, past, head_dim, generator=generator) for name in graph.past_names})
+    return inputs
+
+
+def _decoder_axes(graph) -> dict:
+    axes = {"input_ids": {0: "batch_size", 1: "sequence_length"}, "attention_mask": {0: "batch_size", 1: "total_sequence_length"},
+            "position_ids": {0: "batch_size", 1: "sequence_length"}, "logits": {0: "batch_size"}}
+    axes.update({name: {0: "batch_size", 2: "past_sequence_length"} for name in graph.past_names})
+    axes.update({name: {0: "batch_size", 2: "total_sequence_length"} for name in graph.output_names[1:]})
+    return {name: axis for name, axis in axes.items() if name in graph.input_names or name in graph.output_names}
 
 
 def check_lm_export(
@@ -177,7 +214,7 @@ def publish_lm_onnx(
         card = ModelCardInfo(
             title=f"{repo_id} — ONNX export with KV cache",
             summary=(
-                f"`{model_name_or_path}` exported to ONNX by optimum (`{TASK}`: the graph takes and returns the "
+                f"`{model_name_or_path}` exported to ONNX by `torch.onnx` (`{TASK}`: the graph takes and returns the "
                 "key/value cache, so each generated token costs one short step), plus a dynamically quantised int8 "
                 "twin (`model_quantized.onnx`). Served torch-free by `pocketlm.serving` with onnxruntime, "
                 "`tokenizers` and numpy."

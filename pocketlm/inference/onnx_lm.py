@@ -1,10 +1,8 @@
 """Torch-free text generation: a numpy decode loop over the LM's ONNX export with its KV cache.
 
-Why this path and not onnxruntime-genai (docs/design.md): genai's `generate` is faster per token, but both
-are far under the server's 200 ms budget, while
-genai's model builder (0.18) targets transformers 5 and only runs under our pinned 4.57 with stand-in
-classes patched in — a fragile export step. optimum's `text-generation-with-past` export is the supported
-route for this stack, and owning the ~100-line loop below is what lets the batching schemes be explicit:
+Why this path and not onnxruntime-genai (docs/design.md): genai's `generate` is faster per token, but both are
+far under the server's 200 ms budget, and owning the ~100-line loop below over the plain KV-cache graph
+(`pocketlm.inference.lm_export`) is what lets the batching schemes be explicit:
 left padding with an attention mask (dynamic padding: each batch pads only to its own longest prompt),
 position ids that count real tokens only (so a padded prompt sees the RoPE angles it would see alone),
 per-row stopping at EOS, and token-by-token streaming — all with numpy and onnxruntime only, so the REST
@@ -111,7 +109,7 @@ def cpu_session(model_path: str | Path, intra_op_num_threads: int | None = None,
 
 
 class OnnxCausalLM:
-    """A decoder-only LM exported by optimum with `task="text-generation-with-past"`, run with onnxruntime.
+    """A decoder-only LM exported with its KV cache (`pocketlm.inference.lm_export`), run with onnxruntime.
 
     The graph takes `input_ids`, `attention_mask`, `position_ids` and `past_key_values.{i}.key/value`
     (batch, kv_heads, past_len, head_dim) and returns `logits` and `present.{i}.key/value`: each step feeds

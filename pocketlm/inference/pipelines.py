@@ -1,12 +1,13 @@
-"""The two one-line entry points of the inference lab, on transformers pipelines:
+"""The two one-line entry points of the inference lab:
 
     >>> from pocketlm.inference.pipelines import generate_text, answer_question
     >>> generate_text("The history of the city", seed=0)
     >>> answer_question(context="The Eiffel Tower is in Paris.", question="Where is the Eiffel Tower?")
 
-`generate_text` samples from `pocketlm/tiny-lm` (top-k 50, temperature 0.7); `answer_question` runs `pocketlm/minilm-squad`.
-Models resolve through `pocketlm.hub.resolve` (the local hub folder first) and load once per process:
-the pipelines are cached by the folder they were loaded from.
+`generate_text` samples from `pocketlm/tiny-lm` (top-k 50, temperature 0.7) with transformers' text-generation
+pipeline; `answer_question` runs `pocketlm/minilm-squad` with pocketlm's PyTorch `TorchQuestionAnswerer`
+(transformers 5 removed the question-answering pipeline). Models resolve through `pocketlm.hub.resolve` (the
+local hub folder first) and load once per process, cached by the folder they were loaded from.
 """
 
 from __future__ import annotations
@@ -34,8 +35,15 @@ def text_generator(model: str = TINY_LM):
     return _pipeline("text-generation", resolve(model))
 
 
+@lru_cache(maxsize=4)
+def _question_answerer(location: str):
+    from pocketlm.inference.qa_torch import TorchQuestionAnswerer
+
+    return TorchQuestionAnswerer.from_pretrained(location)  # the windows it was trained with, from its config.json
+
+
 def question_answerer(model: str = MINILM_SQUAD):
-    return _pipeline("question-answering", resolve(model))
+    return _question_answerer(resolve(model))
 
 
 def generate_text(prompt: str, max_new_tokens: int = MAX_NEW_TOKENS, seed: int | None = None, model: str = TINY_LM) -> str:
@@ -63,8 +71,4 @@ def answer_question(context: str, question: str, model: str = MINILM_SQUAD) -> s
     """The span of `context` that answers `question` (extractive: always a substring of the context)."""
     if not context.strip() or not question.strip():
         raise ConfigError("context and question must not be empty")
-    qa = question_answerer(model)
-    config = qa.model.config
-    # Cut long contexts into the same windows as in training (the settings are in the model's config.json).
-    windows = {"max_seq_len": getattr(config, "qa_max_length", 384), "doc_stride": getattr(config, "qa_doc_stride", 128)}
-    return qa(question=question, context=context, **windows)["answer"]
+    return question_answerer(model).answer(question, context).text

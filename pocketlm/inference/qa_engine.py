@@ -19,7 +19,7 @@ from pocketlm.inference.qa_postprocess import Answer, best_span
 from pocketlm.inference.squad_metrics import squad_scores
 
 FP32_FILE = "model.onnx"
-"""optimum's export: standard ONNX operators only, so any ONNX runtime can load it."""
+"""The `torch.onnx` export: standard ONNX operators only, so any ONNX runtime can load it."""
 OPTIMIZED_FILE = "model_optimized.onnx"
 """The same fp32 function after ONNX Runtime's transformer fusions (one `Attention` op per layer, bias + GELU):
 what the fp32 QA path runs, since ORT does not fuse this export's attention when it loads `model.onnx`."""

@@ -1,12 +1,16 @@
 """Export an extractive QA model (the fine-tuned MiniLM, any BERT or DistilBERT checkpoint) to ONNX, plus int8.
 
-optimum does the work: `main_export` traces the model for the `question-answering` task with dynamic
-`batch_size` and `sequence_length` axes and checks the ONNX outputs against PyTorch. The folder it writes is
-self-contained for a torch-free reader, with `config.json` and the tokenizer as `tokenizer.json` (loadable by
-`tokenizers` alone), and holds three graphs of the same model:
+`torch.onnx.export` traces the model with dynamic `batch_size` and `sequence_length` axes, and the graph is
+checked against PyTorch before the rest of the folder is written (`pocketlm.inference.torch_onnx`). The folder is self-contained
+for a torch-free reader, with `config.json` and the tokenizer as `tokenizer.json` (loadable by `tokenizers`
+alone), and holds three graphs of the same model:
 - `model.onnx`: fp32, standard ONNX operators (any ONNX runtime);
 - `model_optimized.onnx`: fp32 after ONNX Runtime's transformer fusions (`fuse_encoder`), what pocketlm runs;
 - `model_quantized.onnx`: the fused graph in dynamic int8, feed-forward outputs smoothed first (`quantize_encoder_int8`).
+
+Why not optimum: `optimum-onnx` 0.1.0 (the latest) requires transformers < 4.58, and its exporter does not even
+import under transformers 5 (`get_parameter_dtype` was removed from `transformers.modeling_utils`); what it did
+for pocketlm is a trace, ONNX Runtime's fusions and its quantiser, all called directly here.
 """
 
 from __future__ import annotations
@@ -19,21 +23,62 @@ from typing import Literal
 from pocketlm.hub import resolve
 from pocketlm.inference.qa_engine import FP32_FILE, INT8_FILE, OPTIMIZED_FILE
 from pocketlm.inference.smoothing import DEFAULT_ALPHA, smooth_matmuls
+from pocketlm.inference.torch_onnx import export_with_torch
+
+QA_OUTPUTS = ("start_logits", "end_logits")
+def _qa_graph(model, input_names: Sequence[str]):
+    """What the QA graph computes: the model's start and end logits from its token inputs, taken positionally so
+    that the graph's inputs come in this order. (A function: torch is imported only when exporting.)"""
+    import torch
+
+    class QuestionAnsweringGraph(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, *tensors):
+            out = self.model(**dict(zip(input_names, tensors)))
+            return out.start_logits, out.end_logits
+
+    return QuestionAnsweringGraph()
+
+
+def _qa_inputs(model, batch: int, length: int, padded_row: int | None = None) -> dict:
+    import inspect
+
+    import torch
+
+    generator = torch.Generator().manual_seed(batch * 1000 + length)
+    ids = torch.randint(0, model.config.vocab_size, (batch, length), generator=generator)
+    mask = torch.ones_like(ids)
+    if padded_row is not None:
+        mask[padded_row, length // 2 :] = 0
+    inputs = {"input_ids": ids, "attention_mask": mask}
+    if "token_type_ids" in inspect.signature(model.forward).parameters:  # DistilBERT takes none
+        inputs["token_type_ids"] = (torch.arange(length) >= length // 3).long().expand(batch, -1).contiguous()
+    return inputs
+
 
 def export_question_answering(model_name_or_path: str, output_dir: str | Path, quantize: bool = True) -> Path:
     """Write `model.onnx` and `model_optimized.onnx` (fp32) and, with `quantize`, `model_quantized.onnx` (dynamic
-    int8) into `output_dir`.
+    int8) into `output_dir`, with `config.json` and the tokenizer.
 
     Inputs are `input_ids`, `attention_mask` and `token_type_ids` where the model takes them (DistilBERT does
     not); outputs `start_logits` and `end_logits`, both (batch_size, sequence_length). Returns `output_dir`.
     """
-    from optimum.exporters.onnx import main_export
+    from transformers import AutoModelForQuestionAnswering, AutoTokenizer
 
     source = resolve(model_name_or_path)
     output_dir = Path(output_dir)
-    # library_name: the offline MiniLM folder also holds sentence-transformers files, which would make
-    # optimum export it as a sentence embedder; we want the transformers QA head.
-    main_export(source, output_dir, task="question-answering", library_name="transformers", do_validation=True)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    # Eager attention: the matmul-softmax pattern ONNX Runtime's Attention fusion matches (SDPA traces differently).
+    model = AutoModelForQuestionAnswering.from_pretrained(source, attn_implementation="eager").eval()
+    inputs = _qa_inputs(model, batch=2, length=16, padded_row=0)
+    axes = {name: {0: "batch_size", 1: "sequence_length"} for name in (*inputs, *QA_OUTPUTS)}
+    export_with_torch(_qa_graph(model, list(inputs)), inputs, output_dir / FP32_FILE, QA_OUTPUTS, axes,
+                      checks=[_qa_inputs(model, batch=3, length=37, padded_row=1), _qa_inputs(model, batch=1, length=5)])
+    model.config.save_pretrained(output_dir)
+    AutoTokenizer.from_pretrained(source).save_pretrained(output_dir)
     _keep_window_settings(source, output_dir)
     if not (output_dir / "tokenizer.json").is_file():
         raise FileNotFoundError(f"{output_dir}: the tokenizer was not saved as tokenizer.json (a fast tokenizer is needed)")
@@ -53,27 +98,27 @@ CALIBRATION_QUESTIONS = 128
 
 def fuse_encoder(folder: str | Path) -> Path:
     """`<folder>/model.onnx` → `<folder>/model_optimized.onnx`: ONNX Runtime's transformer fusions for a BERT-style
-    encoder, through optimum's `ORTOptimizer` (level 2, CPU).
+    encoder (`onnxruntime.transformers.optimizer`, level 2, CPU; the settings optimum's `ORTOptimizer` used).
 
     Each layer's attention becomes one `Attention` op and bias + GELU one `BiasGelu`; residual + LayerNorm are left
-    unfused (`pocketlm.inference.qa_engine.QA_DISABLED_FUSIONS` says why). ONNX Runtime does not find this
-    export's attention pattern by itself at load time, and the fused graph is faster (`benchmarks/qa_latency.py`
-    times both). The function is unchanged (tests check both graphs within 1e-4 of PyTorch). The ops it adds are
-    ONNX Runtime contrib ops, which is why `model.onnx` is kept as well. A graph the optimiser cannot fuse is
-    written as it is.
+    unfused (`pocketlm.inference.qa_engine.QA_DISABLED_FUSIONS` says why), and so are the embeddings' LayerNorm (as
+    optimum left them). ONNX Runtime does not find this export's attention pattern by itself at load time; the
+    fused graph is faster (`benchmarks/qa_latency.py` times both). The function is unchanged (tests check both graphs within 1e-4 of
+    PyTorch). The ops it adds are ONNX Runtime contrib ops, which is why `model.onnx` is kept as well.
     """
-    import shutil
-    import tempfile
-
-    from optimum.onnxruntime import ORTOptimizer
-    from optimum.onnxruntime.configuration import OptimizationConfig
+    from onnxruntime.transformers.fusion_options import FusionOptions
+    from onnxruntime.transformers.optimizer import optimize_model
 
     folder = Path(folder)
-    with tempfile.TemporaryDirectory(dir=folder) as tmp:  # the optimiser also writes a config.json: keep ours
-        ORTOptimizer.from_pretrained(folder, file_names=[FP32_FILE]).optimize(
-            OptimizationConfig(optimization_level=2, optimize_for_gpu=False, disable_skip_layer_norm_fusion=True), save_dir=tmp
-        )
-        shutil.move(Path(tmp) / FP32_FILE.replace(".onnx", "_optimized.onnx"), folder / OPTIMIZED_FILE)
+    config = json.loads((folder / "config.json").read_text())
+    heads = config.get("num_attention_heads") or config["n_heads"]  # DistilBERT names them n_heads and dim
+    hidden = config.get("hidden_size") or config["dim"]
+    options = FusionOptions("bert")
+    options.enable_skip_layer_norm = False
+    options.enable_embed_layer_norm = False
+    optimized = optimize_model(str(folder / FP32_FILE), "bert", num_heads=heads, hidden_size=hidden, opt_level=2,
+                               optimization_options=options, use_gpu=False)
+    optimized.save_model_to_file(str(folder / OPTIMIZED_FILE))
     return folder / OPTIMIZED_FILE
 
 
@@ -94,8 +139,6 @@ def quantize_encoder_int8(
     "fp32" leaves those six MatMuls unquantised; "int8" quantises them as they are.
     `benchmarks/qa_latency.py` measures the three on the SQuAD MiniLM: "smooth" is the default because it is as
     fast as "int8" and more accurate than both others.
-    (`ORTQuantizer` cannot quantise the fused graph: its shape inference does not type the contrib ops'
-    outputs, hence `DefaultTensorType`.)
     """
     import tempfile
 
@@ -157,8 +200,8 @@ def feed_forward_outputs(model) -> list[str]:
 def _keep_window_settings(source: str, output_dir: Path) -> None:
     """Carry the window length and stride the model was trained with into the export's config.json.
 
-    `main_export` rewrites config.json from the model's config, which keeps these extra keys; this is a
-    guard for checkpoints whose config was saved by other tools."""
+    The export writes config.json from the model's config, which keeps these extra keys; this is a guard for
+    checkpoints whose config was saved by other tools."""
     source_config = Path(source) / "config.json"
     if not source_config.is_file():
         return
@@ -209,7 +252,7 @@ def publish_question_answering_onnx(model: str, repo_id: str, records: list[dict
     }
     card = ModelCardInfo(
         title=repo_id.split("/")[-1],
-        summary=f"`{model}` exported to ONNX by optimum (`question-answering` task, dynamic batch and sequence axes): "
+        summary=f"`{model}` exported to ONNX by `torch.onnx` (question answering, dynamic batch and sequence axes): "
         f"`{FP32_FILE}` (fp32, standard ONNX operators, {sizes[FP32_FILE]:.1f} MB), `{OPTIMIZED_FILE}` (the same fp32 "
         f"function after ONNX Runtime's transformer fusions: one `Attention` op per layer, {sizes[OPTIMIZED_FILE]:.1f} MB) and "
         f"`{INT8_FILE}` (the fused graph in dynamic int8, each feed-forward output projection smoothed first (SmoothQuant, "
@@ -218,8 +261,7 @@ def publish_question_answering_onnx(model: str, repo_id: str, records: list[dict
         how_to_load=(
             "from pocketlm.inference.qa_engine import OnnxQuestionAnswerer\n"
             f"qa = OnnxQuestionAnswerer.from_pretrained(\"{repo_id}\", quantized=True)  # a local folder\n"
-            "qa.answer(\"Where is the Eiffel Tower?\", \"The Eiffel Tower is in Paris.\").text\n"
-            "# or with optimum: ORTModelForQuestionAnswering.from_pretrained(folder, file_name=\"model_quantized.onnx\")"
+            "qa.answer(\"Where is the Eiffel Tower?\", \"The Eiffel Tower is in Paris.\").text"
         ),
         pipeline_tag="question-answering",
         eval_dataset="rajpurkar/squad",
@@ -236,7 +278,7 @@ def publish_question_answering_onnx(model: str, repo_id: str, records: list[dict
                 "windows and span selection for every runtime, one window at a time (batch 1, as served) "
                 f"(`training_scripts/export_qa_onnx.py --model {model}`):\n\n| runtime | EM | F1 |\n| --- | --- | --- |\n{rows}\n\n"
                 f"Measured with {threads or 'all'} threads on {machine_description()}. Latencies: "
-                "`benchmarks/qa_latency.py` (see the pocketlm README)."
+                "`benchmarks/qa_latency.py` (see the pocketlm docs, docs/inference.md)."
             )
         },
     )

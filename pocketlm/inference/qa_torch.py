@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,8 @@ class TorchQuestionAnswerer(QuestionAnswerer):
     def __init__(self, model, tokenizer, **kwargs):
         super().__init__(tokenizer, **kwargs)
         self.model = model.eval()
-        forward_inputs = set(model.forward.__code__.co_varnames)
+        # The signature, not `forward.__code__`: transformers 5 wraps `forward` in decorators (`inspect` unwraps them).
+        forward_inputs = inspect.signature(model.forward).parameters
         self.input_names = [name for name in ("input_ids", "attention_mask", "token_type_ids") if name in forward_inputs]
 
     @classmethod

@@ -4,7 +4,7 @@ Written out in full, nanoGPT-style, so each part can be read in one sitting — 
 the name that transformers' `LlamaForCausalLM` gives it, and `save_pretrained` writes a standard
 `config.json` + `model.safetensors`. The checkpoint therefore loads with
 `AutoModelForCausalLM.from_pretrained(path)` and `pipeline("text-generation")` with no custom code, and it
-exports with optimum / onnxruntime-genai like any Llama. (docs/design.md says why Llama and not GPT-2.)
+exports to ONNX with `torch.onnx` (`pocketlm.inference.lm_export`) like any Llama. (docs/design.md says why Llama and not GPT-2.)
 
 Shapes in comments: B batch, T sequence length, C d_model, H heads, D head_dim = C / H.
 """
@@ -77,8 +77,7 @@ class TransformerLMConfig:
             "head_dim": self.head_dim,
             "intermediate_size": self.d_ff,
             "max_position_embeddings": self.max_seq_len,
-            "rope_theta": self.rope_theta,
-            "rope_scaling": None,
+            "rope_parameters": {"rope_type": "default", "rope_theta": self.rope_theta},  # transformers 5's form
             "rms_norm_eps": self.norm_eps,
             "tie_word_embeddings": self.tie_embeddings,
             "hidden_act": "silu",
@@ -89,7 +88,7 @@ class TransformerLMConfig:
             "bos_token_id": self.bos_token_id,
             "eos_token_id": self.eos_token_id,
             "pad_token_id": self.pad_token_id,
-            "torch_dtype": "float32",
+            "dtype": "float32",
             "use_cache": True,
         }
 
@@ -98,8 +97,11 @@ class TransformerLMConfig:
         """Read a Llama `config.json`; refuse architectures this model cannot represent."""
         if cfg.get("model_type") != "llama":
             raise ValueError(f"expected a Llama config.json, got model_type={cfg.get('model_type')!r}")
-        if cfg.get("rope_scaling") not in (None, {}, {"rope_type": "default"}):
-            raise ValueError(f"rope_scaling {cfg['rope_scaling']!r} is not supported")
+        # transformers 5 writes `rope_parameters` ({"rope_type", "rope_theta", ...}); 4.x wrote rope_theta + rope_scaling
+        rope = dict(cfg.get("rope_parameters") or cfg.get("rope_scaling") or {})
+        rope_theta = rope.pop("rope_theta", cfg.get("rope_theta", 10000.0))
+        if rope not in ({}, {"rope_type": "default"}):
+            raise ValueError(f"rope scaling {rope!r} is not supported")
         if cfg.get("attention_bias") or cfg.get("mlp_bias") or cfg.get("hidden_act", "silu") != "silu":
             raise ValueError("only bias-free SwiGLU (silu) Llama configs are supported")
         n_heads = cfg["num_attention_heads"]
@@ -113,7 +115,7 @@ class TransformerLMConfig:
             n_kv_heads=cfg.get("num_key_value_heads"),
             d_ff=cfg["intermediate_size"],
             max_seq_len=cfg.get("max_position_embeddings", 1024),
-            rope_theta=cfg.get("rope_theta", 10000.0),
+            rope_theta=rope_theta,
             norm_eps=cfg.get("rms_norm_eps", 1e-6),
             tie_embeddings=cfg.get("tie_word_embeddings", False),
             dropout=cfg.get("attention_dropout", 0.0),

@@ -40,13 +40,13 @@ def answer_report(predictions: Sequence[str], answers: Sequence[Sequence[str]]) 
 
 
 def extractive_answers(reader_path: str, questions: Sequence[str], contexts: Sequence[Sequence[str]]) -> list[str]:
-    """Best span over each question's contexts, with transformers' question-answering pipeline."""
-    from transformers import pipeline
+    """Best span over each question's contexts (highest p(start)·p(end)), read by pocketlm's PyTorch QA engine
+    (transformers 5 removed the question-answering pipeline)."""
+    from pocketlm.inference.qa_torch import TorchQuestionAnswerer
 
-    reader = pipeline("question-answering", model=reader_path, tokenizer=reader_path, device="cpu")
+    reader = TorchQuestionAnswerer.from_pretrained(reader_path)
     answers = []
     for question, passages in zip(questions, contexts):
-        spans = reader(question=[question] * len(passages), context=list(passages), max_answer_len=30)
-        spans = spans if isinstance(spans, list) else [spans]
-        answers.append(max(spans, key=lambda s: s["score"])["answer"] if spans else "")
+        spans = reader.answer_batch([question] * len(passages), list(passages)) if passages else []
+        answers.append(max(spans, key=lambda s: s.score).text if spans else "")
     return answers

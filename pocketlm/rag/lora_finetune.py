@@ -193,7 +193,7 @@ def finetune_lora(
         per_device_train_batch_size=config.per_device_train_batch_size,
         per_device_eval_batch_size=config.per_device_train_batch_size,
         lr_scheduler_type="cosine",
-        warmup_ratio=0.06,
+        warmup_steps=0.06,  # a fraction of the steps (transformers 5)
         logging_steps=config.logging_steps,
         eval_strategy="epoch",
         save_strategy="epoch" if config.save_checkpoints else "no",

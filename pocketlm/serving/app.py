@@ -58,8 +58,8 @@ SQuAD-tuned MiniLM — both served from their **ONNX exports with ONNX Runtime**
 
 ### The ONNX path
 The server imports onnxruntime, `tokenizers` and numpy only — no torch, no transformers — so it is ready
-in well under a second and each request pays only for the model call. The LM runs from optimum's
-`text-generation-with-past` export: each decoding step feeds the new token plus the **KV cache** of all
+in well under a second and each request pays only for the model call. The LM runs from its
+`text-generation-with-past` ONNX export: each decoding step feeds the new token plus the **KV cache** of all
 earlier ones, so a step costs the same at token 5 as at token 200. QA runs the int8 (dynamically
 quantised) export of the encoder; long contexts are read in overlapping windows (document stride) and the
 best span over all windows wins. `/health` names the exact graph and precision each endpoint serves.

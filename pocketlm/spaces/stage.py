@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("space", choices=SPACE_NAMES)
     parser.add_argument("--output_dir", type=Path, default=None, help="where to stage (default: a temporary folder)")
     parser.add_argument("--push", metavar="REPO_ID", default=None, help="upload to this Space repo on the Hub")
-    parser.add_argument("--token", default=None, help="Hub token (default: the one `huggingface-cli login` saved)")
+    parser.add_argument("--token", default=None, help="Hub token (default: the one `hf auth login` saved)")
     args = parser.parse_args(argv)
     folder = stage(args.space, args.output_dir or Path(tempfile.mkdtemp(prefix=f"pocketlm-space-{args.space}-")))
     print(f"staged {args.space} in {folder}")

@@ -49,6 +49,10 @@ class ClassifierTrainer(Trainer):
     Under gradient accumulation each micro-batch perturbs along the gradient accumulated so far.
     """
 
+    # The classification loss is a per-batch mean: the Trainer must divide it by the accumulation steps. Left to
+    # itself, transformers 5 skips that for any model whose forward takes **kwargs (huggingface/transformers#47688).
+    loss_is_scaled_for_ga = False
+
     def __init__(self, *args, awp_eps: float = 0.0, awp_start: float = 0.5, **kwargs):
         super().__init__(*args, **kwargs)
         self.awp = AWP(self.model, awp_eps) if awp_eps > 0 else None

@@ -60,6 +60,7 @@ def finetune_and_publish(
     regularisation: RegularisationArguments,
     training_args,
     repo_id: str | None,
+    overwrite_output_dir: bool = False,
 ) -> dict:
     """Train on the train split (early stopping on validation macro-F1), report validation and test, publish `repo_id`."""
     from transformers import AutoTokenizer, set_seed
@@ -83,7 +84,7 @@ def finetune_and_publish(
     trainer = build_trainer(model, tokenizer, training_args, splits["train"], splits["validation"], label_names,
                             regularisation, callbacks=[MetricsWriterCallback(output_dir, title)])
     resume = training_args.resume_from_checkpoint or (
-        newest_complete_checkpoint(output_dir) if not training_args.overwrite_output_dir else None)
+        newest_complete_checkpoint(output_dir) if not overwrite_output_dir else None)
     if resume:
         print(f"resuming from {resume}", flush=True)
     started = time.perf_counter()
@@ -173,7 +174,7 @@ def _training_section(spec, data_args, regularisation, training_args, summary) -
         f"{regularisation.early_stopping_patience} evaluations without a validation {BEST_METRIC} gain "
         f"(stopped at epoch {summary['epochs']:.0f}; best: `{Path(summary['best_checkpoint'] or '-').name}`). "
         f"Trained on {summary['train_examples']:,} sentences of the train split. "
-        f"Texts truncated to {data_args.max_seq_length} tokens, padded per batch, grouped by length: {training_args.group_by_length}. "
+        f"Texts truncated to {data_args.max_seq_length} tokens, padded per batch, grouped by length: {training_args.train_sampling_strategy == 'group_by_length'}. "
         f"Training took {summary['train_runtime_s']:.0f} s."
     )
 

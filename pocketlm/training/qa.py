@@ -2,7 +2,7 @@
 
 What makes it fit a 2-core CPU (compared with the `run_qa.py` defaults of max length 384, padded):
 * windows of 256 tokens with a 64-token document stride — most SQuAD contexts fit whole in 256 tokens;
-* dynamic padding (`DataCollatorWithPadding`) and `group_by_length`, so a batch is only as long as its
+* dynamic padding (`DataCollatorWithPadding`) and length-grouped batches, so a batch is only as long as its
   longest window, not 384 — on this data that is well under half the tokens;
 * a high learning rate for a small encoder.
 The window settings are written into the model's `config.json` (`qa_max_length`, `qa_doc_stride`) so that
@@ -94,6 +94,8 @@ def finetune_question_answering(args: QAArguments, training_args, preset: str | 
         processing_class=tokenizer,
         callbacks=[MetricsWriterCallback(output_dir, title=f"QA fine-tune of {args.model_name_or_path}")],
     )
+    # The QA loss is a per-batch mean; see `ClassifierTrainer.loss_is_scaled_for_ga` (transformers#47688).
+    trainer.loss_is_scaled_for_ga = False
     last = newest_complete_checkpoint(output_dir)
     if last:
         print(f"resuming from {last}", flush=True)
@@ -149,7 +151,7 @@ def _model_card(args: QAArguments, training_args, metrics: dict, preset: str | N
         + (f"{epochs:g} epoch(s)" if epochs is not None else f"{training_args.max_steps} steps")
         + f", effective batch {effective_batch}, learning rate {training_args.learning_rate:g} "
         f"({training_args.lr_scheduler_type.value if hasattr(training_args.lr_scheduler_type, 'value') else training_args.lr_scheduler_type} schedule, "
-        f"warm-up ratio {training_args.warmup_ratio:g}), {'bf16 autocast' if training_args.bf16 else 'fp32'}.\n\n"
+        f"warm-up {training_args.warmup_steps:g}{' of the steps' if training_args.warmup_steps < 1 else ' steps'}), {'bf16 autocast' if training_args.bf16 else 'fp32'}.\n\n"
         f"Training took **{metrics['train_seconds'] / 60:.1f} minutes** ({metrics['train_cpu_seconds'] / 60:.1f} CPU-minutes, "
         f"{metrics['threads']} torch threads) on {machine_description()}; final training loss {metrics['train_loss']}.\n\n"
         f"EM/F1 use the official SQuAD v1.1 normalisation on the first {metrics['eval_questions']:,} questions of the "
@@ -158,9 +160,9 @@ def _model_card(args: QAArguments, training_args, metrics: dict, preset: str | N
         f"`python training_scripts/evaluate_qa.py ../shared/data/squad-v1.1/validation.json --model {args.output_repo}`."
     )
     how_to_load = (
-        "from transformers import pipeline\n"
-        f"qa = pipeline(\"question-answering\", model=\"{args.output_repo}\")\n"
-        "qa(question=\"Where is the Eiffel Tower?\", context=\"The Eiffel Tower is in Paris.\")"
+        "from pocketlm.inference.qa_torch import TorchQuestionAnswerer\n"
+        f"qa = TorchQuestionAnswerer.from_pretrained(\"{args.output_repo}\")  # AutoModelForQuestionAnswering inside\n"
+        "qa.answer(\"Where is the Eiffel Tower?\", \"The Eiffel Tower is in Paris.\").text"
     )
     return ModelCardInfo(
         title=args.output_repo.split("/")[-1],
