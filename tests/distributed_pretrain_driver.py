@@ -18,8 +18,10 @@ import os
 import sys
 from pathlib import Path
 
+from transformers import TrainerCallback
 
-class Recorder:
+
+class Recorder(TrainerCallback):
     """A callback: per-step losses, the in-memory model's logits at the end, and an early stop."""
 
     def __init__(self, record_dir: Path, stop_after_step: int, probe_ids: list[list[int]], is_main: bool):

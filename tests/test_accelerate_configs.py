@@ -80,8 +80,7 @@ def test_fsdp_wraps_the_layer_class_of_the_model_being_trained(monkeypatch):
     llama = LlamaForCausalLM(LlamaConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
                                          intermediate_size=32))
     assert wrapped(llama) == {"LlamaDecoderLayer"}
-    # transformers 4.57 declares BertLayer on BertModel only; a task head's instance has `_no_split_modules == []`,
-    # so accelerate wraps the whole encoder as one unit (it runs, sharded, but gathers all layers at once).
+    # the encoders' task heads declare their layers too, so one config shards the classifier and QA per layer
     bert = BertForSequenceClassification(BertConfig(vocab_size=64, hidden_size=16, num_hidden_layers=1,
                                                     num_attention_heads=2, intermediate_size=32))
-    assert wrapped(bert) == set() and bert._get_no_split_modules("auto") == ["BertEmbeddings", "BertLayer"]
+    assert "BertLayer" in wrapped(bert)
