@@ -173,18 +173,14 @@ def results_table(readme: str) -> list[list[str]]:
 
 
 def readme_figures(readme: str) -> list[str]:
-    """The figures of the README's results table, in order: the texts of its links to `results.md` when it has
-    such links (a target beside them is not a measured figure), else every body cell outside "target" columns."""
+    """The figures of the README's results table, in order: every number in a body cell outside the "target"
+    columns (a target is a goal, not a measurement), link texts included."""
     table = results_table(readme)
     if not table:
         return []
     header, body = table[0], table[1:]
-    linked = [text for row in body for cell in row for text, url in LINK.findall(cell) if "results.md" in url]
-    if linked:
-        texts = linked
-    else:
-        keep = [i for i, name in enumerate(header) if "target" not in name.lower()]
-        texts = [LINK.sub(r"\1", row[i]) for row in body for i in keep if i < len(row)]
+    keep = [i for i, name in enumerate(header) if "target" not in name.lower()]
+    texts = [LINK.sub(r"\1", row[i]) for row in body for i in keep if i < len(row)]
     return list(dict.fromkeys(normalised(match) for text in texts for match in NUMBER.findall(text)))
 
 
