@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 import sys
 
 import numpy as np
@@ -102,6 +103,10 @@ def test_repl_in_a_pseudo_terminal(rag_index_repo, tiny_lm_repo):
         assert "!reset" in session.expect(r"rag> ", timeout=60)
         session.sendline("!reset")
         assert "forgotten" in session.expect(r"rag> ", timeout=60)
+        # A person presses Ctrl-C a moment after the prompt shows. Sent at once, the SIGINT can land after the
+        # prompt is written but before readline waits on the terminal: Python's handler runs, readline's select
+        # is never interrupted, and the REPL waits for a key (a CPython/readline race, not the REPL's).
+        time.sleep(1.0)
         session.send_control("c")
         assert session.wait(120) == 0 and session.text.rstrip().endswith("bye")
 
