@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import json
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -22,32 +21,19 @@ import pytest
 from pocketlm.inference.batching import corpus_prompts
 from pocketlm.inference.onnx_lm import KVState, SamplingParams
 from pocketlm.serving.admission import Limits
-from pocketlm.serving.launch import free_port
+
+from loopback_server import serving as serve_on_loopback
 
 
 @contextmanager
 def serving(served_lm, limits: Limits = Limits(), scheduler: str = "continuous"):
     """The REST app around `served_lm` on a free loopback port; yields (base URL, app)."""
-    import uvicorn
-
     from pocketlm.serving.app import create_app
-    from pocketlm.serving.http_limits import server_config
     from pocketlm.serving.models import ServingModels
 
     app = create_app(ServingModels(lm=served_lm), limits, scheduler)
-    port = free_port()
-    server = uvicorn.Server(server_config(app, "127.0.0.1", port, limits, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}", app
-    finally:
-        server.should_exit = True
-        thread.join(10)
+    with serve_on_loopback(app, limits) as url:
+        yield url, app
 
 
 class SlowSession:

@@ -11,10 +11,8 @@ from __future__ import annotations
 import copy
 import json
 import socket
-import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 import httpx
@@ -23,33 +21,14 @@ import pytest
 
 from pocketlm.inference.onnx_lm import SamplingParams, choose_next_tokens
 from pocketlm.serving.admission import Limits
-from pocketlm.serving.launch import free_port
 from pocketlm.serving.schemas import MAX_BATCH_PROMPTS, MAX_PROMPT_CHARS
+
+from loopback_server import serving
 
 MARK = "HOSTILE"
 TEST_LIMITS = Limits(max_body_bytes=64 * 1024, read_timeout_s=0.5)
 
 
-@contextmanager
-def serving(app, limits: Limits) -> Iterator[str]:
-    """Serve `app` on a free loopback port with the command line's uvicorn settings; yield its base URL."""
-    import uvicorn
-
-    from pocketlm.serving.http_limits import server_config
-
-    port = free_port()
-    server = uvicorn.Server(server_config(app, "127.0.0.1", port, limits, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "server did not start"
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(10)
 
 
 @pytest.fixture(scope="module")
