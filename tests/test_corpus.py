@@ -258,3 +258,26 @@ def test_extra_corpus_adds_training_text_and_keeps_the_validation_set(tmp_path, 
     assert more.train.tokens > base.train.tokens + 20_000 and more.vocab_size == base.vocab_size
     # The base documents come first in the stream, so every base chunk is also a chunk of the larger corpus.
     assert (tmp_path / "more" / "train.jsonl").read_text().startswith((tmp_path / "base" / "train.jsonl").read_text())
+
+
+def test_pretraining_reads_the_chunks_lazily_and_batches_them_as_before(tmp_path, article_folder):
+    """`load_prepared` hands pretraining `ChunkFile`s (8 bytes of offset per chunk in memory); a shuffled
+    DataLoader over them gives the batches it gave over the parsed list, in the same order."""
+    import torch
+    from torch.utils.data import DataLoader
+
+    from pocketlm.data.collator import CustomDataCollator
+    from pocketlm.training.pretrain import load_prepared
+
+    prepare_corpus(CorpusSource(text_folder=str(article_folder)), tmp_path, vocab_size=400, chunk_length=64, validation_ratio=0.2)
+    tokenizer, train, validation = load_prepared(tmp_path)
+    assert isinstance(train, ChunkFile) and isinstance(validation, ChunkFile) and train.offsets.nbytes == 8 * len(train)
+    parsed = [json.loads(line) for line in (tmp_path / "train.jsonl").read_text().splitlines()]
+
+    def batches(data):
+        loader = DataLoader(data, batch_size=8, shuffle=True, generator=torch.Generator().manual_seed(0),
+                            collate_fn=CustomDataCollator(tokenizer, mode="static", static_chunk_fraction=0.5, seed=1))
+        return [batch["input_ids"] for batch in loader]
+
+    lazy, eager = batches(train), batches(parsed)
+    assert len(lazy) == len(eager) > 10 and all(torch.equal(a, b) for a, b in zip(lazy, eager))

@@ -375,6 +375,12 @@ def _one_thread_per_process(num_proc: int):
             os.environ.pop("TOKENIZERS_PARALLELISM", None)
 
 
+TOKENIZE_BATCH_DOCUMENTS = 32
+"""Documents per tokenizer call. A batch's encodings (ids, offsets, token strings) briefly take ~100 bytes a
+token; at `datasets`' default of 1,000 documents a batch would be the whole default corpus (164 long
+articles), and memory would grow with the corpus until it was far larger than a batch."""
+
+
 class _Pipeline:
     """The steps of one preparation over a `datasets` table: on disk (`Dataset`, mapped with `num_proc`
     processes) or streamed (`IterableDataset`, recomputed on every pass, nothing cached)."""
@@ -382,7 +388,7 @@ class _Pipeline:
     def __init__(self, source: CorpusSource, work_dir: Path, num_proc: int, streaming: bool):
         import datasets
 
-        self.num_proc, self.work_dir = num_proc, work_dir
+        self.num_proc, self.work_dir, self.streaming = num_proc, work_dir, streaming
         features = datasets.Features({"name": datasets.Value("string"), "text": datasets.Value("string"),
                                       "extra": datasets.Value("bool"), "words": datasets.Value("int64")})
         if streaming:
@@ -413,7 +419,8 @@ class _Pipeline:
         features = datasets.Features({"name": datasets.Value("string"), "extra": datasets.Value("bool"),
                                       "input_ids": datasets.Sequence(datasets.Value("int32"))})
         return self.map(self.documents, _tokenize_batch, fn_kwargs={"tokenizer": tokenizer}, features=features,
-                        remove_columns=["text", "words", "chars"])
+                        remove_columns=["text", "words", "chars"], batch_size=TOKENIZE_BATCH_DOCUMENTS,
+                        **({} if self.streaming else {"writer_batch_size": TOKENIZE_BATCH_DOCUMENTS}))
 
 
 def prepare_corpus(
@@ -453,18 +460,19 @@ def prepare_corpus(
     work_dir = Path(tempfile.mkdtemp(prefix=".prepare-", dir=output_dir))
     try:
         with _quiet_datasets():
-            return _prepare(source, output_dir, _Pipeline(source, work_dir, num_proc, streaming), tokenizer,
-                            vocab_size, chunk_length, stride, validation_ratio, seed, log or (lambda message: None))
+            started = time.perf_counter()  # after the imports: `seconds` times the preparation, not start-up
+            pipeline = _Pipeline(source, work_dir, num_proc, streaming)
+            return _prepare(source, output_dir, pipeline, tokenizer, vocab_size, chunk_length, stride,
+                            validation_ratio, seed, log or (lambda message: None), started)
     finally:
         shutil.rmtree(work_dir, ignore_errors=True)
 
 
 def _prepare(source: CorpusSource, output_dir: Path, pipeline: _Pipeline, tokenizer, vocab_size: int,
-             chunk_length: int, stride: int, validation_ratio: float, seed: int, log) -> PreparedCorpus:
+             chunk_length: int, stride: int, validation_ratio: float, seed: int, log, started: float) -> PreparedCorpus:
     from pocketlm.data.tokenizer import train_bpe_tokenizer
     from pocketlm.io import write_json
 
-    started = time.perf_counter()
     lengths, extra_documents, words = [], 0, 0
     for row in pipeline.rows(pipeline.documents, ["name", "chars", "extra", "words"]):  # names and sizes only
         words += row["words"]
