@@ -106,7 +106,8 @@ def prepare_once(max_words: int, extra: bool, num_proc: int, tokenizer: str | No
     if tokenizer:
         command += ["--tokenizer", tokenizer]
     started = time.perf_counter()
-    with (work_dir / "prepare.log").open("a") as log:
+    log_path = work_dir / "prepare.log"
+    with log_path.open("w") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT)
         memory = TreeMemory(process.pid)
         _, status, usage = os.wait4(process.pid, 0)
@@ -114,7 +115,8 @@ def prepare_once(max_words: int, extra: bool, num_proc: int, tokenizer: str | No
     wall_s = time.perf_counter() - started
     memory.join()
     if process.returncode != 0:
-        raise SystemExit(f"error: {' '.join(command)} failed (exit {process.returncode}); see {work_dir / 'prepare.log'}")
+        tail = "\n".join(log_path.read_text().splitlines()[-15:])
+        raise SystemExit(f"error: {' '.join(command)} failed (exit {process.returncode}); its last output:\n{tail}")
     stats = json.loads((output_dir / "stats.json").read_text())
     tokens = stats["train"]["tokens"] + stats["validation"]["tokens"]
     row = {

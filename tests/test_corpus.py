@@ -157,8 +157,11 @@ def test_prepare_script_bad_input_is_one_line(tmp_path, monkeypatch, capsys):
     code, out = _run_prepare(monkeypatch, capsys, "--extra_corpus", "c4", "--output_dir", str(tmp_path / "o"))
     assert code == 2 and out.err == "error: --extra_corpus must be one of wikipedia-en-2014, got 'c4'\n"
     for flag, value, message in (("--num_proc", "0", "--num_proc must be at least 1, got 0"),
-                                 ("--max_words", "-1", "--max_words must be 0 (no limit) or positive, got -1")):
-        code, out = _run_prepare(monkeypatch, capsys, "--corpus_dir", str(tmp_path / "small"), flag, value, "--output_dir", str(tmp_path / "o"))
+                                 ("--max_words", "-1", "--max_words must be 0 (no limit) or positive, got -1"),
+                                 ("--streaming", "true --num_proc 2", "--streaming reads the corpus in one process: "
+                                  "drop --num_proc, or drop --streaming to use several")):
+        code, out = _run_prepare(monkeypatch, capsys, "--corpus_dir", str(tmp_path / "small"), flag, *value.split(),
+                                 "--output_dir", str(tmp_path / "o"))
         assert code == 2 and out.err == f"error: {message}\n"
     code, out = _run_prepare(monkeypatch, capsys, "--corpus_dir", str(tmp_path / "small"), "--tokenizer", str(tmp_path / "none"),
                              "--chunk_length", "4", "--validation_ratio", "0", "--output_dir", str(tmp_path / "o"))

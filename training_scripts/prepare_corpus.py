@@ -51,7 +51,7 @@ class PrepareArguments:
     tokenizer: str | None = field(
         default=None, metadata={"help": "reuse this tokenizer (folder or hub id) instead of training one; --vocab_size is then ignored"}
     )
-    num_proc: int = field(default=1, metadata={"help": "processes that clean and tokenize"})
+    num_proc: int = field(default=1, metadata={"help": "processes that clean and tokenize (not with --streaming)"})
     streaming: bool = field(
         default=False, metadata={"help": "read the corpus as a stream on every pass, keeping no Arrow copy on disk (slower)"}
     )

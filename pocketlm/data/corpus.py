@@ -452,6 +452,8 @@ def prepare_corpus(
         raise CorpusError(f"--validation_ratio must be in [0, 1), got {validation_ratio}")
     if num_proc < 1:
         raise CorpusError(f"--num_proc must be at least 1, got {num_proc}")
+    if streaming and num_proc > 1:
+        raise CorpusError("--streaming reads the corpus in one process: drop --num_proc, or drop --streaming to use several")
     source = documents if isinstance(documents, CorpusSource) else CorpusSource(documents=tuple(documents))
     source.check()
     tokenizer = _load_tokenizer(tokenizer) if tokenizer is not None else None
