@@ -376,9 +376,9 @@ def _one_thread_per_process(num_proc: int):
 
 
 TOKENIZE_BATCH_DOCUMENTS = 32
-"""Documents per tokenizer call. A batch's encodings (ids, offsets, token strings) briefly take ~100 bytes a
-token; at `datasets`' default of 1,000 documents a batch would be the whole default corpus (164 long
-articles), and memory would grow with the corpus until it was far larger than a batch."""
+"""Documents per tokenizer call, and per batch of token ids read back as Python lists. A batch's encodings
+(ids, offsets, token strings) briefly take ~100 bytes a token; at `datasets`' default of 1,000 documents one
+batch would be the whole default corpus (164 long articles)."""
 
 
 class _Pipeline:
@@ -388,7 +388,7 @@ class _Pipeline:
     def __init__(self, source: CorpusSource, work_dir: Path, num_proc: int, streaming: bool):
         import datasets
 
-        self.num_proc, self.work_dir, self.streaming = num_proc, work_dir, streaming
+        self.num_proc, self.streaming = num_proc, streaming
         features = datasets.Features({"name": datasets.Value("string"), "text": datasets.Value("string"),
                                       "extra": datasets.Value("bool"), "words": datasets.Value("int64")})
         if streaming:
@@ -408,9 +408,9 @@ class _Pipeline:
                              new_fingerprint=uuid.uuid4().hex, **kwargs)
 
     @staticmethod
-    def rows(table, columns: list[str]) -> Iterator[dict]:
+    def rows(table, columns: list[str], batch_size: int = 1000) -> Iterator[dict]:
         """The rows of `table` restricted to `columns`, read a batch at a time (Arrow pages or a stream)."""
-        for batch in table.select_columns(columns).iter(batch_size=1000):
+        for batch in table.select_columns(columns).iter(batch_size=batch_size):
             yield from (dict(zip(columns, values)) for values in zip(*(batch[c] for c in columns)))
 
     def tokenized(self, tokenizer):
@@ -499,7 +499,8 @@ def _prepare(source: CorpusSource, output_dir: Path, pipeline: _Pipeline, tokeni
     writers = {"train": ChunkWriter(output_dir / "train.jsonl", chunk_length, stride),
                "validation": ChunkWriter(output_dir / "validation.jsonl", chunk_length, chunk_length)}
     try:  # written aside, renamed into place only once both are complete and large enough
-        for row in pipeline.rows(pipeline.tokenized(tokenizer), ["name", "extra", "input_ids"]):
+        tokenized = pipeline.tokenized(tokenizer)
+        for row in pipeline.rows(tokenized, ["name", "extra", "input_ids"], batch_size=TOKENIZE_BATCH_DOCUMENTS):
             writers["train" if is_train(row) else "validation"].add(row["input_ids"])
         for split, writer in writers.items():
             if writer.chunks == 0 and (split == "train" or validation_ratio > 0):
