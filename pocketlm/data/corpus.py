@@ -527,12 +527,14 @@ def _prepare(source: CorpusSource, output_dir: Path, pipeline: _Pipeline, tokeni
 
 
 def _load_tokenizer(path: str | Path):
-    """An existing fast tokenizer to chunk with (e.g. a published model's, so a new run keeps its vocabulary)."""
+    """An existing fast tokenizer to chunk with (a published model's, so a new run keeps its vocabulary)."""
     from transformers import AutoTokenizer
 
+    from pocketlm.hub import resolve
+
     try:
-        tokenizer = AutoTokenizer.from_pretrained(str(path))
-    except (OSError, ValueError) as err:
+        tokenizer = AutoTokenizer.from_pretrained(resolve(str(path)))  # a folder, or a published model such as pocketlm/tiny-lm
+    except (PocketLMError, OSError, ValueError) as err:
         raise CorpusError(f"--tokenizer {path}: cannot load a tokenizer there ({err})") from None
     if not tokenizer.is_fast or tokenizer.eos_token_id is None:
         raise CorpusError(f"--tokenizer {path}: needs a fast tokenizer with an EOS token")
