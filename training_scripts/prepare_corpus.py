@@ -2,6 +2,13 @@
 
     python training_scripts/prepare_corpus.py                      # WikiText-2 articles + SQuAD train paragraphs
     python training_scripts/prepare_corpus.py --corpus_dir my_texts/ --vocab_size 8000 --chunk_length 512 --stride 256
+    python training_scripts/prepare_corpus.py --extra_corpus wikipedia-en-2014 --num_proc 2 \
+        --tokenizer runs/corpus/tokenizer --output_dir runs/corpus-large  # + 50k Wikipedia articles, same tokenizer
+
+The corpus is never held in memory: documents go through a memory-mapped `datasets` table (cleaned and
+tokenized by `--num_proc` processes; `--streaming` keeps no Arrow copy on disk) into chunks written as they
+are cut. With `--extra_corpus`, its text only adds training chunks: validation stays the base corpus's
+held-out documents, so perplexities compare with runs on the default corpus.
 
 Writes `tokenizer/`, `train.jsonl`, `validation.jsonl` (`{"id", "input_ids"}` per chunk) and `stats.json` to
 `--output_dir`, and prints coverage, chunk count and memory, plus a table for other stride/length ratios
@@ -17,13 +24,12 @@ from pathlib import Path
 from pocketlm.cli import parse_args_with_presets, run
 from pocketlm.data.corpus import (
     CorpusError,
-    default_corpus,
+    EXTRA_CORPORA,
     default_prepared_dir,
+    default_source,
     format_bytes,
     prepare_corpus,
-    read_text_folder,
     save_stride_table,
-    squad_documents,
     stride_table,
     stride_table_markdown,
 )
@@ -36,6 +42,18 @@ class PrepareArguments:
     )
     include_squad: bool | None = field(
         default=None, metadata={"help": "add SQuAD train's unique paragraphs (default: yes for the default corpus only)"}
+    )
+    extra_corpus: str | None = field(
+        default=None,
+        metadata={"help": f"add this mirror corpus as training text only ({', '.join(EXTRA_CORPORA)}); validation stays the base corpus's"},
+    )
+    max_words: int = field(default=0, metadata={"help": "stop reading after this many words (base corpus first); 0 = all"})
+    tokenizer: str | None = field(
+        default=None, metadata={"help": "reuse this tokenizer (folder or hub id) instead of training one; --vocab_size is then ignored"}
+    )
+    num_proc: int = field(default=1, metadata={"help": "processes that clean and tokenize (not with --streaming)"})
+    streaming: bool = field(
+        default=False, metadata={"help": "read the corpus as a stream on every pass, keeping no Arrow copy on disk (slower)"}
     )
     output_dir: str | None = field(default=None, metadata={"help": "default: $POCKETLM_RUNS_DIR/corpus"})
     vocab_size: int = field(default=8000, metadata={"help": "BPE vocabulary size, special tokens included"})
@@ -67,18 +85,13 @@ def main() -> None:
         train = json.loads(stats_path.read_text())["train"]
         print_stride_table(output_dir, train["tokens"], train["length"], ratios)
         return
-    if args.corpus_dir is None:
-        documents = default_corpus(include_squad=args.include_squad is not False)
-    else:
-        documents = read_text_folder(args.corpus_dir)
-        if args.include_squad:
-            from pocketlm.data.registry import squad_json_path
-
-            documents += squad_documents(squad_json_path("train"))
-    print(f"{len(documents)} documents, {sum(len(d.text) for d in documents):,} characters after cleaning", flush=True)
+    include_squad = args.include_squad if args.include_squad is not None else args.corpus_dir is None
+    source = default_source(include_squad, args.corpus_dir, args.extra_corpus, args.max_words)
     prepared = prepare_corpus(
-        documents, output_dir, vocab_size=args.vocab_size, chunk_length=args.chunk_length,
+        source, output_dir, vocab_size=args.vocab_size, chunk_length=args.chunk_length,
         stride=args.stride, validation_ratio=args.validation_ratio, seed=args.seed,
+        tokenizer=args.tokenizer, num_proc=args.num_proc, streaming=args.streaming,
+        log=lambda message: print(message, flush=True),
     )
     for split, stats in (("train", prepared.train), ("validation", prepared.validation)):
         print(

@@ -49,6 +49,7 @@ class DatasetSpec:
 
 DATASETS: dict[str, DatasetSpec] = {
     "wikitext-2-raw": DatasetSpec("wikitext-2-raw", "corpus", "Salesforce/wikitext", "wikitext-2-raw-v1"),
+    "wikipedia-en-2014": DatasetSpec("wikipedia-en-2014", "corpus"),
     "squad": DatasetSpec("squad-v1.1", "squad", "rajpurkar/squad"),
     "squad-rag-dev": DatasetSpec("squad-rag-dev", "rag"),
     "sst2": DatasetSpec("sst2", "classification", "stanfordnlp/sst2", hub_columns={"sentence": "text"}),
@@ -231,6 +232,15 @@ def corpus_folder() -> Path:
     if folder is None or not (folder / "articles").is_dir():
         raise _not_found("wikitext-2-raw", "the articles folder")
     return folder / "articles"
+
+
+def wikipedia_shards() -> list[Path]:
+    """The mirror's Wikipedia articles (about 2014): 12 gzip text shards, read in name order (mirror only)."""
+    folder = local_folder("wikipedia-en-2014")
+    shards = sorted(folder.glob("wiki-*.txt.gz")) if folder else []
+    if not shards:
+        raise _not_found("wikipedia-en-2014", "the wiki-*.txt.gz shards")
+    return shards
 
 
 def read_jsonl(path: str | Path, required: tuple[str, ...] = ()) -> list[dict]:
