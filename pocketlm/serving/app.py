@@ -3,7 +3,9 @@
 `create_app(models)` builds the app around already loaded models (`pocketlm.serving.models.load_models`),
 so the command line, the tests and the Gradio suite (which mounts its UI onto this same app with
 `gradio.mount_gradio_app`) share one code path; the runtimes stay reachable as `app.state.models`, the
-overload guard as `app.state.admission`. Nothing here imports torch or transformers.
+overload guard as `app.state.admission`, the LM's scheduler as `app.state.scheduler`. The routes are
+module-level `APIRouter`s (service, LM, QA) that reach those through `Depends`, so one process could serve
+several apps. Nothing here imports torch or transformers.
 """
 
 from __future__ import annotations
@@ -12,8 +14,9 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator, Sequence
+from typing import Annotated
 
-from fastapi import FastAPI, Request
+from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
@@ -138,10 +141,36 @@ class TicketedStreamingResponse(StreamingResponse):
             self.ticket.release()
 
 
+async def served_models(request: Request) -> ServingModels:
+    """The models this app was built around. (These dependencies are `async def` so that FastAPI calls them on
+    the event loop rather than in its thread pool: they only read `app.state`.)"""
+    return request.app.state.models
+
+
+async def admission_of(request: Request) -> Admission:
+    """The app's overload guard: compute slots, in-flight count and `limits`."""
+    return request.app.state.admission
+
+
+async def lm_scheduler(request: Request) -> Scheduler | None:
+    """The scheduler that runs `/generate` and `/generate/stream` (None when no LM is served)."""
+    return request.app.state.scheduler
+
+
+Models = Annotated[ServingModels, Depends(served_models)]
+Guard = Annotated[Admission, Depends(admission_of)]
+LMScheduler = Annotated[Scheduler | None, Depends(lm_scheduler)]
+
+service_routes = APIRouter(tags=["service"])
+lm_routes = APIRouter(tags=["generation"], responses=REFUSALS)
+qa_routes = APIRouter(tags=["question answering"], responses=REFUSALS)
+
+
 def create_app(models: ServingModels, limits: Limits | None = None, scheduler: SchedulerKind = "continuous") -> FastAPI:
     """Build the REST app around loaded `models`; `limits` bounds bodies, waiting and compute (see `admission`);
     `scheduler` runs `/generate` and `/generate/stream`: one continuous batch, or one request at a time
-    (`pocketlm.serving.scheduler`)."""
+    (`pocketlm.serving.scheduler`). The routes live in the module's routers and reach what this app holds
+    (models, admission, scheduler) through the dependencies above."""
     limits = limits or Limits()
     app = FastAPI(
         title="pocketlm REST API",
@@ -155,74 +184,80 @@ def create_app(models: ServingModels, limits: Limits | None = None, scheduler: S
     app.add_middleware(BodyLimits, max_bytes=limits.max_body_bytes, timeout_s=limits.read_timeout_s)
     app.state.models = models
     app.state.admission = admission = Admission(limits)
-    app.state.scheduler = lm_scheduler = make_scheduler(scheduler, models.lm.runtime, admission) if models.lm else None
+    app.state.scheduler = make_scheduler(scheduler, models.lm.runtime, admission) if models.lm else None
+    app.state.scheduler_kind = scheduler
     app.state.started = time.monotonic()
     _install_docs(app)
     _install_error_handlers(app)
-
-    @app.get("/health", tags=["service"], response_model=HealthResponse, summary="Liveness and the models served")
-    async def health() -> HealthResponse:
-        import onnxruntime
-
-        return HealthResponse(
-            status="ok", models=models.describe(), scheduler=scheduler, in_flight=admission.in_flight,
-            capacity=admission.capacity,
-            onnxruntime=onnxruntime.__version__, uptime_s=time.monotonic() - app.state.started,
-        )
-
-    @app.post("/generate", tags=["generation"], response_model=GenerateResponse, responses=REFUSALS,
-              summary="Continue one prompt (answered whole)")
-    async def generate(body: GenerateRequest, request: Request) -> GenerateResponse:
-        served = _require(models.lm, "lm")
-        lm: OnnxCausalLM = served.runtime
-        ids = _encode_prompts(lm, [body.prompt], body.max_new_tokens, ("body", "prompt"))[0]
-        params = _sampling(body, limits)
-        tokens, latency = await lm_scheduler.generate(ids, params, request.receive)
-        generation = _generation(lm, ids, tokens, params)
-        return GenerateResponse(**generation.model_dump(), model=served.label, latency_ms=1000 * latency)
-
-    @app.post("/generate/stream", tags=["generation"], responses={
-        200: {"description": "Server-sent events: one `data:` event per token (StreamToken), then `event: end` "
-              "(StreamEnd); `event: error` if the server had to stop. Every stream ends with one of the two.",
-              "content": {"text/event-stream": {"schema": SSE_EVENT_SCHEMA, "example": SSE_EXAMPLE}}},
-        **REFUSALS,
-    }, response_class=StreamingResponse, summary="Token by token: stream one prompt's tokens as they are produced")
-    async def generate_stream(body: GenerateRequest) -> StreamingResponse:
-        served = _require(models.lm, "lm")
-        lm: OnnxCausalLM = served.runtime
-        ids = _encode_prompts(lm, [body.prompt], body.max_new_tokens, ("body", "prompt"))[0]
-        ticket = admission.admit()  # refused here, the client gets a 503 status rather than an error event
-        return TicketedStreamingResponse(
-            _token_events(lm, ids, _sampling(body, limits), lm_scheduler, ticket), ticket, media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
-        )
-
-    @app.post("/generate/batch", tags=["generation"], response_model=BatchGenerateResponse, responses=REFUSALS,
-              summary="Full batch: continue many prompts in one dynamically padded batch")
-    async def generate_batch(body: BatchGenerateRequest) -> BatchGenerateResponse:
-        served = _require(models.lm, "lm")
-        lm: OnnxCausalLM = served.runtime
-        batch = _encode_prompts(lm, body.prompts, body.max_new_tokens, ("body", "prompts"))
-        params = _sampling(body, limits)
-        outputs, latency = await admission.run(lm.generate_ids, batch, params)
-        generations = [_generation(lm, ids, tokens, params) for ids, tokens in zip(batch, outputs, strict=True)]
-        return BatchGenerateResponse(
-            generations=generations, model=served.label, padded_shape=(len(batch), max(map(len, batch))),
-            latency_ms=1000 * latency, tokens_per_s=sum(g.generated_tokens for g in generations) / latency,
-        )
-
-    @app.post("/qa", tags=["question answering"], response_model=QAResponse, responses=REFUSALS,
-              summary="Find the answer to a question in a context")
-    async def qa(body: QARequest) -> QAResponse:
-        served = _require(models.qa, "qa")
-        try:
-            answer, latency = await admission.run(served.runtime.answer, body.question, body.context)
-        except ConfigError as err:  # the question leaves no room for the context in a window
-            raise _field_error(("body", "question"), str(err), body.question) from None
-        return QAResponse(answer=answer.text, start=answer.start, end=answer.end, score=answer.score,
-                          model=served.label, latency_ms=1000 * latency)
-
+    for router in (service_routes, lm_routes, qa_routes):
+        app.include_router(router)
     return app
+
+
+@service_routes.get("/health", response_model=HealthResponse, summary="Liveness and the models served")
+async def health(request: Request, models: Models, admission: Guard) -> HealthResponse:
+    import onnxruntime
+
+    return HealthResponse(
+        status="ok", models=models.describe(), scheduler=request.app.state.scheduler_kind,
+        in_flight=admission.in_flight, capacity=admission.capacity,
+        onnxruntime=onnxruntime.__version__, uptime_s=time.monotonic() - request.app.state.started,
+    )
+
+
+@lm_routes.post("/generate", response_model=GenerateResponse, summary="Continue one prompt (answered whole)")
+async def generate(body: GenerateRequest, request: Request, models: Models, admission: Guard,
+                   scheduler: LMScheduler) -> GenerateResponse:
+    served = _require(models.lm, "lm")
+    lm: OnnxCausalLM = served.runtime
+    ids = _encode_prompts(lm, [body.prompt], body.max_new_tokens, ("body", "prompt"))[0]
+    params = _sampling(body, admission.limits)
+    tokens, latency = await scheduler.generate(ids, params, request.receive)
+    generation = _generation(lm, ids, tokens, params)
+    return GenerateResponse(**generation.model_dump(), model=served.label, latency_ms=1000 * latency)
+
+
+@lm_routes.post("/generate/stream", responses={
+    200: {"description": "Server-sent events: one `data:` event per token (StreamToken), then `event: end` "
+          "(StreamEnd); `event: error` if the server had to stop. Every stream ends with one of the two.",
+          "content": {"text/event-stream": {"schema": SSE_EVENT_SCHEMA, "example": SSE_EXAMPLE}}},
+}, response_class=StreamingResponse, summary="Token by token: stream one prompt's tokens as they are produced")
+async def generate_stream(body: GenerateRequest, models: Models, admission: Guard,
+                          scheduler: LMScheduler) -> StreamingResponse:
+    served = _require(models.lm, "lm")
+    lm: OnnxCausalLM = served.runtime
+    ids = _encode_prompts(lm, [body.prompt], body.max_new_tokens, ("body", "prompt"))[0]
+    ticket = admission.admit()  # refused here, the client gets a 503 status rather than an error event
+    return TicketedStreamingResponse(
+        _token_events(lm, ids, _sampling(body, admission.limits), scheduler, ticket), ticket,
+        media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )
+
+
+@lm_routes.post("/generate/batch", response_model=BatchGenerateResponse,
+                 summary="Full batch: continue many prompts in one dynamically padded batch")
+async def generate_batch(body: BatchGenerateRequest, models: Models, admission: Guard) -> BatchGenerateResponse:
+    served = _require(models.lm, "lm")
+    lm: OnnxCausalLM = served.runtime
+    batch = _encode_prompts(lm, body.prompts, body.max_new_tokens, ("body", "prompts"))
+    params = _sampling(body, admission.limits)
+    outputs, latency = await admission.run(lm.generate_ids, batch, params)
+    generations = [_generation(lm, ids, tokens, params) for ids, tokens in zip(batch, outputs, strict=True)]
+    return BatchGenerateResponse(
+        generations=generations, model=served.label, padded_shape=(len(batch), max(map(len, batch))),
+        latency_ms=1000 * latency, tokens_per_s=sum(g.generated_tokens for g in generations) / latency,
+    )
+
+
+@qa_routes.post("/qa", response_model=QAResponse, summary="Find the answer to a question in a context")
+async def qa(body: QARequest, models: Models, admission: Guard) -> QAResponse:
+    served = _require(models.qa, "qa")
+    try:
+        answer, latency = await admission.run(served.runtime.answer, body.question, body.context)
+    except ConfigError as err:  # the question leaves no room for the context in a window
+        raise _field_error(("body", "question"), str(err), body.question) from None
+    return QAResponse(answer=answer.text, start=answer.start, end=answer.end, score=answer.score,
+                      model=served.label, latency_ms=1000 * latency)
 
 
 def _install_error_handlers(app: FastAPI) -> None:

@@ -55,69 +55,40 @@ def _features_dataset(records: list[dict], tokenizer):
     return datasets.Dataset.from_dict(training_features(records, tokenizer))
 
 
+@dataclass
+class QAData:
+    """The SQuAD questions used and the tokenised windows the Trainer sees."""
+
+    train_records: list[dict]
+    eval_records: list[dict]  # scored for EM/F1 after training
+    train_dataset: object
+    eval_loss_dataset: object  # the first `eval_loss_samples` of `eval_records`, for the periodic eval loss
+
+
 def finetune_question_answering(args: QAArguments, training_args, preset: str | None = None) -> dict:
     """Train, evaluate EM/F1 on SQuAD validation, publish `args.output_repo`; returns the metrics."""
     import torch
-    from transformers import AutoModelForQuestionAnswering, AutoTokenizer, DataCollatorWithPadding, Trainer
-
-    from pocketlm.inference.qa_torch import TorchQuestionAnswerer
-    from pocketlm.inference.qa_engine import evaluate_squad
-    from pocketlm.training.callbacks import MetricsWriterCallback, write_history
-    from pocketlm.training.checkpoints import newest_complete_checkpoint
+    from transformers import AutoTokenizer
 
     source = resolve(args.model_name_or_path)
     tokenizer = AutoTokenizer.from_pretrained(source)
     if not tokenizer.is_fast:
         raise ConfigError(f"{args.model_name_or_path}: QA preprocessing needs a fast tokenizer (offsets)")
-    windows = qa_tokenizer(tokenizer, args.max_length, args.doc_stride)
-
-    train_records = _records("train", args.max_train_samples)
-    eval_records = _records("validation", args.max_eval_samples)
-    train_dataset = _features_dataset(train_records, windows)
-    eval_loss_dataset = _features_dataset(eval_records[: args.eval_loss_samples], windows)
-    print(f"{len(train_records)} training questions -> {len(train_dataset)} windows of <= {args.max_length} tokens", flush=True)
-
-    model = AutoModelForQuestionAnswering.from_pretrained(source)
-    model.config.qa_max_length = args.max_length
-    model.config.qa_doc_stride = args.doc_stride
-
+    data = _qa_data(args, tokenizer)
     output_dir = Path(training_args.output_dir)
     push, token = training_args.push_to_hub, training_args.hub_token
-    training_args.push_to_hub = False  # we publish (and push) through pocketlm.hub with a model card
-    training_args.hub_token = None  # the Trainer pickles its arguments into every checkpoint (training_args.bin)
-    trainer = Trainer(
-        model=model,
-        args=training_args,
-        train_dataset=train_dataset,
-        eval_dataset=eval_loss_dataset,
-        data_collator=DataCollatorWithPadding(tokenizer),  # dynamic padding: each batch to its longest window
-        processing_class=tokenizer,
-        callbacks=[MetricsWriterCallback(output_dir, title=f"QA fine-tune of {args.model_name_or_path}")],
-    )
-    # The QA loss is a per-batch mean; see `ClassifierTrainer.loss_is_scaled_for_ga` (transformers#47688).
-    trainer.loss_is_scaled_for_ga = False
-    last = newest_complete_checkpoint(output_dir)
-    if last:
-        print(f"resuming from {last}", flush=True)
-    started, cpu_started = time.perf_counter(), time.process_time()
-    train_output = trainer.train(resume_from_checkpoint=last)
-    train_seconds, train_cpu_seconds = time.perf_counter() - started, time.process_time() - cpu_started
+    trainer = _qa_trainer(args, training_args, source, tokenizer, data)
+    train_output, train_seconds, train_cpu_seconds = _train(trainer, output_dir)
     if not trainer.is_world_process_zero():  # under DDP one process scores the whole validation set and publishes
         return {"train_seconds": round(train_seconds, 1)}
-
-    answerer = TorchQuestionAnswerer(trainer.model, tokenizer, max_length=args.max_length, stride=args.doc_stride, batch_size=32)
-    started = time.perf_counter()
-    scores = evaluate_squad(answerer, eval_records)
-    eval_seconds = time.perf_counter() - started
-    trainer.log({"eval_exact_match": scores["exact_match"], "eval_f1": scores["f1"]})
-    write_history(trainer.state.log_history, output_dir, f"QA fine-tune of {args.model_name_or_path}")
+    scores, eval_seconds = _score_squad(args, trainer, tokenizer, data.eval_records, output_dir)
 
     metrics = {
         "exact_match": round(scores["exact_match"], 2),
         "f1": round(scores["f1"], 2),
         "eval_questions": scores["questions"],
-        "train_questions": len(train_records),
-        "train_windows": len(train_dataset),
+        "train_questions": len(data.train_records),
+        "train_windows": len(data.train_dataset),
         "train_seconds": round(train_seconds, 1),
         "train_cpu_seconds": round(train_cpu_seconds, 1),
         "train_loss": round(train_output.training_loss, 4),
@@ -138,6 +109,78 @@ def finetune_question_answering(args: QAArguments, training_args, preset: str | 
     published = publish(args.output_repo, save, card, push_to_hub=push, token=token)
     print(f"published {args.output_repo} -> {published}", flush=True)
     return metrics
+
+
+def _qa_data(args: QAArguments, tokenizer) -> QAData:
+    """Cut the questions into overlapping windows of `max_length` tokens (`doc_stride` shared), as served."""
+    windows = qa_tokenizer(tokenizer, args.max_length, args.doc_stride)
+    train_records = _records("train", args.max_train_samples)
+    eval_records = _records("validation", args.max_eval_samples)
+    train_dataset = _features_dataset(train_records, windows)
+    eval_loss_dataset = _features_dataset(eval_records[: args.eval_loss_samples], windows)
+    print(f"{len(train_records)} training questions -> {len(train_dataset)} windows of <= {args.max_length} tokens", flush=True)
+    return QAData(train_records, eval_records, train_dataset, eval_loss_dataset)
+
+
+def _qa_trainer(args: QAArguments, training_args, source, tokenizer, data: QAData):
+    """A plain `Trainer` with dynamic padding; the window settings go into the model's config so that every later
+    reader of the model cuts contexts as training did. The caller keeps `push_to_hub`/`hub_token` (read them first)."""
+    from transformers import AutoModelForQuestionAnswering, DataCollatorWithPadding, Trainer
+
+    from pocketlm.training.callbacks import MetricsWriterCallback
+
+    model = AutoModelForQuestionAnswering.from_pretrained(source)
+    model.config.qa_max_length = args.max_length
+    model.config.qa_doc_stride = args.doc_stride
+
+    training_args.push_to_hub = False  # we publish (and push) through pocketlm.hub with a model card
+    training_args.hub_token = None  # the Trainer pickles its arguments into every checkpoint (training_args.bin)
+    trainer = Trainer(
+        model=model,
+        args=training_args,
+        train_dataset=data.train_dataset,
+        eval_dataset=data.eval_loss_dataset,
+        data_collator=DataCollatorWithPadding(tokenizer),  # dynamic padding: each batch to its longest window
+        processing_class=tokenizer,
+        callbacks=[MetricsWriterCallback(Path(training_args.output_dir), title=_history_title(args))],
+    )
+    # The QA loss is a per-batch mean; see `ClassifierTrainer.loss_is_scaled_for_ga` (transformers#47688).
+    trainer.loss_is_scaled_for_ga = False
+    return trainer
+
+
+def _train(trainer, output_dir: Path) -> tuple[object, float, float]:
+    """Train, resuming from the newest complete checkpoint in `output_dir` if an earlier run left one;
+    returns the Trainer's output and the wall-clock and CPU seconds it took."""
+    from pocketlm.training.checkpoints import newest_complete_checkpoint
+
+    last = newest_complete_checkpoint(output_dir)
+    if last:
+        print(f"resuming from {last}", flush=True)
+    started, cpu_started = time.perf_counter(), time.process_time()
+    train_output = trainer.train(resume_from_checkpoint=last)
+    return train_output, time.perf_counter() - started, time.process_time() - cpu_started
+
+
+def _score_squad(args: QAArguments, trainer, tokenizer, eval_records: list[dict],
+                 output_dir: Path) -> tuple[dict, float]:
+    """EM/F1 with the same windowing and span search as inference (not the Trainer's eval loss), logged into the
+    training history; returns the scores and the seconds they took."""
+    from pocketlm.inference.qa_engine import evaluate_squad
+    from pocketlm.inference.qa_torch import TorchQuestionAnswerer
+    from pocketlm.training.callbacks import write_history
+
+    answerer = TorchQuestionAnswerer(trainer.model, tokenizer, max_length=args.max_length, stride=args.doc_stride, batch_size=32)
+    started = time.perf_counter()
+    scores = evaluate_squad(answerer, eval_records)
+    eval_seconds = time.perf_counter() - started
+    trainer.log({"eval_exact_match": scores["exact_match"], "eval_f1": scores["f1"]})
+    write_history(trainer.state.log_history, output_dir, _history_title(args))
+    return scores, eval_seconds
+
+
+def _history_title(args: QAArguments) -> str:
+    return f"QA fine-tune of {args.model_name_or_path}"
 
 
 def _model_card(args: QAArguments, training_args, metrics: dict, preset: str | None) -> ModelCardInfo:
