@@ -1,6 +1,6 @@
 """Token-by-token vs full-batch generation: throughput over 20 prompts, and a batch-size sweep.
 
-    flock /work/heavy.lock python benchmarks/batching.py            # pocketlm/tiny-lm-onnx, fp32 and int8
+    python benchmarks/batching.py            # pocketlm/tiny-lm-onnx, fp32 and int8
 
 Token by token runs each prompt alone, streamed, with the KV cache (what /generate/stream does) and, as
 the naive reference, without it (every step re-reads the whole sequence). Every scheme decodes the same 20

@@ -1,6 +1,6 @@
 """From a fresh clone to an open suite: `make demo` timed step by step, then once more (the reuse case).
 
-    flock /work/heavy.lock python benchmarks/demo_fresh.py      # writes benchmarks/results/demo_fresh/demo_fresh.{json,md,png}
+    python benchmarks/demo_fresh.py      # writes benchmarks/results/demo_fresh/demo_fresh.{json,md,png}
 
 1. `git clone` this checkout's committed HEAD into `--clone_dir` (default: beside the checkout, so the data
    mirror `../shared/data` is found as in any checkout);

@@ -1,7 +1,7 @@
 """PEFT analysis in one run: trainable parameters, macro-F1 and training time (3 seeds, with and without AWP +
 mixout), training memory, and inference latency with LoRA merged / unmerged / with adapters.
 
-    flock /work/heavy.lock python benchmarks/peft_analysis.py            # ≤ 30 min on a 2-core CPU
+    python benchmarks/peft_analysis.py            # ≤ 30 min on a 2-core CPU
 
 Writes `peft_analysis.json`, `peft_analysis.md` and `peft_analysis.png` under
 `benchmarks/results/peft_analysis/`. To fit the CPU budget each run trains on a seeded subset of SST-2's

@@ -1,6 +1,6 @@
 """Pretraining throughput: pocketlm's loop against transformers' `Trainer`, side by side, with MFU.
 
-    flock /work/heavy.lock python benchmarks/pretrain_throughput.py     # writes benchmarks/results/pretrain_throughput/pretrain_throughput.{json,md,png}
+    python benchmarks/pretrain_throughput.py     # writes benchmarks/results/pretrain_throughput/pretrain_throughput.{json,md,png}
 
 Same Llama config (4 layers, d256, vocab of the prepared corpus, 512-token chunks), same initial weights,
 same chunks, same number of steps and learning-rate schedule for every variant, each in its own process;

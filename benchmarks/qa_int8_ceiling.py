@@ -1,6 +1,6 @@
 """How fast can int8 QA get on this CPU? The encoder's matrix products alone, against the whole model call.
 
-    flock /work/heavy.lock python benchmarks/qa_int8_ceiling.py      # writes benchmarks/results/qa_int8_ceiling/
+    python benchmarks/qa_int8_ceiling.py      # writes benchmarks/results/qa_int8_ceiling/
 
 The QA latency target asks ONNX Runtime int8 for 3× PyTorch fp32. Most of an encoder's time is its matrix
 products, so this times them alone, at the model's own shapes (every layer's QKV, output, feed-forward up and

@@ -1,6 +1,6 @@
 """QA latency: PyTorch CPU vs ONNX Runtime fp32 vs ONNX Runtime int8 on the fine-tuned MiniLM.
 
-    flock /work/heavy.lock python benchmarks/qa_latency.py          # writes benchmarks/results/qa_latency/
+    python benchmarks/qa_latency.py          # writes benchmarks/results/qa_latency/
 
 Each runtime answers the same `--requests` validation questions one at a time (batch 1, end to end:
 tokenise, model, span selection) after `--warmup` untimed requests, with the same intra-op thread count, the

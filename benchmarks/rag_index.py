@@ -1,6 +1,6 @@
 """Benchmark the RAG index: flat vs OPQ settings, 384-d MiniLM vs 768-d mpnet, with and without the query adapter.
 
-    flock /work/heavy.lock python benchmarks/rag_index.py --query_adapter $POCKETLM_RUNS_DIR/query-adapter
+    python benchmarks/rag_index.py --query_adapter $POCKETLM_RUNS_DIR/query-adapter
     python benchmarks/rag_index.py --encoders minilm --max_distractors 100        # a quick look
 
 For each encoder: embedding throughput (passages/s, measured uncached on 128 passages), then for the flat

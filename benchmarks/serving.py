@@ -1,6 +1,6 @@
 """The REST server as a client sees it: start-up, latency, 8 concurrent clients, overload — over loopback.
 
-    flock /work/heavy.lock python benchmarks/serving.py
+    python benchmarks/serving.py
 
 It starts `python -m pocketlm.serving` as its own process (`pocketlm.serving.launch`), as a user would:
 1. start-up: launch → first 200 on /health, over `--starts` cold starts (the last one serves the phases below);

@@ -1,6 +1,6 @@
 """Generation under load: the serial scheduler against continuous batching, 1–16 closed-loop clients, over loopback.
 
-    flock /work/heavy.lock python benchmarks/serving_load.py
+    python benchmarks/serving_load.py
 
 It starts two `python -m pocketlm.serving` processes on 127.0.0.1, one per scheduler (`--scheduler serial`:
 one request at a time; `--scheduler continuous`: one decode batch that requests join and leave at every step),

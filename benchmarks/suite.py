@@ -1,6 +1,6 @@
 """The suite as a user meets it: cold start to the first answer, then each tab's example — over loopback.
 
-    flock /work/heavy.lock python benchmarks/suite.py        # writes benchmarks/results/suite/suite.{json,md,png}
+    python benchmarks/suite.py        # writes benchmarks/results/suite/suite.{json,md,png}
 
 1. cold start: launch `spaces/suite/app.py` (a fresh process, the published models) → first 200 on `/qa` with
    the QA example, over `--starts` starts; the last one serves the phases below;
