@@ -52,9 +52,7 @@ def benchmark_scripts(folder: Path = BENCHMARKS_DIR) -> dict[str, BenchmarkScrip
     for path in sorted(folder.glob("*.py")):
         doc = ast.get_docstring(ast.parse(path.read_text())) or ""
         usage = next((line for line in doc.splitlines() if f"benchmarks/{path.name}" in line), "")
-        command = usage.split("#", 1)[0].strip()
-        # `flock <lock file>` serialises heavy jobs on the shared development machine; a reader runs the rest
-        command = re.sub(r"^flock \S+ ", "", command) or f"python benchmarks/{path.name}"
+        command = usage.split("#", 1)[0].strip() or f"python benchmarks/{path.name}"
         title = " ".join(doc.split("\n\n", 1)[0].split()) or path.stem  # the docstring's first paragraph
         scripts[path.stem] = BenchmarkScript(path.stem, title, command)
     return scripts

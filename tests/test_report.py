@@ -60,7 +60,7 @@ def test_report_lists_each_benchmark_and_published_model_with_command_machine_an
     # no record (the older layout does not count): how to measure it instead
     serving = page.split("## serving\n")[1].split("\n## ")[0]
     assert "Not measured yet — run `python benchmarks/serving.py`." in serving
-    assert "Not measured yet — run `python benchmarks/peft_analysis.py`." in page  # `flock` of the usage line dropped
+    assert "Not measured yet — run `python benchmarks/peft_analysis.py`." in page
 
     models = page.split("## Published models\n")[1]
     assert models.index("### pocketlm/report-old") < models.index("### pocketlm/report-qa")
