@@ -161,6 +161,17 @@ class OnnxCausalLM:
         """Longest prompt that leaves room for `max_new_tokens` within the positions the model was trained on."""
         return self.max_positions - max_new_tokens
 
+    def prompt_problem(self, ids: Sequence[int], max_new_tokens: int) -> str | None:
+        """Why the encoded prompt `ids` cannot be continued by `max_new_tokens` tokens, or None: one wording for the
+        REST API's 422 and the Spaces' message."""
+        if not ids:
+            return "the prompt encodes to no token"
+        limit = self.max_prompt_tokens(max_new_tokens)
+        if len(ids) > limit:
+            return (f"the prompt is {len(ids)} tokens; with max_new_tokens={max_new_tokens} at most {limit} fit "
+                    f"the model's {self.max_positions}-token context")
+        return None
+
     # -- decoding -----------------------------------------------------------------------------------------
     def _empty_cache(self, batch: int) -> dict[str, np.ndarray]:
         shape = (batch, self.kv_heads, 0, self.head_dim)

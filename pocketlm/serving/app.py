@@ -211,7 +211,7 @@ async def generate(body: GenerateRequest, request: Request, models: Models, admi
     served = _require(models.lm, "lm")
     lm: OnnxCausalLM = served.runtime
     ids = _encode_prompts(lm, [body.prompt], body.max_new_tokens, ("body", "prompt"))[0]
-    params = _sampling(body, admission.limits)
+    params = sampling_params(body, admission.limits)
     tokens, latency = await scheduler.generate(ids, params, request.receive)
     generation = _generation(lm, ids, tokens, params)
     return GenerateResponse(**generation.model_dump(), model=served.label, latency_ms=1000 * latency)
@@ -229,7 +229,7 @@ async def generate_stream(body: GenerateRequest, models: Models, admission: Guar
     ids = _encode_prompts(lm, [body.prompt], body.max_new_tokens, ("body", "prompt"))[0]
     ticket = admission.admit()  # refused here, the client gets a 503 status rather than an error event
     return TicketedStreamingResponse(
-        _token_events(lm, ids, _sampling(body, admission.limits), scheduler, ticket), ticket,
+        _token_events(lm, ids, sampling_params(body, admission.limits), scheduler, ticket), ticket,
         media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
 
@@ -240,7 +240,7 @@ async def generate_batch(body: BatchGenerateRequest, models: Models, admission: 
     served = _require(models.lm, "lm")
     lm: OnnxCausalLM = served.runtime
     batch = _encode_prompts(lm, body.prompts, body.max_new_tokens, ("body", "prompts"))
-    params = _sampling(body, admission.limits)
+    params = sampling_params(body, admission.limits)
     outputs, latency = await admission.run(lm.generate_ids, batch, params)
     generations = [_generation(lm, ids, tokens, params) for ids, tokens in zip(batch, outputs, strict=True)]
     return BatchGenerateResponse(
@@ -342,22 +342,16 @@ def _field_error(loc: tuple, message: str, value) -> RequestValidationError:
 def _encode_prompts(lm: OnnxCausalLM, prompts: Sequence[str], max_new_tokens: int, loc: tuple) -> list[list[int]]:
     """Tokenise; a prompt that leaves no room for `max_new_tokens` in the context window is a 422 on its field."""
     encoded = []
-    limit = lm.max_prompt_tokens(max_new_tokens)
     for index, prompt in enumerate(prompts):
         ids = lm.encode(prompt)
-        where = loc if len(prompts) == 1 and loc[-1] == "prompt" else (*loc, index)
-        if not ids:
-            raise _field_error(where, "the prompt encodes to no token", prompt)
-        if len(ids) > limit:
-            raise _field_error(
-                where, f"the prompt is {len(ids)} tokens; with max_new_tokens={max_new_tokens} at most {limit} fit "
-                f"the model's {lm.max_positions}-token context", prompt,
-            )
+        if problem := lm.prompt_problem(ids, max_new_tokens):
+            raise _field_error(loc if len(prompts) == 1 and loc[-1] == "prompt" else (*loc, index), problem, prompt)
         encoded.append(ids)
     return encoded
 
 
-def _sampling(body: SamplingFields, limits: Limits) -> SamplingParams:
+def sampling_params(body: SamplingFields, limits: Limits) -> SamplingParams:
+    """The decoding settings of a request, under the server's compute budget (REST and the Spaces alike)."""
     return SamplingParams(
         max_new_tokens=body.max_new_tokens, do_sample=body.do_sample, temperature=body.temperature,
         top_k=body.top_k, seed=body.seed, stop_at_eos=not body.ignore_eos, max_time=limits.max_compute_s,

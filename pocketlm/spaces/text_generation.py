@@ -12,7 +12,8 @@ from collections.abc import AsyncIterator
 
 import gradio as gr
 
-from pocketlm.inference.onnx_lm import OnnxCausalLM, SamplingParams
+from pocketlm.inference.onnx_lm import OnnxCausalLM
+from pocketlm.serving.app import sampling_params
 from pocketlm.serving.models import ServedModel
 from pocketlm.serving.schemas import EXAMPLE_PROMPT, MAX_NEW_TOKENS, GenerateRequest
 from pocketlm.spaces import SPACE_TITLES
@@ -54,14 +55,9 @@ def render(lm: ServedModel, guard: ComputeGuard | None = None) -> None:
             max_new_tokens=max_new_tokens, seed=seed, do_sample=True,
         )
         ids = runtime.encode(request.prompt)
-        limit = runtime.max_prompt_tokens(request.max_new_tokens)
-        if len(ids) > limit:
-            raise gr.Error(
-                f"{LABELS['prompt']}: {len(ids)} tokens; with {request.max_new_tokens} new tokens at most {limit} fit "
-                f"the model's {runtime.max_positions}-token context", title="Please check the input",
-            )
-        params = SamplingParams(max_new_tokens=request.max_new_tokens, do_sample=True, temperature=request.temperature,
-                                top_k=request.top_k, seed=request.seed, max_time=guard.admission.limits.max_compute_s)
+        if problem := runtime.prompt_problem(ids, request.max_new_tokens):
+            raise gr.Error(f"{LABELS['prompt']}: {problem}", title="Please check the input")
+        params = sampling_params(request, guard.admission.limits)
         text, count, started, first = "", 0, time.perf_counter(), None
         yield "", "_generating…_"
         async for batch in in_batches(guard.stream(runtime.stream_text(ids, params))):
