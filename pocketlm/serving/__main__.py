@@ -28,10 +28,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--qa-precision", choices=["fp32", "int8"], default="int8")
     # the choices are pocketlm.serving.scheduler.SCHEDULERS, not imported here: that would import numpy before
     # the models start loading in parallel with the web stack (see main)
-    parser.add_argument("--scheduler", choices=["continuous", "serial"], default=None,
-                        help="how /generate and /generate/stream run: 'continuous' (one decode batch that requests join "
-                        "and leave at every step; the default for the fp32 LM) or 'serial' (one at a time; the default "
-                        "for int8, whose tokens change with the batch)")
+    parser.add_argument("--scheduler", choices=["continuous", "serial"], default="serial",
+                        help="how /generate and /generate/stream run: 'serial' (one at a time; the default) or "
+                        "'continuous' (one decode batch that requests join and leave at every step: several times the "
+                        "tokens/s of concurrent LM-only traffic, but under a mix with /qa each decode step yields to "
+                        "every waiting /qa call, so generations wait; fp32 LM only)")
     parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: CPU count, at most 4)")
     parser.add_argument("--max-active", type=int, default=defaults.max_active, help="model calls run at once")
     parser.add_argument("--max-batch", type=int, default=defaults.max_batch,
@@ -61,9 +62,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for flag in ("max_compute_s", "max_body_bytes", "read_timeout_s"):
         if getattr(args, flag) <= 0:
             parser.error(f"--{flag.replace('_', '-')} must be positive, got {getattr(args, flag)}")
-    if args.scheduler is None:
-        args.scheduler = "serial" if args.lm_precision == "int8" else "continuous"
-    elif args.scheduler == "continuous" and args.lm_precision == "int8":
+    if args.scheduler == "continuous" and args.lm_precision == "int8":
         parser.error("--scheduler continuous needs --lm-precision fp32: the dynamic int8 graph scales its activations "
                      "per batch, so a request's tokens would depend on who shares its batch (use --scheduler serial)")
     if args.lm == "none" and args.qa == "none":

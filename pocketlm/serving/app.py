@@ -166,7 +166,7 @@ lm_routes = APIRouter(tags=["generation"], responses=REFUSALS)
 qa_routes = APIRouter(tags=["question answering"], responses=REFUSALS)
 
 
-def create_app(models: ServingModels, limits: Limits | None = None, scheduler: SchedulerKind = "continuous") -> FastAPI:
+def create_app(models: ServingModels, limits: Limits | None = None, scheduler: SchedulerKind = "serial") -> FastAPI:
     """Build the REST app around loaded `models`; `limits` bounds bodies, waiting and compute (see `admission`);
     `scheduler` runs `/generate` and `/generate/stream`: one continuous batch, or one request at a time
     (`pocketlm.serving.scheduler`). The routes live in the module's routers and reach what this app holds
