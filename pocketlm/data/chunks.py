@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pocketlm.data.registry import DatasetFormatError, DatasetNotFoundError
+from pocketlm.data.registry import DatasetNotFoundError, parse_jsonl_row
 
 
 def chunk_line(chunk_id: int, chunk: Sequence[int]) -> str:
@@ -150,16 +150,7 @@ class ChunkFile(Sequence):
                 yield self._parse(f.readline(), int(offset))
 
     def _parse(self, line: bytes, offset: int) -> dict:
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise DatasetFormatError(f"{self.path}:{self._line_number(offset)}: not valid JSON ({err.msg})") from None
-        if not isinstance(row, dict):
-            raise DatasetFormatError(f"{self.path}:{self._line_number(offset)}: expected a JSON object")
-        missing = [key for key in self.REQUIRED if key not in row]
-        if missing:
-            raise DatasetFormatError(f"{self.path}:{self._line_number(offset)}: missing field(s) {', '.join(missing)}")
-        return row
+        return parse_jsonl_row(line, self.REQUIRED, lambda: f"{self.path}:{self._line_number(offset)}")
 
     def _line_number(self, offset: int) -> int:
         """Only for error messages: count the newlines before `offset` (a read of the file up to there)."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -251,19 +252,24 @@ def read_jsonl(path: str | Path, required: tuple[str, ...] = ()) -> list[dict]:
     rows = []
     with path.open(encoding="utf-8") as f:
         for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise DatasetFormatError(f"{path}:{line_no}: not valid JSON ({err.msg})") from None
-            if not isinstance(row, dict):
-                raise DatasetFormatError(f"{path}:{line_no}: expected a JSON object")
-            missing = [key for key in required if key not in row]
-            if missing:
-                raise DatasetFormatError(f"{path}:{line_no}: missing field(s) {', '.join(missing)}")
-            rows.append(row)
+            if line.strip():
+                rows.append(parse_jsonl_row(line, required, lambda: f"{path}:{line_no}"))
     return rows
+
+
+def parse_jsonl_row(line: str | bytes, required: Sequence[str], where: Callable[[], str]) -> dict:
+    """One JSON-lines row, checked: a JSON object with the `required` fields. Errors name `where()` (file:line),
+    which is only called on failure (a lazy reader finds its line number by reading the file up to the row)."""
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise DatasetFormatError(f"{where()}: not valid JSON ({err.msg})") from None
+    if not isinstance(row, dict):
+        raise DatasetFormatError(f"{where()}: expected a JSON object")
+    missing = [key for key in required if key not in row]
+    if missing:
+        raise DatasetFormatError(f"{where()}: missing field(s) {', '.join(missing)}")
+    return row
 
 
 def load_rag_dev() -> tuple[list[dict], list[dict]]:
