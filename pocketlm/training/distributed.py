@@ -244,8 +244,13 @@ def main() -> int:
     check_launch(script="-m pocketlm.training.distributed")
     accelerator = Accelerator()
     total = accelerator.reduce(torch.ones(1, device=accelerator.device), reduction="sum").item()
-    print(f"process {accelerator.process_index}/{accelerator.num_processes}: {accelerator.distributed_type.value} "
-          f"on {accelerator.device}, backend {accelerator.state.backend}, all-reduce of ones = {total:g}", flush=True)
+    line = (f"process {accelerator.process_index}/{accelerator.num_processes}: {accelerator.distributed_type.value} "
+            f"on {accelerator.device}, backend {accelerator.state.backend}, all-reduce of ones = {total:g}\n")
+    sys.stdout.write(line)  # one write (print writes the newline apart): the processes share the output pipe
+    sys.stdout.flush()
+    # Leave the group before exiting: a gloo group still alive at interpreter teardown can abort the process
+    # ("terminate called without an active exception") after the check itself succeeded.
+    accelerator.end_training()
     return 0
 
 
