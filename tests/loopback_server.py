@@ -1,5 +1,6 @@
 """Serve an ASGI app on a free loopback port from a thread of the test process, with the command line's uvicorn
-settings (`server_config`): tests can then read the app's state and swap its model for a test double."""
+settings (`server_config`): tests can then read the app's state and swap its model for a test double. Also the one
+reader of a server-sent-event stream the serving tests share."""
 
 from __future__ import annotations
 
@@ -32,3 +33,14 @@ def serving(app, limits: Limits) -> Iterator[str]:
     finally:
         server.should_exit = True
         thread.join(10)
+
+
+def server_sent_events(response) -> Iterator[tuple[str, str, float]]:
+    """(event name, data text, arrival time) of each event of an SSE `httpx` response, as it arrives."""
+    name = "message"
+    for line in response.iter_lines():
+        if line.startswith("event: "):
+            name = line[len("event: "):]
+        elif line.startswith("data: "):
+            yield name, line[len("data: "):], time.perf_counter()
+            name = "message"

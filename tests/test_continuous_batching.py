@@ -22,6 +22,7 @@ from pocketlm.inference.batching import corpus_prompts
 from pocketlm.inference.onnx_lm import KVState, SamplingParams
 from pocketlm.serving.admission import Limits
 
+from loopback_server import server_sent_events
 from loopback_server import serving as serve_on_loopback
 
 
@@ -72,14 +73,7 @@ def server(served):
 
 
 def sse(response: httpx.Response) -> list[tuple[str, dict]]:
-    events, name = [], "message"
-    for line in response.iter_lines():
-        if line.startswith("event: "):
-            name = line[len("event: "):]
-        elif line.startswith("data: "):
-            events.append((name, json.loads(line[len("data: "):])))
-            name = "message"
-    return events
+    return [(name, json.loads(data)) for name, data, _ in server_sent_events(response)]
 
 
 def call(base_url: str, route: str, body: dict) -> list[int] | str:

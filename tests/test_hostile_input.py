@@ -23,7 +23,7 @@ from pocketlm.inference.onnx_lm import SamplingParams, choose_next_tokens
 from pocketlm.serving.admission import Limits
 from pocketlm.serving.schemas import MAX_BATCH_PROMPTS, MAX_PROMPT_CHARS
 
-from loopback_server import serving
+from loopback_server import server_sent_events, serving
 
 MARK = "HOSTILE"
 TEST_LIMITS = Limits(max_body_bytes=64 * 1024, read_timeout_s=0.5)
@@ -208,14 +208,7 @@ def faulty(served, **kwargs):
 
 
 def sse_events(response: httpx.Response) -> list[tuple[str, str]]:
-    events, name = [], "message"
-    for line in response.iter_lines():
-        if line.startswith("event: "):
-            name = line[len("event: "):]
-        elif line.startswith("data: "):
-            events.append((name, line[len("data: "):]))
-            name = "message"
-    return events
+    return [(name, data) for name, data, _ in server_sent_events(response)]
 
 
 @pytest.fixture(scope="module")

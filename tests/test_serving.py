@@ -16,6 +16,8 @@ from pocketlm.inference.qa_engine import OnnxQuestionAnswerer
 from pocketlm.serving.launch import running_server
 from pocketlm.settings import REPO_ROOT
 
+from loopback_server import server_sent_events
+
 PROMPTS = ["The history of the city begins", "In 1905", "Rakie Ayola is a Welsh actress, best known for"]
 CONTEXT = "Rakie Olufunmilayo Ayola (born May 1968) is a Welsh actress, best known for her role in Holby City."
 
@@ -65,14 +67,7 @@ def test_sampling_with_a_seed_is_reproducible(client):
 
 def _read_events(response: httpx.Response) -> list[tuple[str, dict, float]]:
     """(event name, data, arrival time) of each server-sent event."""
-    events, name = [], "message"
-    for line in response.iter_lines():
-        if line.startswith("event: "):
-            name = line[len("event: "):]
-        elif line.startswith("data: "):
-            events.append((name, json.loads(line[len("data: "):]), time.perf_counter()))
-            name = "message"
-    return events
+    return [(name, json.loads(data), arrived) for name, data, arrived in server_sent_events(response)]
 
 
 def test_stream_sends_each_token_then_the_whole_text(client):
