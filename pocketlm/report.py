@@ -1,7 +1,8 @@
 """The report card: every benchmark's record and every published model's metrics on one page, `docs/results.md`.
 
     python -m pocketlm.report            # (re)writes docs/results.md
-    python -m pocketlm.report --check    # exit 1 when a figure of README.md's results table is not in docs/results.md
+    python -m pocketlm.report --check    # exit 1 when a figure of README.md's results table, or a measured figure
+                                         # of a docs page, is not in docs/results.md
 
 Benchmarks come from `benchmarks/results/*/*.json` (the records `pocketlm.benchmarking.write_results` writes:
 command, machine, date, headline figures); a benchmark in `benchmarks/` with no record yet is listed with the
@@ -35,6 +36,14 @@ NUMBER = re.compile(r"(?<![\w.@/])[-+−]?\d+(?:,\d{3})*(?:\.\d+)?")
 """A figure in text: `66.92`, `1.33` (of `1.33×`), `0.77` (of `0.77 s`), `4,961`, `−0.73`; not the digits of a
 name such as `fp32`, `p95`, `OPQ32_128` or `recall@5`."""
 LINK = re.compile(r"\[([^\]]*)\]\(([^)]*)\)")
+MEASUREMENT = re.compile(
+    r"(?<![\w.@/])(?<!every )(?<!within )(?<!under )(?<![<≤≥>] )(?<![<≤≥>])"
+    r"(\d+(?:,\d{3})*(?:\.\d+)?) ?(?:ms\b|tokens/s|req/s|(?<=\.\d)×|(?<=\.\d\d)×|(?<=\.\d\d\d)×)")
+"""A measured figure in prose: a latency (`23 ms`), a rate (`316 tokens/s`) or a ratio with decimals (`2.21×`);
+not a setting or a goal (`every 100 ms`, `< 200 ms`, `≥ 3×`) nor a multiple such as `30×` the corpus."""
+LABELLED_MEASUREMENT = re.compile(r"\b(?:F1|EM|PPL|perplexity|ROUGE-L|recall@\d+(?:/\d+)*) (\d+(?:\.\d+)?)\b")
+"""A quality figure named by its metric: `F1 66.92`, `PPL 129.5`, `recall@5 0.963`."""
+DOCS_DIR = REPO_ROOT / "docs"
 
 
 @dataclass(frozen=True)
@@ -188,6 +197,19 @@ def missing_figures(readme: str, report: str) -> list[str]:
     return [figure for figure in readme_figures(readme) if figure not in present]
 
 
+def unreported_measurements(page: str, report: str) -> list[str]:
+    """Measured figures (`MEASUREMENT`) of a docs page that the report does not contain: figures copied by hand."""
+    present = figures(report)
+    matches = MEASUREMENT.findall(page) + LABELLED_MEASUREMENT.findall(page)
+    found = (normalised(match) for match in matches)
+    return [figure for figure in dict.fromkeys(found) if figure not in present]
+
+
+def docs_pages(folder: Path = DOCS_DIR, report: Path = REPORT_PATH) -> list[Path]:
+    """The hand-written pages of the docs site: every Markdown page but the generated report."""
+    return sorted(path for path in folder.glob("*.md") if path.resolve() != report.resolve())
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--output", type=Path, default=REPORT_PATH, help="the page to write (default: docs/results.md)")
@@ -195,16 +217,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hub_dir", type=Path, default=None, help="local hub (default: POCKETLM_HUB_DIR or hub/)")
     parser.add_argument("--date", default=None, help="the date in the header (default: today, UTC)")
     parser.add_argument("--check", action="store_true",
-                        help="write nothing: exit 1 when a figure of README.md's results table is not in --output")
+                        help="write nothing: exit 1 when a figure of README.md's results table or a measured figure "
+                             "of a docs page (a latency, a rate, a ratio) is not in --output")
     parser.add_argument("--readme", type=Path, default=README_PATH, help="the README --check reads (default: README.md)")
+    parser.add_argument("--docs_dir", type=Path, default=DOCS_DIR,
+                        help="the docs pages --check reads for measured figures (default: docs/)")
     args = parser.parse_args(argv)
     if args.check:
         if not args.output.is_file():
             parser.error(f"--output {args.output} does not exist: run `{REPORT_COMMAND}` first")
-        missing = missing_figures(args.readme.read_text(), args.output.read_text())
-        for figure in missing:
-            print(f"{args.readme.name}: {figure} is not in {args.output}")
-        print(f"{len(readme_figures(args.readme.read_text())) - len(missing)} figures found, {len(missing)} missing")
+        report = args.output.read_text()
+        missing = [(args.readme.name, figure) for figure in missing_figures(args.readme.read_text(), report)]
+        missing += [(page.name, figure) for page in docs_pages(args.docs_dir, args.output)
+                    for figure in unreported_measurements(page.read_text(), report)]
+        for page, figure in missing:
+            print(f"{page}: {figure} is not in {args.output}")
+        print(f"{len(readme_figures(args.readme.read_text()))} README figures checked, and the docs pages' "
+              f"measurements; {len(missing)} missing")
         return 1 if missing else 0
     if args.date and not re.fullmatch(r"\d{4}-\d{2}-\d{2}", args.date):
         parser.error(f"--date takes YYYY-MM-DD, got {args.date!r}")

@@ -7,7 +7,7 @@ import pytest
 
 from pocketlm.benchmarking import write_results
 from pocketlm.hub import ModelCardInfo, publish
-from pocketlm.report import main, missing_figures, readme_figures, render_report
+from pocketlm.report import main, missing_figures, readme_figures, render_report, unreported_measurements
 from pocketlm.settings import REPO_ROOT, hub_dir
 
 
@@ -84,7 +84,8 @@ def test_check_finds_every_readme_figure_in_the_report_or_names_the_missing(resu
         "| inference | int8 ≥ 3× | [2.21×](docs/results.md#qa_latency), OPQ [13.6×](docs/results.md#rag_index) smaller |\n\n"
         "| later | table |\n| --- | --- |\n| 99.99 | 1 |\n")
     assert readme_figures(readme.read_text()) == ["66.92", "55.11", "2.21", "13.6"]  # the measured cells, links or not; never the targets
-    args = ["--check", "--output", str(report), "--readme", str(readme)]
+    (tmp_path / "docs").mkdir()
+    args = ["--check", "--output", str(report), "--readme", str(readme), "--docs_dir", str(tmp_path / "docs")]
     assert main(args) == 0
     readme.write_text(readme.read_text().replace("[2.21×]", "[2.31×]"))
     assert main(args) == 1
@@ -108,3 +109,12 @@ def test_readme_figures_come_from_the_report():
     readme = (REPO_ROOT / "README.md").read_text()
     assert readme_figures(readme), "README.md has no results table under a heading with 'Results'"
     assert missing_figures(readme, report.read_text()) == []
+
+
+def test_measured_figures_of_a_docs_page_must_be_in_the_report():
+    page = ("p50 23 ms, 316 tokens/s, 2.21× PyTorch and F1 66.92; settings and goals are not measurements: "
+            "every 100 ms, p95 < 200 ms, int8 ≥ 3×, 30× the corpus, a batch of 8 × 4, fp32, recall@5")
+    report = "| ONNX int8 | p50 23.0 ms, 316 tokens/s, 2.21× PyTorch (p50) | F1 66.92 |"
+    assert unreported_measurements(page, report) == []
+    assert unreported_measurements(page.replace("2.21×", "2.31×").replace("F1 66.92", "F1 67"), report) == ["2.31", "67"]
+    assert unreported_measurements("recall@1/5/10 0.797/0.963 and PPL 129.5", "0.797 129.5") == []
