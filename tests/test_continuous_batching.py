@@ -270,9 +270,10 @@ def test_rows_join_and_leave_the_cache_intact(served):
 
 def test_the_command_line_picks_the_scheduler_and_refuses_a_batch_unstable_graph(capsys):
     from pocketlm.serving.__main__ import parse_args
+    from pocketlm.serving.scheduler import default_scheduler
 
-    assert parse_args([]).scheduler == "serial"  # continuous starves /generate under a mix with /qa (docs/serving.md)
-    assert parse_args(["--lm-precision", "int8"]).scheduler == "serial"
+    assert parse_args([]).scheduler is None  # the app picks by the LM's graph:
+    assert default_scheduler("fp32") == "continuous" and default_scheduler("int8") == "serial"
     assert parse_args(["--scheduler", "continuous"]).scheduler == "continuous"
     assert parse_args(["--scheduler", "serial"]).scheduler == "serial"
     with pytest.raises(SystemExit):
@@ -280,14 +281,15 @@ def test_the_command_line_picks_the_scheduler_and_refuses_a_batch_unstable_graph
     assert "--scheduler continuous needs --lm-precision fp32" in capsys.readouterr().err
 
 
-def test_load_benchmark_writes_its_record(tiny_lm_onnx_repo, tmp_path):
+def test_load_benchmark_writes_its_record(tiny_lm_onnx_repo, tiny_qa_onnx_repo, tmp_path):
     import runpy
 
     from pocketlm.benchmarking import read_results
     from pocketlm.settings import REPO_ROOT
 
     main = runpy.run_path(str(REPO_ROOT / "benchmarks" / "serving_load.py"))["main"]
-    assert main(["--clients", "1,2", "--requests_per_client", "2", "--warmup", "1", "--output_dir", str(tmp_path)]) == 0
+    assert main(["--clients", "1,2", "--requests_per_client", "2", "--warmup", "1", "--mixed_clients", "2",
+                 "--output_dir", str(tmp_path)]) == 0
     record = read_results(tmp_path, "serving_load")
     assert record is not None and record["errors"] == 0
     for kind in ("serial", "continuous"):
@@ -297,6 +299,10 @@ def test_load_benchmark_writes_its_record(tiny_lm_onnx_repo, tmp_path):
             assert cell["requests"] == 2 * int(clients) and cell["tokens"] == 32 * cell["requests"]
             assert cell["tokens_per_s"] > 0 and cell["generate_ms"]["n"] >= 1 and cell["first_token_ms"]["n"] >= 1
             assert cell["first_token_ms"]["p50_ms"] <= cell["stream_ms"]["p50_ms"]
-    assert set(record["speedup"]) == {"1", "2"} and record["targets"] == {}  # 8 clients not measured here
+    for kind in ("serial", "continuous"):  # the mixed phase: each client alternates /generate and /qa
+        mixed = record["mixed"][kind]
+        assert mixed["requests"] == 8 and mixed["generate_ms"]["n"] == 4 and mixed["qa_ms"]["n"] == 4
+    assert set(record["speedup"]) == {"1", "2"}  # 8 clients not measured here: no target on them
+    assert set(record["targets"]) == {"mixed_continuous_generate_faster_qa_no_slower"}
     assert any("tokens/s" in label for label, _ in record["figures"])
     assert (tmp_path / "serving_load.png").is_file() and "× serial" in (tmp_path / "serving_load.md").read_text()

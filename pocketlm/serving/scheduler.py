@@ -315,5 +315,11 @@ async def _disconnected(receive: Receive) -> None:
 Scheduler = SerialScheduler | ContinuousScheduler
 
 
+def default_scheduler(lm_precision: str) -> SchedulerKind:
+    """Continuous batching for the fp32 graph; one request at a time for dynamic int8, whose activation scales
+    are computed over the batch (a request's tokens would depend on who shares its batch)."""
+    return "serial" if lm_precision == "int8" else "continuous"
+
+
 def make_scheduler(kind: SchedulerKind, lm: OnnxCausalLM, admission: Admission) -> Scheduler:
     return {"continuous": ContinuousScheduler, "serial": SerialScheduler}[kind](lm, admission)
