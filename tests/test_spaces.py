@@ -170,6 +170,27 @@ def test_rest_routes_are_served_by_the_suite_process(http, local_lm, local_qa):
     assert refused.status_code == 422 and refused.json()["detail"][0]["loc"] == ["body", "question"]
 
 
+def test_an_idle_suite_leaves_the_cores_to_the_models(suite):
+    """Once every tab has loaded, the idle suite's process uses under 5 % of a core (Gradio's queue, left at its
+    defaults, polls every millisecond: ~9 % here, taking the GIL from model calls a thousand times a second)."""
+    import time
+
+    deadline = time.monotonic() + 300
+    while "all tabs loaded" not in suite.log_path.read_text():
+        assert time.monotonic() < deadline, suite.log_path.read_text()[-2000:]
+        time.sleep(0.2)
+    time.sleep(1)
+
+    def cpu_seconds() -> float:
+        fields = Path(f"/proc/{suite.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+    before, started = cpu_seconds(), time.monotonic()
+    time.sleep(3)
+    share = (cpu_seconds() - before) / (time.monotonic() - started)
+    assert share < 0.05, f"the idle suite used {share:.1%} of a core"
+
+
 def test_docs_openapi_and_the_page_share_one_app(http):
     paths = http.get("/openapi.json").json()["paths"]
     assert {"/generate", "/generate/stream", "/generate/batch", "/qa", "/health"} <= set(paths)
