@@ -4,11 +4,14 @@
 
 It starts two `python -m pocketlm.serving` processes on 127.0.0.1, one per scheduler (`--scheduler serial`:
 one request at a time; `--scheduler continuous`: one decode batch that requests join and leave at every step),
-both with the LM only. After a warm-up, for each client count in `--clients` (interleaved: the two servers take
+both with the LM and the QA model (and, with `--suite`, the Spaces suite as a third server, every tab loaded).
+After a warm-up, for each client count in `--clients` (interleaved: the two servers take
 turns, the first one alternating) `n` clients each send `--requests_per_client` requests back to back,
 alternating `/generate` and `/generate/stream` (a 50-token WikiText-2 prompt and exactly 32 new tokens,
-`ignore_eos`), stopping early at `--max_seconds` per cell. Per cell: total tokens/s (generated tokens of all
-clients over the cell's wall time), `/generate` latency p50/p95/p99 and time to first token of the stream.
+`ignore_eos`), stopping early at `--max_seconds` per cell; with `--rounds N` every cell is measured N times,
+the rounds interleaved too, and pooled (each round's tokens/s is kept: on a busy host they spread widely).
+Per cell: total tokens/s (generated tokens of all clients over the cell's wall time), `/generate` latency
+p50/p95/p99 and time to first token of the stream.
 Targets at 8 clients: continuous ≥ 3× the serial tokens/s, `/generate` p95 < 200 ms.
 Then the mixed phase (skipped with `--qa none`): `--mixed_clients` clients alternating `/generate` and `/qa`
 (SQuAD validation questions), on each server in turn, to check that neither kind of request starves the other.
@@ -56,6 +59,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--clients", default="1,2,4,8,16", help="comma-separated client counts")
     parser.add_argument("--requests_per_client", type=int, default=8)
     parser.add_argument("--max_seconds", type=float, default=60.0, help="a cell stops sending after this long")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="measure every cell this many times, the rounds interleaved (a busy host: more rounds)")
     parser.add_argument("--warmup", type=int, default=2, help="warm-up requests per client at the largest count")
     parser.add_argument("--output_dir", default=str(REPO_ROOT / "benchmarks" / "results" / "serving_load"))
     args = parser.parse_args(argv)
@@ -64,8 +69,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         args.clients = sorted({int(c) for c in args.clients.split(",")})
     except ValueError:
         parser.error(f"--clients must be comma-separated whole numbers, got {args.clients!r}")
-    if min(args.clients) < 1 or args.mixed_clients < 1 or args.requests_per_client < 1 or args.max_seconds <= 0 or args.warmup < 0:
-        parser.error("--clients, --requests_per_client and --max_seconds must be positive, --warmup >= 0")
+    if (min(*args.clients, args.mixed_clients, args.rounds, args.requests_per_client) < 1 or args.max_seconds <= 0
+            or args.warmup < 0):
+        parser.error("--clients, --mixed_clients, --rounds, --requests_per_client and --max_seconds must be positive, "
+                     "--warmup >= 0")
     return args
 
 
@@ -126,6 +133,14 @@ def closed_loop(base_url: str, prompts: list[str], clients: int, requests_per_cl
     return {"records": records, "seconds": time.perf_counter() - clock["start"]}
 
 
+def merged(runs: list[dict]) -> dict:
+    """One cell from its `--rounds` runs: all their records, their summed wall time, each run's tokens/s."""
+    return {"records": [record for run in runs for record in run["records"]],
+            "seconds": sum(run["seconds"] for run in runs),
+            "rounds_tokens_per_s": [round(sum(r["tokens"] for r in run["records"] if r["status"] == 200) / run["seconds"], 1)
+                                    for run in runs]}
+
+
 def summarise(cell: dict, clients: int) -> dict:
     records = cell["records"]
     ok = [r for r in records if r["status"] == 200]
@@ -134,6 +149,7 @@ def summarise(cell: dict, clients: int) -> dict:
         "clients": clients, "requests": len(records), "errors": len(errors),
         "error_examples": [str(r["status"]) for r in errors[:3]], "seconds": round(cell["seconds"], 3),
         "tokens": sum(r["tokens"] for r in ok), "tokens_per_s": round(sum(r["tokens"] for r in ok) / cell["seconds"], 1),
+        "rounds_tokens_per_s": cell.get("rounds_tokens_per_s", []),
         "generate_ms": latency_summary(1000 * r["seconds"] for r in ok if r["route"] == "/generate"),
         "stream_ms": latency_summary(1000 * r["seconds"] for r in ok if r["route"] == "/generate/stream"),
         "first_token_ms": latency_summary(1000 * r["first_token_s"] for r in ok if r.get("first_token_s") is not None),
@@ -196,19 +212,23 @@ def measure(args, prompts: list[str], questions: list[dict]) -> tuple[dict, dict
         for kind, server in servers.items():  # first-call allocations at every batch shape, before the clock
             if args.warmup:
                 closed_loop(server.base_url, prompts, max(args.clients), args.warmup, args.max_seconds)
-        for turn, clients in enumerate(args.clients):
-            for kind in kinds if turn % 2 == 0 else kinds[::-1]:
-                cell = closed_loop(servers[kind].base_url, prompts, clients, args.requests_per_client, args.max_seconds)
-                cells[kind][str(clients)] = summary = summarise(cell, clients)
+        runs: dict[tuple[str, int], list[dict]] = {}
+        for turn, (rnd, clients) in enumerate((r, c) for r in range(args.rounds) for c in args.clients):
+            for kind in kinds if (turn + rnd) % 2 == 0 else kinds[::-1]:  # who goes first alternates every cell
+                runs.setdefault((kind, clients), []).append(
+                    closed_loop(servers[kind].base_url, prompts, clients, args.requests_per_client, args.max_seconds))
+                cells[kind][str(clients)] = summary = summarise(merged(runs[kind, clients]), clients)
                 print(f"{kind:>10} × {clients:2}: {summary['tokens_per_s']:8.1f} tokens/s, /generate "
                       f"p95 {summary['generate_ms'].get('p95_ms', float('nan')):7.1f} ms, first token "
                       f"p95 {summary['first_token_ms'].get('p95_ms', float('nan')):7.1f} ms, {summary['errors']} errors",
                       flush=True)
-        if questions:
-            for kind in SCHEDULERS if len(args.clients) % 2 else SCHEDULERS[::-1]:
-                cell = closed_loop(servers[kind].base_url, prompts, args.mixed_clients, 2 * args.requests_per_client,
-                                   args.max_seconds, routes=("/generate", "/qa"), questions=questions)
-                mixed[kind] = summary = summarise(cell, args.mixed_clients)
+        mixed_runs: dict[str, list[dict]] = {}
+        for turn in range(args.rounds if questions else 0):
+            for kind in SCHEDULERS if (turn + len(args.clients) * args.rounds) % 2 else SCHEDULERS[::-1]:
+                mixed_runs.setdefault(kind, []).append(closed_loop(
+                    servers[kind].base_url, prompts, args.mixed_clients, 2 * args.requests_per_client,
+                    args.max_seconds, routes=("/generate", "/qa"), questions=questions))
+                mixed[kind] = summary = summarise(merged(mixed_runs[kind]), args.mixed_clients)
                 print(f"{kind:>10} × {args.mixed_clients:2} mixed: /generate p95 "
                       f"{summary['generate_ms'].get('p95_ms', float('nan')):7.1f} ms, /qa p95 "
                       f"{summary['qa_ms'].get('p95_ms', float('nan')):7.1f} ms, {summary['errors']} errors", flush=True)
@@ -233,7 +253,7 @@ def markdown_of(results: dict, args) -> str:
         f"### Generation under load: serial scheduler vs continuous batching, LM {results['lm']}\n\n"
         f"Closed-loop clients, each sending {args.requests_per_client} requests ({PROMPT_TOKENS}-token prompt, "
         f"{NEW_TOKENS} new tokens), alternating `/generate` and `/generate/stream`; the servers on this machine, "
-        f"measured in turns{' (`suite`: the Spaces suite, its default scheduler)' if 'suite' in kinds else ''}."
+        f"measured in turns, {args.rounds} round(s) pooled{' (`suite`: the Spaces suite, its default scheduler)' if 'suite' in kinds else ''}."
         f"\n\n{table}"
     )
     if results["mixed"]:

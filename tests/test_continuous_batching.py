@@ -297,6 +297,7 @@ def test_load_benchmark_writes_its_record(tiny_lm_onnx_repo, tiny_qa_onnx_repo, 
         for clients in ("1", "2"):
             cell = record["cells"][kind][clients]
             assert cell["requests"] == 2 * int(clients) and cell["tokens"] == 32 * cell["requests"]
+            assert cell["rounds_tokens_per_s"] == [cell["tokens_per_s"]]  # one round
             assert cell["tokens_per_s"] > 0 and cell["generate_ms"]["n"] >= 1 and cell["first_token_ms"]["n"] >= 1
             assert cell["first_token_ms"]["p50_ms"] <= cell["stream_ms"]["p50_ms"]
     for kind in ("serial", "continuous"):  # the mixed phase: each client alternates /generate and /qa

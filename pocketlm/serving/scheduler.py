@@ -93,6 +93,9 @@ class ContinuousScheduler:
     """One decode batch shared by all generation requests; see the module docstring."""
 
     kind: SchedulerKind = "continuous"
+    MAX_SHARE_S = 0.5
+    """The longest the batch keeps the slot while a call waits (its share after a long call, e.g. a 2 s
+    `/generate/batch`, would otherwise leave the queue waiting past `max_wait_s`)."""
 
     def __init__(self, lm: OnnxCausalLM, admission: Admission):
         self.lm, self.admission = lm, admission
@@ -197,7 +200,8 @@ class ContinuousScheduler:
         for 32 rounds of `/qa` answers), and a waiting call never waits for whole generations. (Read from the
         worker thread too: the counts are hints, re-checked at the next step.)"""
         waiting = self.admission.waiting_for_slot
-        return waiting > 0 and time.perf_counter() - turn_started >= self._other_s * max(1, self.rows) / waiting
+        share = min(self._other_s * max(1, self.rows) / max(1, waiting), self.MAX_SHARE_S)
+        return waiting > 0 and time.perf_counter() - turn_started >= share
 
     @staticmethod
     def _deliver(made: list[tuple[Row, int, bool]]) -> None:
@@ -217,7 +221,8 @@ class ContinuousScheduler:
         while True:
             made = self._step(joining)
             joining = []
-            loop.call_soon_threadsafe(self._deliver, made)
+            if made:  # (a step that only advanced `/generate` rows has nothing to hand over: no wake-up)
+                loop.call_soon_threadsafe(self._deliver, made)
             if (self._pending and self.rows < self.max_rows) or not self.rows or self._share_used(turn_started):
                 return
 
