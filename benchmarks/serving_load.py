@@ -4,12 +4,17 @@
 
 It starts two `python -m pocketlm.serving` processes on 127.0.0.1, one per scheduler (`--scheduler serial`:
 one request at a time; `--scheduler continuous`: one decode batch that requests join and leave at every step),
-both with the LM only. After a warm-up, for each client count in `--clients` (interleaved: the two servers take
+both with the LM and the QA model (and, with `--suite`, the Spaces suite as a third server, every tab loaded).
+After a warm-up, for each client count in `--clients` (interleaved: the two servers take
 turns, the first one alternating) `n` clients each send `--requests_per_client` requests back to back,
 alternating `/generate` and `/generate/stream` (a 50-token WikiText-2 prompt and exactly 32 new tokens,
-`ignore_eos`), stopping early at `--max_seconds` per cell. Per cell: total tokens/s (generated tokens of all
-clients over the cell's wall time), `/generate` latency p50/p95/p99 and time to first token of the stream.
+`ignore_eos`), stopping early at `--max_seconds` per cell; with `--rounds N` every cell is measured N times,
+the rounds interleaved too, and pooled (each round's tokens/s is kept: on a busy host they spread widely).
+Per cell: total tokens/s (generated tokens of all clients over the cell's wall time), `/generate` latency
+p50/p95/p99 and time to first token of the stream.
 Targets at 8 clients: continuous ≥ 3× the serial tokens/s, `/generate` p95 < 200 ms.
+Then the mixed phase (skipped with `--qa none`): `--mixed_clients` clients alternating `/generate` and `/qa`
+(SQuAD validation questions), on each server in turn, to check that neither kind of request starves the other.
 Writes benchmarks/results/serving_load/serving_load.{json,md,png}.
 """
 
@@ -25,7 +30,7 @@ from pathlib import Path
 
 import httpx
 
-from pocketlm import TINY_LM_ONNX
+from pocketlm import MINILM_SQUAD_ONNX, TINY_LM_ONNX
 from pocketlm.benchmarking import latency_summary, markdown_table, write_results
 from pocketlm.cli import run
 from pocketlm.hub import resolve
@@ -35,6 +40,8 @@ from pocketlm.settings import REPO_ROOT
 # the serving benchmark's workload, so the two benchmarks' /generate figures measure the same request
 _serving = runpy.run_path(str(Path(__file__).with_name("serving.py")))
 fifty_token_prompts, PROMPT_TOKENS, NEW_TOKENS = _serving["fifty_token_prompts"], _serving["PROMPT_TOKENS"], _serving["NEW_TOKENS"]
+squad_questions = _serving["squad_questions"]
+_suite = runpy.run_path(str(Path(__file__).with_name("suite.py")))
 SCHEDULERS = ("serial", "continuous")
 TARGET_CLIENTS, TARGET_SPEEDUP, TARGET_P95_MS = 8, 3.0, 200.0
 
@@ -42,27 +49,40 @@ TARGET_CLIENTS, TARGET_SPEEDUP, TARGET_P95_MS = 8, 3.0, 200.0
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lm", default=TINY_LM_ONNX, help="Hub id or folder of the LM's ONNX export (served as fp32)")
+    parser.add_argument("--qa", default=MINILM_SQUAD_ONNX, help="QA export for the mixed phase ('none' skips it)")
+    parser.add_argument("--mixed_clients", type=int, default=8, help="clients of the mixed /generate + /qa phase")
+    parser.add_argument("--suite", action="store_true",
+                        help="measure the Spaces suite's REST routes too (spaces/suite/app.py, every tab loaded)")
+    parser.add_argument("--suite_flags", default="", help="extra flags for the suite, e.g. '--rag-index none'")
     parser.add_argument("--threads", type=int, default=None, help="servers' ONNX Runtime threads (default: their own)")
     parser.add_argument("--max_batch", type=int, default=None, help="continuous server's --max-batch (default: its own)")
     parser.add_argument("--clients", default="1,2,4,8,16", help="comma-separated client counts")
     parser.add_argument("--requests_per_client", type=int, default=8)
     parser.add_argument("--max_seconds", type=float, default=60.0, help="a cell stops sending after this long")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="measure every cell this many times, the rounds interleaved (a busy host: more rounds)")
     parser.add_argument("--warmup", type=int, default=2, help="warm-up requests per client at the largest count")
     parser.add_argument("--output_dir", default=str(REPO_ROOT / "benchmarks" / "results" / "serving_load"))
     args = parser.parse_args(argv)
+    args.suite_flags = args.suite_flags.split()
     try:
         args.clients = sorted({int(c) for c in args.clients.split(",")})
     except ValueError:
         parser.error(f"--clients must be comma-separated whole numbers, got {args.clients!r}")
-    if min(args.clients) < 1 or args.requests_per_client < 1 or args.max_seconds <= 0 or args.warmup < 0:
-        parser.error("--clients, --requests_per_client and --max_seconds must be positive, --warmup >= 0")
+    if (min(*args.clients, args.mixed_clients, args.rounds, args.requests_per_client) < 1 or args.max_seconds <= 0
+            or args.warmup < 0):
+        parser.error("--clients, --mixed_clients, --rounds, --requests_per_client and --max_seconds must be positive, "
+                     "--warmup >= 0")
     return args
 
 
-def one_request(http: httpx.Client, route: str, prompt: str) -> dict:
+def one_request(http: httpx.Client, route: str, prompt: str, question: dict | None = None) -> dict:
     """One call; its status, latency, time to first token (stream) and generated tokens."""
     body = {"prompt": prompt, "max_new_tokens": NEW_TOKENS, "ignore_eos": True}
     started = time.perf_counter()
+    if route == "/qa":
+        response = http.post(route, json=question)
+        return {"route": route, "status": response.status_code, "seconds": time.perf_counter() - started, "tokens": 0}
     if route == "/generate":
         response = http.post(route, json=body)
         seconds = time.perf_counter() - started
@@ -81,8 +101,9 @@ def one_request(http: httpx.Client, route: str, prompt: str) -> dict:
             "tokens": tokens}
 
 
-def closed_loop(base_url: str, prompts: list[str], clients: int, requests_per_client: int, max_seconds: float) -> dict:
-    """`clients` threads, each sending its requests back to back (alternating the two routes); the cell's records
+def closed_loop(base_url: str, prompts: list[str], clients: int, requests_per_client: int, max_seconds: float,
+                routes: tuple[str, str] = ("/generate", "/generate/stream"), questions: list[dict] = ()) -> dict:
+    """`clients` threads, each sending its requests back to back (alternating the two `routes`); the cell's records
     and wall time, from the moment all clients are connected to the last answer."""
     records: list[dict] = []
     lock = threading.Lock()
@@ -96,9 +117,11 @@ def closed_loop(base_url: str, prompts: list[str], clients: int, requests_per_cl
             for i in range(requests_per_client):
                 if time.perf_counter() - clock["start"] > max_seconds:
                     break
-                route = "/generate" if (index + i) % 2 == 0 else "/generate/stream"
+                route = routes[(index + i) % 2]
+                n = index * requests_per_client + i
                 try:
-                    record = one_request(http, route, prompts[(index * requests_per_client + i) % len(prompts)])
+                    record = one_request(http, route, prompts[n % len(prompts)],
+                                         questions[n % len(questions)] if questions else None)
                 except httpx.HTTPError as err:
                     record = {"route": route, "status": f"{type(err).__name__}: {err}", "seconds": 0.0, "tokens": 0}
                 with lock:
@@ -110,6 +133,14 @@ def closed_loop(base_url: str, prompts: list[str], clients: int, requests_per_cl
     return {"records": records, "seconds": time.perf_counter() - clock["start"]}
 
 
+def merged(runs: list[dict]) -> dict:
+    """One cell from its `--rounds` runs: all their records, their summed wall time, each run's tokens/s."""
+    return {"records": [record for run in runs for record in run["records"]],
+            "seconds": sum(run["seconds"] for run in runs),
+            "rounds_tokens_per_s": [round(sum(r["tokens"] for r in run["records"] if r["status"] == 200) / run["seconds"], 1)
+                                    for run in runs]}
+
+
 def summarise(cell: dict, clients: int) -> dict:
     records = cell["records"]
     ok = [r for r in records if r["status"] == 200]
@@ -118,9 +149,11 @@ def summarise(cell: dict, clients: int) -> dict:
         "clients": clients, "requests": len(records), "errors": len(errors),
         "error_examples": [str(r["status"]) for r in errors[:3]], "seconds": round(cell["seconds"], 3),
         "tokens": sum(r["tokens"] for r in ok), "tokens_per_s": round(sum(r["tokens"] for r in ok) / cell["seconds"], 1),
+        "rounds_tokens_per_s": cell.get("rounds_tokens_per_s", []),
         "generate_ms": latency_summary(1000 * r["seconds"] for r in ok if r["route"] == "/generate"),
         "stream_ms": latency_summary(1000 * r["seconds"] for r in ok if r["route"] == "/generate/stream"),
         "first_token_ms": latency_summary(1000 * r["first_token_s"] for r in ok if r.get("first_token_s") is not None),
+        "qa_ms": latency_summary(1000 * r["seconds"] for r in ok if r["route"] == "/qa"),
     }
 
 
@@ -133,7 +166,7 @@ def figures(results: dict) -> dict[str, str]:
     def p50_p95(stats: dict) -> str:
         return f"p50 {stats['p50_ms']:.0f} ms, p95 {stats['p95_ms']:.0f} ms" if stats else "none"
 
-    return {
+    lines = {
         f"{at} clients: tokens/s, continuous vs serial": (
             f"{continuous['tokens_per_s']:.0f} vs {serial['tokens_per_s']:.0f} ({results['speedup'][at]:.2f}×)"),
         f"{at} clients: /generate ({PROMPT_TOKENS} + {NEW_TOKENS} tokens), continuous": p50_p95(continuous["generate_ms"]),
@@ -142,52 +175,74 @@ def figures(results: dict) -> dict[str, str]:
         f"{one} client: /generate, continuous vs serial": (
             f"{p50_p95(cells['continuous'][one]['generate_ms'])} vs {p50_p95(cells['serial'][one]['generate_ms'])}"),
     }
+    if "suite" in cells:
+        lines[f"{one} client: /generate through the suite"] = p50_p95(cells["suite"][one]["generate_ms"])
+    for kind, cell in results.get("mixed", {}).items():
+        lines[f"{cell['clients']} clients, /generate + /qa mixed, {kind}"] = (
+            f"/generate {p50_p95(cell['generate_ms'])}; /qa {p50_p95(cell['qa_ms'])}")
+    return lines
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
-    prompts = fifty_token_prompts(resolve(args.lm))
-    common = ["--lm", args.lm, "--qa", "none", "--lm-precision", "fp32", "--log-level", "warning"]
+def start_servers(stack: ExitStack, args, kinds: tuple[str, ...]) -> dict:
+    """One server per scheduler (the LM, and the QA model for the mixed phase), and the suite if asked for."""
+    common = ["--lm", args.lm, "--qa", args.qa, "--lm-precision", "fp32", "--log-level", "warning"]
     if args.threads:
         common += ["--threads", str(args.threads)]
     options = {"serial": [], "continuous": ["--max-batch", str(args.max_batch)] if args.max_batch else []}
-    cells: dict[str, dict[str, dict]] = {kind: {} for kind in SCHEDULERS}
+    servers = {kind: stack.enter_context(running_server([*common, "--scheduler", kind, *options[kind]]))
+               for kind in SCHEDULERS}
+    if "suite" in kinds:
+        from pocketlm.spaces.launch import running_suite
+
+        flags = ["--lm", args.lm, "--qa", args.qa, *args.suite_flags]
+        servers["suite"] = suite = stack.enter_context(running_suite(flags, ready_timeout_s=300))
+        _suite["wait_for_background_loading"](suite.log_path)  # measured with the UI's own models loaded
+    return servers
+
+
+def measure(args, prompts: list[str], questions: list[dict]) -> tuple[dict, dict, dict]:
+    """Every cell, the servers taking turns: (each server's /health, LM-only cells, mixed cells)."""
+    kinds = (*SCHEDULERS, "suite") if args.suite else SCHEDULERS
+    cells: dict[str, dict[str, dict]] = {kind: {} for kind in kinds}
+    mixed: dict[str, dict] = {}
     with ExitStack() as stack:
-        servers = {kind: stack.enter_context(running_server([*common, "--scheduler", kind, *options[kind]]))
-                   for kind in SCHEDULERS}
+        servers = start_servers(stack, args, kinds)
         health = {kind: httpx.get(f"{server.base_url}/health").json() for kind, server in servers.items()}
         assert all(health[kind]["scheduler"] == kind for kind in SCHEDULERS), health
         for kind, server in servers.items():  # first-call allocations at every batch shape, before the clock
             if args.warmup:
                 closed_loop(server.base_url, prompts, max(args.clients), args.warmup, args.max_seconds)
-        for turn, clients in enumerate(args.clients):
-            for kind in SCHEDULERS if turn % 2 == 0 else SCHEDULERS[::-1]:
-                cell = closed_loop(servers[kind].base_url, prompts, clients, args.requests_per_client, args.max_seconds)
-                cells[kind][str(clients)] = summary = summarise(cell, clients)
+        runs: dict[tuple[str, int], list[dict]] = {}
+        for turn, (rnd, clients) in enumerate((r, c) for r in range(args.rounds) for c in args.clients):
+            for kind in kinds if (turn + rnd) % 2 == 0 else kinds[::-1]:  # who goes first alternates every cell
+                runs.setdefault((kind, clients), []).append(
+                    closed_loop(servers[kind].base_url, prompts, clients, args.requests_per_client, args.max_seconds))
+                cells[kind][str(clients)] = summary = summarise(merged(runs[kind, clients]), clients)
                 print(f"{kind:>10} × {clients:2}: {summary['tokens_per_s']:8.1f} tokens/s, /generate "
                       f"p95 {summary['generate_ms'].get('p95_ms', float('nan')):7.1f} ms, first token "
                       f"p95 {summary['first_token_ms'].get('p95_ms', float('nan')):7.1f} ms, {summary['errors']} errors",
                       flush=True)
+        mixed_runs: dict[str, list[dict]] = {}
+        for turn in range(args.rounds if questions else 0):
+            for kind in SCHEDULERS if (turn + len(args.clients) * args.rounds) % 2 else SCHEDULERS[::-1]:
+                mixed_runs.setdefault(kind, []).append(closed_loop(
+                    servers[kind].base_url, prompts, args.mixed_clients, 2 * args.requests_per_client,
+                    args.max_seconds, routes=("/generate", "/qa"), questions=questions))
+                mixed[kind] = summary = summarise(merged(mixed_runs[kind]), args.mixed_clients)
+                print(f"{kind:>10} × {args.mixed_clients:2} mixed: /generate p95 "
+                      f"{summary['generate_ms'].get('p95_ms', float('nan')):7.1f} ms, /qa p95 "
+                      f"{summary['qa_ms'].get('p95_ms', float('nan')):7.1f} ms, {summary['errors']} errors", flush=True)
+    return health, cells, mixed
 
-    speedup = {c: round(cells["continuous"][c]["tokens_per_s"] / cells["serial"][c]["tokens_per_s"], 2)
-               for c in cells["serial"] if cells["serial"][c]["tokens_per_s"] > 0}
-    at = str(TARGET_CLIENTS)
-    results = {
-        "lm": f"{args.lm} (fp32)", "servers": health, "prompt_tokens": PROMPT_TOKENS, "new_tokens": NEW_TOKENS,
-        "requests_per_client": args.requests_per_client, "clients": args.clients, "cells": cells, "speedup": speedup,
-        "errors": sum(cell["errors"] for per_kind in cells.values() for cell in per_kind.values()),
-        "targets": {} if at not in speedup else {
-            f"tokens_per_s_{TARGET_SPEEDUP:g}x_serial_at_{at}_clients": speedup[at] >= TARGET_SPEEDUP,
-            f"generate_p95_below_{TARGET_P95_MS:g}ms_at_{at}_clients":
-                cells["continuous"][at]["generate_ms"].get("p95_ms", float("inf")) < TARGET_P95_MS,
-        },
-    }
+
+def markdown_of(results: dict, args) -> str:
+    cells, speedup, kinds = results["cells"], results["speedup"], list(results["cells"])
     rows = [
         {"scheduler": kind, "clients": cell["clients"], "requests": cell["requests"], "errors": cell["errors"],
          "tokens_per_s": cell["tokens_per_s"], "speedup": speedup.get(str(cell["clients"])) if kind == "continuous" else None,
          **{f"generate_{q}": cell["generate_ms"].get(f"{q}_ms") for q in ("p50", "p95", "p99")},
          **{f"ttft_{q}": cell["first_token_ms"].get(f"{q}_ms") for q in ("p50", "p95", "p99")}}
-        for clients in map(str, args.clients) for kind, cell in ((k, cells[k][clients]) for k in SCHEDULERS)
+        for clients in map(str, args.clients) for kind, cell in ((k, cells[k][clients]) for k in kinds)
     ]
     table = markdown_table(rows, [
         "scheduler", "clients", "requests", "errors", ("tokens_per_s", "tokens/s"), ("speedup", "× serial"),
@@ -197,15 +252,58 @@ def main(argv=None) -> int:
     markdown = (
         f"### Generation under load: serial scheduler vs continuous batching, LM {results['lm']}\n\n"
         f"Closed-loop clients, each sending {args.requests_per_client} requests ({PROMPT_TOKENS}-token prompt, "
-        f"{NEW_TOKENS} new tokens), alternating `/generate` and `/generate/stream`; both servers on this machine, "
-        f"measured in turns.\n\n{table}"
+        f"{NEW_TOKENS} new tokens), alternating `/generate` and `/generate/stream`; the servers on this machine, "
+        f"measured in turns, {args.rounds} round(s) pooled{' (`suite`: the Spaces suite, its default scheduler)' if 'suite' in kinds else ''}."
+        f"\n\n{table}"
     )
+    if results["mixed"]:
+        mixed_rows = [{"scheduler": kind, "requests": cell["requests"], "errors": cell["errors"],
+                       **{f"generate_{q}": cell["generate_ms"].get(f"{q}_ms") for q in ("p50", "p95")},
+                       **{f"qa_{q}": cell["qa_ms"].get(f"{q}_ms") for q in ("p50", "p95")}}
+                      for kind, cell in results["mixed"].items()]
+        markdown += (
+            f"\n{args.mixed_clients} closed-loop clients alternating `/generate` and `/qa` (SQuAD validation "
+            f"questions), the same servers:\n\n" + markdown_table(mixed_rows, [
+                "scheduler", "requests", "errors", ("generate_p50", "/generate p50 ms"), ("generate_p95", "p95"),
+                ("qa_p50", "/qa p50 ms"), ("qa_p95", "p95")]))
+    return markdown
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    prompts = fifty_token_prompts(resolve(args.lm))
+    questions = squad_questions() if args.qa != "none" else []
+    health, cells, mixed = measure(args, prompts, questions)
+    speedup = {c: round(cells["continuous"][c]["tokens_per_s"] / cells["serial"][c]["tokens_per_s"], 2)
+               for c in cells["serial"] if cells["serial"][c]["tokens_per_s"] > 0}
+    at = str(TARGET_CLIENTS)
+    targets = {} if at not in speedup else {
+        f"tokens_per_s_{TARGET_SPEEDUP:g}x_serial_at_{at}_clients": speedup[at] >= TARGET_SPEEDUP,
+        f"generate_p95_below_{TARGET_P95_MS:g}ms_at_{at}_clients":
+            cells["continuous"][at]["generate_ms"].get("p95_ms", float("inf")) < TARGET_P95_MS,
+    }
+    if "suite" in cells and "1" in cells["suite"]:
+        targets[f"suite_generate_p95_below_{TARGET_P95_MS:g}ms_one_client"] = (
+            cells["suite"]["1"]["generate_ms"].get("p95_ms", float("inf")) < TARGET_P95_MS)
+    if mixed:
+        serial, continuous = mixed["serial"], mixed["continuous"]
+        targets["mixed_continuous_generate_faster_qa_no_slower"] = (
+            continuous["generate_ms"]["p95_ms"] < serial["generate_ms"]["p95_ms"]
+            and continuous["qa_ms"]["p95_ms"] <= serial["qa_ms"]["p95_ms"])
+    results = {
+        "lm": f"{args.lm} (fp32)", "qa": args.qa, "servers": health, "prompt_tokens": PROMPT_TOKENS,
+        "new_tokens": NEW_TOKENS, "requests_per_client": args.requests_per_client, "clients": args.clients,
+        "cells": cells, "speedup": speedup, "mixed": mixed,
+        "errors": sum(cell["errors"] for per_kind in cells.values() for cell in per_kind.values())
+                  + sum(cell["errors"] for cell in mixed.values()),
+        "targets": targets,
+    }
 
     def plot(figure):
         panels = figure.subplots(1, 3)
-        for kind in SCHEDULERS:
+        for kind, per_count in cells.items():
             counts = args.clients
-            series = [cells[kind][str(c)] for c in counts]
+            series = [per_count[str(c)] for c in counts]
             panels[0].plot(counts, [s["tokens_per_s"] for s in series], marker="o", label=kind)
             panels[1].plot(counts, [s["generate_ms"].get("p95_ms") for s in series], marker="o", label=f"{kind} p95")
             panels[2].plot(counts, [s["first_token_ms"].get("p95_ms") for s in series], marker="o", label=f"{kind} p95")
@@ -217,6 +315,7 @@ def main(argv=None) -> int:
             axes.set_xticks(args.clients, [str(c) for c in args.clients])
             axes.legend(fontsize=7)
 
+    markdown = markdown_of(results, args)
     write_results("serving_load", results, markdown, figures=figures(results), plot=plot, output_dir=args.output_dir)
     print(markdown)
     return 0

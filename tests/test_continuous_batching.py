@@ -27,12 +27,12 @@ from loopback_server import serving as serve_on_loopback
 
 
 @contextmanager
-def serving(served_lm, limits: Limits = Limits(), scheduler: str = "continuous"):
-    """The REST app around `served_lm` on a free loopback port; yields (base URL, app)."""
+def serving(served_lm, limits: Limits = Limits(), scheduler: str = "continuous", served_qa=None):
+    """The REST app around `served_lm` (and `served_qa`) on a free loopback port; yields (base URL, app)."""
     from pocketlm.serving.app import create_app
     from pocketlm.serving.models import ServingModels
 
-    app = create_app(ServingModels(lm=served_lm), limits, scheduler)
+    app = create_app(ServingModels(lm=served_lm, qa=served_qa), limits, scheduler)
     with serve_on_loopback(app, limits) as url:
         yield url, app
 
@@ -41,21 +41,38 @@ class SlowSession:
     """Test double for the LM's ONNX Runtime session: each graph call first sleeps `delay_s`, so a generation
     lasts long enough for a test to act on it midway."""
 
-    def __init__(self, real, delay_s: float):
-        self._real, self.delay_s = real, delay_s
+    def __init__(self, real, delay_s: float, log: list | None = None):
+        self._real, self.delay_s, self.log = real, delay_s, log
 
     def __getattr__(self, name):
         return getattr(self._real, name)
 
     def run(self, output_names, feed):
+        if self.log is not None:
+            self.log.append("step")
         time.sleep(self.delay_s)
         return self._real.run(output_names, feed)
 
 
-def slowed(served, delay_s: float):
+def slowed(served, delay_s: float, log: list | None = None):
     runtime = copy.copy(served.runtime)
-    runtime.session = SlowSession(served.runtime.session, delay_s)
+    runtime.session = SlowSession(served.runtime.session, delay_s, log)
     return replace(served, runtime=runtime)
+
+
+class SlowAnswers:
+    """Test double for the QA runtime: each answer first sleeps `delay_s` and notes itself in `log`."""
+
+    def __init__(self, real, delay_s: float, log: list):
+        self._real, self.delay_s, self.log = real, delay_s, log
+
+    def __getattr__(self, name):
+        return getattr(self._real, name)
+
+    def answer(self, question, context):
+        self.log.append("qa")
+        time.sleep(self.delay_s)
+        return self._real.answer(question, context)
 
 
 @pytest.fixture(scope="module")
@@ -168,13 +185,15 @@ def test_overload_is_still_refused_with_retry_after(served):
     with serving(slowed(served, 0.02), limits) as (base_url, app):
         body = {"prompt": "Hi", "max_new_tokens": 40, "ignore_eos": True}  # ~0.8 s alone
 
-        def post(_):
+        def post(http: httpx.Client):
             started = time.perf_counter()
-            response = httpx.post(base_url + "/generate", json=body, timeout=60)
+            response = http.post("/generate", json=body)
             return response.status_code, response.headers.get("retry-after"), time.perf_counter() - started, response.json()
 
-        with ThreadPoolExecutor(6) as pool:
-            results = list(pool.map(post, range(6)))
+        # one client, built beforehand: six `httpx.post` calls would each build an SSL context in this process
+        # (CPU time that also delays the server's event loop here, ~1 s on a busy machine)
+        with httpx.Client(base_url=base_url, timeout=60) as http, ThreadPoolExecutor(6) as pool:
+            results = list(pool.map(post, [http] * 6))
         statuses = sorted(status for status, *_ in results)
         assert statuses == [200] + [503] * 5, results
         assert all(int(retry) >= 1 for status, retry, *_ in results if status == 503)
@@ -197,6 +216,43 @@ def test_the_compute_budget_ends_one_row_not_the_batch(served):
     assert short["finish_reason"] == "length" and short["generated_tokens"] == 5
 
 
+def test_generation_and_qa_share_the_compute_slot_fairly(served, tiny_qa_onnx_repo):
+    """Four clients keep `/qa` busy (each answer takes 20 ms) while one `/generate` decodes 30 tokens (5 ms a
+    step): the batch lets at most one waiting call through between two of its steps, so the generation takes a
+    share of the slot rather than waiting behind the whole queue at every step — and `/qa` keeps being served
+    while it decodes (neither starves)."""
+    from pocketlm.hub import resolve
+    from pocketlm.serving.models import load_qa
+
+    log: list[str] = []
+    qa = load_qa(resolve(tiny_qa_onnx_repo))
+    qa = replace(qa, runtime=SlowAnswers(qa.runtime, 0.02, log))
+    with serving(slowed(served, 0.005, log), served_qa=qa) as (base_url, app):
+        done = []
+
+        def ask():
+            with httpx.Client(base_url=base_url, timeout=60) as http:
+                while not done:
+                    assert http.post("/qa", json={"question": "Who?", "context": "Ada wrote it."}).status_code == 200
+
+        with ThreadPoolExecutor(4) as pool:
+            askers = [pool.submit(ask) for _ in range(4)]
+            wait_until(lambda: log.count("qa") >= 8)
+            started = len(log)
+            response = httpx.post(base_url + "/generate", timeout=60,
+                                  json={"prompt": "The history of the city", "max_new_tokens": 30, "ignore_eos": True})
+            ended = len(log)
+            done.append(True)
+            for asker in askers:
+                asker.result()
+    assert response.status_code == 200 and response.json()["generated_tokens"] == 30
+    during = log[started:ended]
+    first, last = during.index("step"), len(during) - during[::-1].index("step")
+    decoding = "".join("s" if event == "step" else "q" for event in during[first:last])
+    assert decoding.count("s") == 30 and "qq" not in decoding, decoding  # never two calls between two steps
+    assert decoding.count("q") >= 5, decoding  # and /qa was answered all along
+
+
 def test_rows_join_and_leave_the_cache_intact(served):
     """`KVState.concat` then `select` gives each row back exactly its own cache, without shared padding."""
     lm = served.runtime
@@ -214,9 +270,10 @@ def test_rows_join_and_leave_the_cache_intact(served):
 
 def test_the_command_line_picks_the_scheduler_and_refuses_a_batch_unstable_graph(capsys):
     from pocketlm.serving.__main__ import parse_args
+    from pocketlm.serving.scheduler import default_scheduler
 
-    assert parse_args([]).scheduler == "serial"  # continuous starves /generate under a mix with /qa (docs/serving.md)
-    assert parse_args(["--lm-precision", "int8"]).scheduler == "serial"
+    assert parse_args([]).scheduler is None  # the app picks by the LM's graph:
+    assert default_scheduler("fp32") == "continuous" and default_scheduler("int8") == "serial"
     assert parse_args(["--scheduler", "continuous"]).scheduler == "continuous"
     assert parse_args(["--scheduler", "serial"]).scheduler == "serial"
     with pytest.raises(SystemExit):
@@ -224,14 +281,15 @@ def test_the_command_line_picks_the_scheduler_and_refuses_a_batch_unstable_graph
     assert "--scheduler continuous needs --lm-precision fp32" in capsys.readouterr().err
 
 
-def test_load_benchmark_writes_its_record(tiny_lm_onnx_repo, tmp_path):
+def test_load_benchmark_writes_its_record(tiny_lm_onnx_repo, tiny_qa_onnx_repo, tmp_path):
     import runpy
 
     from pocketlm.benchmarking import read_results
     from pocketlm.settings import REPO_ROOT
 
     main = runpy.run_path(str(REPO_ROOT / "benchmarks" / "serving_load.py"))["main"]
-    assert main(["--clients", "1,2", "--requests_per_client", "2", "--warmup", "1", "--output_dir", str(tmp_path)]) == 0
+    assert main(["--clients", "1,2", "--requests_per_client", "2", "--warmup", "1", "--mixed_clients", "2",
+                 "--output_dir", str(tmp_path)]) == 0
     record = read_results(tmp_path, "serving_load")
     assert record is not None and record["errors"] == 0
     for kind in ("serial", "continuous"):
@@ -239,8 +297,13 @@ def test_load_benchmark_writes_its_record(tiny_lm_onnx_repo, tmp_path):
         for clients in ("1", "2"):
             cell = record["cells"][kind][clients]
             assert cell["requests"] == 2 * int(clients) and cell["tokens"] == 32 * cell["requests"]
+            assert cell["rounds_tokens_per_s"] == [cell["tokens_per_s"]]  # one round
             assert cell["tokens_per_s"] > 0 and cell["generate_ms"]["n"] >= 1 and cell["first_token_ms"]["n"] >= 1
             assert cell["first_token_ms"]["p50_ms"] <= cell["stream_ms"]["p50_ms"]
-    assert set(record["speedup"]) == {"1", "2"} and record["targets"] == {}  # 8 clients not measured here
+    for kind in ("serial", "continuous"):  # the mixed phase: each client alternates /generate and /qa
+        mixed = record["mixed"][kind]
+        assert mixed["requests"] == 8 and mixed["generate_ms"]["n"] == 4 and mixed["qa_ms"]["n"] == 4
+    assert set(record["speedup"]) == {"1", "2"}  # 8 clients not measured here: no target on them
+    assert set(record["targets"]) == {"mixed_continuous_generate_faster_qa_no_slower"}
     assert any("tokens/s" in label for label, _ in record["figures"])
     assert (tmp_path / "serving_load.png").is_file() and "× serial" in (tmp_path / "serving_load.md").read_text()

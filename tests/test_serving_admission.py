@@ -53,3 +53,34 @@ def test_retry_after_is_the_queue_drain_time_at_least_one_second():
         for _ in range(92):  # the 92nd is over the capacity of 101
             admission.admit()
     assert refused.value.retry_after_s == 41  # 101 in flight × 0.4 s, rounded up
+
+
+def test_a_caller_that_goes_first_is_served_before_the_queue():
+    """The continuous batch lets one waiting call through, then takes the slot back before the calls that queued
+    meanwhile; everyone else is served in arrival order, and a cancelled wait neither keeps nor loses a slot."""
+
+    async def scenario():
+        admission = Admission(Limits(max_active=1, max_waiting=10, max_wait_s=5.0))
+        order = []
+
+        async def call(name: str, first: bool = False, hold_s: float = 0.01):
+            async with admission.compute_slot(first=first):
+                order.append(name)
+                await asyncio.sleep(hold_s)
+
+        holder = asyncio.create_task(call("holder", hold_s=0.05))
+        await asyncio.sleep(0.01)
+        queued = [asyncio.create_task(call(f"q{i}")) for i in range(3)]
+        await asyncio.sleep(0.01)
+        gone = asyncio.create_task(call("gone"))
+        await asyncio.sleep(0.01)
+        gone.cancel()
+        batch = asyncio.create_task(call("batch", first=True))
+        await asyncio.sleep(0.01)
+        assert admission.waiting_for_slot == 3  # the queued calls; the batch is not counted
+        await asyncio.gather(holder, batch, *queued)
+        assert order == ["holder", "batch", "q0", "q1", "q2"]
+        async with admission.compute_slot():  # the cancelled waiter left nothing behind: the slot is free
+            pass
+
+    asyncio.run(scenario())

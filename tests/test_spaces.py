@@ -170,6 +170,32 @@ def test_rest_routes_are_served_by_the_suite_process(http, local_lm, local_qa):
     assert refused.status_code == 422 and refused.json()["detail"][0]["loc"] == ["body", "question"]
 
 
+def test_an_idle_suite_leaves_the_cores_to_the_models(suite):
+    """Once every tab has loaded, the idle suite's event loop (its main thread) wakes up fewer than 150 times a
+    second (Gradio's queue, left at its defaults, polls every millisecond: ~1,000 wake-ups a second, each taking
+    the GIL and a core from model calls), and the process uses under 5 % of a core."""
+    import time
+
+    deadline = time.monotonic() + 300
+    while "all tabs loaded" not in suite.log_path.read_text():
+        assert time.monotonic() < deadline, suite.log_path.read_text()[-2000:]
+        time.sleep(0.2)
+    time.sleep(1)
+    pid = suite.process.pid
+
+    def wakeups_and_cpu() -> tuple[int, float]:
+        status = Path(f"/proc/{pid}/task/{pid}/status").read_text()  # the main thread: the event loop
+        wakeups = int(status.split("voluntary_ctxt_switches:")[1].split()[0])
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return wakeups, (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+    (wakeups, cpu), started = wakeups_and_cpu(), time.monotonic()
+    time.sleep(3)
+    (wakeups_after, cpu_after), seconds = wakeups_and_cpu(), time.monotonic() - started
+    assert (wakeups_after - wakeups) / seconds < 150, f"{(wakeups_after - wakeups) / seconds:.0f} wake-ups a second"
+    assert (cpu_after - cpu) / seconds < 0.05, f"the idle suite used {(cpu_after - cpu) / seconds:.1%} of a core"
+
+
 def test_docs_openapi_and_the_page_share_one_app(http):
     paths = http.get("/openapi.json").json()["paths"]
     assert {"/generate", "/generate/stream", "/generate/batch", "/qa", "/health"} <= set(paths)

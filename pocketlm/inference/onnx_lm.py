@@ -43,19 +43,25 @@ class SamplingParams:
     the server's compute budget per call. None: no limit."""
 
 
-def session_options(intra_op_num_threads: int | None = None):
+def session_options(intra_op_num_threads: int | None = None, spinning: bool = True):
     """ONNX Runtime CPU options shared by every session pocketlm opens (LM and QA): a fixed thread count (default:
-    the cores, at most 4), full graph optimisation."""
+    the cores, at most 4), full graph optimisation. `spinning=False` lets the intra-op threads sleep between
+    operators instead of busy-waiting for the next one: what a server wants, whose cores also run its event
+    loop (and, in the suite, Gradio and torch) — spinning threads take the cores those need, and on a shared
+    host they make every graph call several times slower."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = intra_op_num_threads or min(os.cpu_count() or 1, 4)
     options.inter_op_num_threads = 1
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return options
 
 
-def cpu_session(model_path: str | Path, intra_op_num_threads: int | None = None, disabled_optimizers: Sequence[str] = ()):
+def cpu_session(model_path: str | Path, intra_op_num_threads: int | None = None, disabled_optimizers: Sequence[str] = (),
+                spinning: bool = True):
     """An onnxruntime CPU session whose optimised graph is cached on disk after the first load.
 
     Optimising a graph at load time costs 0.15-0.25 s per model here, a quarter of the REST server's one-second
@@ -64,14 +70,15 @@ def cpu_session(model_path: str | Path, intra_op_num_threads: int | None = None,
     kept per machine, under the runs folder); a cache that cannot be written just costs the slower load, and one
     that does not load (a truncated or corrupted file) is deleted and rebuilt, with one warning. Writing a new
     version removes the older ones of the same graph (a republished model would otherwise leave them behind).
-    `disabled_optimizers` names ONNX Runtime graph transformers to skip (`QA_DISABLED_FUSIONS` says why).
+    `disabled_optimizers` names ONNX Runtime graph transformers to skip (`QA_DISABLED_FUSIONS` says why);
+    `spinning`: see `session_options`.
     """
     import onnxruntime as ort
 
     from pocketlm.settings import runs_dir
 
     model_path = Path(model_path)
-    options = session_options(intra_op_num_threads)
+    options = session_options(intra_op_num_threads, spinning)
     stat = model_path.stat()
     disabled = sorted(disabled_optimizers)
     graph = hashlib.sha1(f"{model_path.resolve()}|{disabled}".encode()).hexdigest()[:12]  # which graph, loaded how
@@ -86,7 +93,7 @@ def cpu_session(model_path: str | Path, intra_op_num_threads: int | None = None,
             logging.getLogger(__name__).warning("ONNX Runtime cache %s does not load (%s): rebuilding it from %s",
                                                 cached, str(err).splitlines()[0][:200], model_path)
             cached.unlink(missing_ok=True)
-            options = session_options(intra_op_num_threads)
+            options = session_options(intra_op_num_threads, spinning)
     staging = cached.with_name(f".{cached.name}.{os.getpid()}")
     try:
         cached.parent.mkdir(parents=True, exist_ok=True)
@@ -94,7 +101,7 @@ def cpu_session(model_path: str | Path, intra_op_num_threads: int | None = None,
         options.log_severity_level = 3  # ORT warns that the graph is hardware-specific: this cache never leaves the machine
         session = ort.InferenceSession(str(model_path), options, providers=providers, disabled_optimizers=disabled)
     except (OSError, RuntimeError):  # e.g. a read-only runs folder: load without the cache (a model error re-raises here)
-        return ort.InferenceSession(str(model_path), session_options(intra_op_num_threads), providers=providers,
+        return ort.InferenceSession(str(model_path), session_options(intra_op_num_threads, spinning), providers=providers,
                                     disabled_optimizers=disabled)
     try:
         fsync_path(staging)  # a cache file torn by a power cut would otherwise pass for a complete one
@@ -117,7 +124,7 @@ class OnnxCausalLM:
     """
 
     def __init__(self, folder: str | Path, *, quantized: bool = False, intra_op_num_threads: int | None = None,
-                 prepend_bos: bool = True):
+                 prepend_bos: bool = True, spinning: bool = True):
         from tokenizers import Tokenizer
 
         self.folder = Path(folder)
@@ -131,7 +138,7 @@ class OnnxCausalLM:
         pad = config.get("pad_token_id")
         self.pad_token_id = pad if pad is not None else (self.eos_token_id or 0)
         self.tokenizer = Tokenizer.from_file(str(self.folder / "tokenizer.json"))
-        self.session = cpu_session(self.onnx_path, intra_op_num_threads)
+        self.session = cpu_session(self.onnx_path, intra_op_num_threads, spinning=spinning)
         inputs = {i.name: i for i in self.session.get_inputs()}
         cache = inputs.get("past_key_values.0.key")
         if cache is None:

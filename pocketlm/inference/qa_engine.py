@@ -79,16 +79,17 @@ class QuestionAnswerer:
 class OnnxQuestionAnswerer(QuestionAnswerer):
     """An ONNX export (`pocketlm.inference.qa_onnx_export.export_question_answering`) run with onnxruntime."""
 
-    def __init__(self, model_path: str | Path, tokenizer, threads: int | None = None, **kwargs):
+    def __init__(self, model_path: str | Path, tokenizer, threads: int | None = None, spinning: bool = True, **kwargs):
         from pocketlm.inference.onnx_lm import cpu_session
 
         super().__init__(tokenizer, **kwargs)
-        self.session = cpu_session(model_path, threads, disabled_optimizers=QA_DISABLED_FUSIONS)
+        self.session = cpu_session(model_path, threads, disabled_optimizers=QA_DISABLED_FUSIONS, spinning=spinning)
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.model_path = Path(model_path)
 
     @classmethod
-    def from_pretrained(cls, folder: str | Path, quantized: bool = False, threads: int | None = None, **kwargs) -> "OnnxQuestionAnswerer":
+    def from_pretrained(cls, folder: str | Path, quantized: bool = False, threads: int | None = None,
+                        spinning: bool = True, **kwargs) -> "OnnxQuestionAnswerer":
         """Load the fp32 (or, with `quantized`, the int8) graph and `tokenizer.json` from an export folder or repo
         id (through `pocketlm.hub.resolve`: the local hub folder first). See `pick_onnx_file` for which fp32 file."""
         from tokenizers import Tokenizer
@@ -99,7 +100,8 @@ class OnnxQuestionAnswerer(QuestionAnswerer):
         model_file = pick_onnx_file(folder, quantized)
         for key, value in window_settings(folder).items():
             kwargs.setdefault(key, value)
-        return cls(model_file, Tokenizer.from_file(str(folder / "tokenizer.json")), threads=threads, **kwargs)
+        return cls(model_file, Tokenizer.from_file(str(folder / "tokenizer.json")), threads=threads, spinning=spinning,
+                   **kwargs)
 
     def logits(self, batch: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
         start, end = self.session.run(["start_logits", "end_logits"], batch)

@@ -28,11 +28,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--qa-precision", choices=["fp32", "int8"], default="int8")
     # the choices are pocketlm.serving.scheduler.SCHEDULERS, not imported here: that would import numpy before
     # the models start loading in parallel with the web stack (see main)
-    parser.add_argument("--scheduler", choices=["continuous", "serial"], default="serial",
-                        help="how /generate and /generate/stream run: 'serial' (one at a time; the default) or "
-                        "'continuous' (one decode batch that requests join and leave at every step: several times the "
-                        "tokens/s of concurrent LM-only traffic, but under a mix with /qa each decode step yields to "
-                        "every waiting /qa call, so generations wait; fp32 LM only)")
+    parser.add_argument("--scheduler", choices=["continuous", "serial"], default=None,
+                        help="how /generate and /generate/stream run: 'continuous' (one decode batch that requests join "
+                        "and leave at every step, sharing the compute fairly with /qa; the default for the fp32 LM) "
+                        "or 'serial' (one request at a time; the default, and the only choice, for the int8 LM)")
     parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime intra-op threads (default: CPU count, at most 4)")
     parser.add_argument("--max-active", type=int, default=defaults.max_active, help="model calls run at once")
     parser.add_argument("--max-batch", type=int, default=defaults.max_batch,

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
@@ -78,9 +79,10 @@ class Admission:
         self.in_flight = 0
         self.service_s = 0.0
         """Running mean of how long a model call holds a compute slot (0 until the first call)."""
-        self._slots = asyncio.Semaphore(limits.max_active)
+        self._slots = ComputeSlots(limits.max_active)
         self.waiting_for_slot = 0
-        """Callers queued in `compute_slot` right now (the continuous batch yields its slot when this is > 0)."""
+        """Callers queued in `compute_slot` right now (the continuous batch lets one of them through when its
+        share of the slot is used up: `pocketlm.serving.scheduler`)."""
 
     @property
     def capacity(self) -> int:
@@ -116,27 +118,34 @@ class Admission:
             ticket.release()
 
     @asynccontextmanager
-    async def compute_slot(self, queue_timeout: bool = True) -> AsyncIterator[None]:
-        """Hold one of the `max_active` slots for one model call; `Overloaded` after `max_wait_s` of waiting
-        (never with `queue_timeout=False`: the continuous batch's steps, whose requests were admitted already)."""
+    async def compute_slot(self, queue_timeout: bool = True, first: bool = False,
+                           record: bool = True) -> AsyncIterator[None]:
+        """Hold one of the `max_active` slots for one model call; `Overloaded` after `max_wait_s` of waiting.
+        The continuous batch's turns (whose requests were admitted already) pass `queue_timeout=False`,
+        `first=True` (it goes before the queue when it has just let one call through) and `record=False`
+        (a turn serves many requests: it reports its share with `record_service`)."""
         try:
             # asyncio.timeout cancels the acquire itself, whose cancellation handling gives back a slot granted
             # at the last moment (3.11's wait_for could lose it)
-            self.waiting_for_slot += 1
+            self.waiting_for_slot += not first
             async with asyncio.timeout(self.limits.max_wait_s if queue_timeout else None):
-                await self._slots.acquire()
+                await self._slots.acquire(first)
         except TimeoutError:
             raise Overloaded(f"server busy: no compute slot within {self.limits.max_wait_s:g} s",
                              self.retry_after_s()) from None
         finally:
-            self.waiting_for_slot -= 1
+            self.waiting_for_slot -= not first
         started = time.perf_counter()
         try:
             yield
         finally:
             self._slots.release()
-            held = time.perf_counter() - started
-            self.service_s = held if self.service_s == 0 else (1 - self.SMOOTHING) * self.service_s + self.SMOOTHING * held
+            if record:
+                self.record_service(time.perf_counter() - started)
+
+    def record_service(self, held_s: float) -> None:
+        """Fold one request's time on a compute slot into the running mean (`service_s`)."""
+        self.service_s = held_s if self.service_s == 0 else (1 - self.SMOOTHING) * self.service_s + self.SMOOTHING * held_s
 
     async def run(self, fn: Callable[..., T], *args) -> tuple[T, float]:
         """The guarded call: admit (or `Overloaded` at once), wait for a compute slot, run `fn(*args)` in a worker
@@ -176,6 +185,43 @@ class GuardedSteps(Generic[T]):
                 yield item
         finally:
             ticket.release()
+
+
+class ComputeSlots:
+    """`count` slots handed out in arrival order (as asyncio.Semaphore), with one exception: a caller that asks
+    to go `first` is served before everyone queued — the continuous batch, which lets one waiting call through
+    and then takes its turn back (a FIFO would put it behind every call queued meanwhile)."""
+
+    def __init__(self, count: int):
+        self.free = count
+        self._first: deque[asyncio.Future] = deque()
+        self._queue: deque[asyncio.Future] = deque()
+
+    async def acquire(self, first: bool = False) -> None:
+        if self.free > 0 and not self._first and not self._queue:
+            self.free -= 1
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        line = self._first if first else self._queue
+        line.append(waiter)
+        try:
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                self.release()  # handed over just as the wait was cancelled: pass it on
+            elif waiter in line:
+                line.remove(waiter)
+            raise
+
+    def release(self) -> None:
+        """Hand the slot straight to the next waiter (so no newcomer can overtake it), or free it."""
+        for line in (self._first, self._queue):
+            while line:
+                waiter = line.popleft()
+                if not waiter.done():
+                    waiter.set_result(None)
+                    return
+        self.free += 1
 
 
 class Ticket:

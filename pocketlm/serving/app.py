@@ -31,7 +31,9 @@ from pocketlm.inference.onnx_lm import OnnxCausalLM, SamplingParams
 from pocketlm.serving.admission import Admission, Limits, Overloaded, Ticket
 from pocketlm.serving.http_limits import BodyLimits
 from pocketlm.serving.models import ServedModel, ServingModels
-from pocketlm.serving.scheduler import ClientGone, Scheduler, SchedulerKind, TokenStream, make_scheduler
+from pocketlm.serving.scheduler import (
+    ClientGone, Scheduler, SchedulerKind, TokenStream, default_scheduler, make_scheduler,
+)
 from pocketlm.serving.schemas import (
     BatchGenerateRequest,
     BatchGenerateResponse,
@@ -166,12 +168,13 @@ lm_routes = APIRouter(tags=["generation"], responses=REFUSALS)
 qa_routes = APIRouter(tags=["question answering"], responses=REFUSALS)
 
 
-def create_app(models: ServingModels, limits: Limits | None = None, scheduler: SchedulerKind = "serial") -> FastAPI:
+def create_app(models: ServingModels, limits: Limits | None = None, scheduler: SchedulerKind | None = None) -> FastAPI:
     """Build the REST app around loaded `models`; `limits` bounds bodies, waiting and compute (see `admission`);
     `scheduler` runs `/generate` and `/generate/stream`: one continuous batch, or one request at a time
-    (`pocketlm.serving.scheduler`). The routes live in the module's routers and reach what this app holds
+    (`pocketlm.serving.scheduler`; default: `default_scheduler` for the LM's graph). The routes live in the module's routers and reach what this app holds
     (models, admission, scheduler) through the dependencies above."""
     limits = limits or Limits()
+    scheduler = scheduler or default_scheduler(models.lm.precision if models.lm else "fp32")
     app = FastAPI(
         title="pocketlm REST API",
         version=pocketlm.__version__,

@@ -44,14 +44,19 @@ class ServingModels:
         return {name: model.describe() for name, model in (("lm", self.lm), ("qa", self.qa)) if model is not None}
 
 
-def load_lm(repo_id: str = TINY_LM_ONNX, precision: Precision = "fp32", threads: int | None = None) -> ServedModel:
-    lm = OnnxCausalLM(resolve(repo_id), quantized=precision == "int8", intra_op_num_threads=threads)
+def load_lm(repo_id: str = TINY_LM_ONNX, precision: Precision = "fp32", threads: int | None = None,
+            spinning: bool = False) -> ServedModel:
+    """The LM's ONNX session for serving: its threads sleep between operators (`spinning`: see
+    `pocketlm.inference.onnx_lm.session_options`)."""
+    lm = OnnxCausalLM(resolve(repo_id), quantized=precision == "int8", intra_op_num_threads=threads, spinning=spinning)
     lm.generate_ids([lm.encode("Warm up")], SamplingParams(max_new_tokens=2))  # first-call allocations, not at request time
     return ServedModel(repo_id, precision, lm, lm.onnx_path)
 
 
-def load_qa(repo_id: str = MINILM_SQUAD_ONNX, precision: Precision = "int8", threads: int | None = None) -> ServedModel:
-    qa = OnnxQuestionAnswerer.from_pretrained(resolve(repo_id), quantized=precision == "int8", threads=threads)
+def load_qa(repo_id: str = MINILM_SQUAD_ONNX, precision: Precision = "int8", threads: int | None = None,
+            spinning: bool = False) -> ServedModel:
+    qa = OnnxQuestionAnswerer.from_pretrained(resolve(repo_id), quantized=precision == "int8", threads=threads,
+                                              spinning=spinning)
     qa.answer("Who?", "Warm up.")
     return ServedModel(repo_id, precision, qa, qa.model_path)
 

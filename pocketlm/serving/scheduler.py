@@ -7,9 +7,9 @@
   finish (continuous batching, as text-generation-inference and vLLM do): every step advances all rows with
   one graph call. A new prompt is prefilled (together with the others that arrived meanwhile, left-padded)
   and its KV cache merged into the batch's (`KVState.concat`); finished or abandoned rows are cut out
-  (`KVState.select`). One asyncio task owns the model and runs each step in a worker thread, so the event loop
-  keeps serving; each step takes a compute slot like any other model call, so `/qa` and the UI interleave with
-  the decoding instead of competing with it for the cores.
+  (`KVState.select`). One asyncio task owns the model and runs the steps in a worker thread, so the event
+  loop keeps serving; the batch holds a compute slot like any other model call and shares it per request with
+  the calls waiting for it (`/qa`, the UI: see `_share_used`), so neither starves the other.
 
 Both give the same greedy tokens as `OnnxCausalLM.generate_ids` alone (rows see only their own tokens at their
 own positions), and sampling is reproducible per request: each row draws from its own generator, seeded with
@@ -93,6 +93,9 @@ class ContinuousScheduler:
     """One decode batch shared by all generation requests; see the module docstring."""
 
     kind: SchedulerKind = "continuous"
+    MAX_SHARE_S = 0.5
+    """The longest the batch keeps the slot while a call waits (its share after a long call, e.g. a 2 s
+    `/generate/batch`, would otherwise leave the queue waiting past `max_wait_s`)."""
 
     def __init__(self, lm: OnnxCausalLM, admission: Admission):
         self.lm, self.admission = lm, admission
@@ -106,6 +109,9 @@ class ContinuousScheduler:
         self.row_steps = 0
         """Graph steps run, and rows advanced over all of them: `row_steps / steps` is the mean batch size."""
         self.peak_rows = 0
+        self._other_s = 0.0
+        """How long the call the batch last let through held the slot (the measure of the batch's next share)."""
+        self._yielded_at: float | None = None
 
     @property
     def rows(self) -> int:
@@ -149,24 +155,53 @@ class ContinuousScheduler:
             self._pending.remove(row)
 
     async def _loop(self) -> None:
+        loop = asyncio.get_running_loop()
         try:
             while self._pending or self.rows:
-                joining = self._pending[: max(0, self.max_rows - self.rows)]
-                del self._pending[: len(joining)]
-                for row in joining:
-                    row.joined.set()
-                try:
-                    # no queue timeout: the batch waits its turn behind a /qa or UI call, however long
-                    async with self.admission.compute_slot(queue_timeout=False):
-                        await run_in_threadpool(self._steps, joining, asyncio.get_running_loop())
-                except Exception as err:  # the model call failed: every row in the batch ends with the error
-                    for row in [*self._rows, *joining]:
-                        if not row.done:
-                            row.done = True
-                            row.events.put_nowait(err)
-                    self._rows, self._state = [], None
+                # no queue timeout: the batch waits its turn behind a /qa or UI call, however long; after letting
+                # one call through it goes `first`, before the calls that queued meanwhile
+                async with self.admission.compute_slot(queue_timeout=False, first=self._yielded_at is not None,
+                                                       record=False):
+                    turn_started = time.perf_counter()
+                    if self._yielded_at is not None:
+                        self._other_s = turn_started - self._yielded_at
+                    yielded = await self._turn(loop, turn_started)
+                self._yielded_at = time.perf_counter() if yielded else None
         finally:
             self._task = None
+            self._yielded_at = None
+
+    async def _turn(self, loop: asyncio.AbstractEventLoop, started: float) -> bool:
+        """Steps while holding the compute slot, taking in waiting requests at step boundaries, until no row is
+        left (False) or the batch has had its fair share and another call is waiting for the slot (True)."""
+        while self._pending or self.rows:
+            joining = self._pending[: max(0, self.max_rows - self.rows)]
+            del self._pending[: len(joining)]
+            for row in joining:
+                row.joined.set()
+            try:
+                await run_in_threadpool(self._steps, joining, loop, started)
+            except Exception as err:  # the model call failed: every row in the batch ends with the error
+                for row in [*self._rows, *joining]:
+                    if not row.done:
+                        row.done = True
+                        row.events.put_nowait(err)
+                self._rows, self._state = [], None
+            if self._share_used(started):
+                return True
+        return False
+
+    def _share_used(self, turn_started: float) -> bool:
+        """Whether the batch should let the next waiting call (a `/qa`, a UI click) through now.
+
+        The slot is shared per request: the batch, carrying R requests, runs R / W times as long as the call it
+        last let through took, when W calls are waiting — then one of them runs, then the batch again. So a
+        generation is never stuck behind the whole queue (which yielding at every step did: 32 tokens waited
+        for 32 rounds of `/qa` answers), and a waiting call never waits for whole generations. (Read from the
+        worker thread too: the counts are hints, re-checked at the next step.)"""
+        waiting = self.admission.waiting_for_slot
+        share = min(self._other_s * max(1, self.rows) / max(1, waiting), self.MAX_SHARE_S)
+        return waiting > 0 and time.perf_counter() - turn_started >= share
 
     @staticmethod
     def _deliver(made: list[tuple[Row, int, bool]]) -> None:
@@ -177,18 +212,18 @@ class ContinuousScheduler:
                 row.events.put_nowait(_FINISHED)
 
     # -- the worker thread side ---------------------------------------------------------------------------
-    def _steps(self, joining: list[Row], loop: asyncio.AbstractEventLoop) -> None:
+    def _steps(self, joining: list[Row], loop: asyncio.AbstractEventLoop, turn_started: float) -> None:
         """Run steps, handing each one's tokens to the event loop, until the loop has something for the batch:
-        a request to join (and room for it), another model call waiting for the compute slot, or no row left.
+        a request to join (and room for it), the batch's share of the slot used up, or no row left.
 
         Staying in the worker thread between those moments matters on a busy CPU: a round trip through the
         event loop per step costs two thread wake-ups, and on a loaded machine each can wait for a core."""
         while True:
             made = self._step(joining)
             joining = []
-            loop.call_soon_threadsafe(self._deliver, made)
-            # (reads of event-loop state from this thread: hints, re-checked at the next step)
-            if (self._pending and self.rows < self.max_rows) or self.admission.waiting_for_slot or not self.rows:
+            if made:  # (a step that only advanced `/generate` rows has nothing to hand over: no wake-up)
+                loop.call_soon_threadsafe(self._deliver, made)
+            if (self._pending and self.rows < self.max_rows) or not self.rows or self._share_used(turn_started):
                 return
 
     def _step(self, joining: list[Row]) -> list[tuple[Row, int, bool]]:
@@ -283,6 +318,12 @@ async def _disconnected(receive: Receive) -> None:
 
 
 Scheduler = SerialScheduler | ContinuousScheduler
+
+
+def default_scheduler(lm_precision: str) -> SchedulerKind:
+    """Continuous batching for the fp32 graph; one request at a time for dynamic int8, whose activation scales
+    are computed over the batch (a request's tokens would depend on who shares its batch)."""
+    return "serial" if lm_precision == "int8" else "continuous"
 
 
 def make_scheduler(kind: SchedulerKind, lm: OnnxCausalLM, admission: Admission) -> Scheduler:
