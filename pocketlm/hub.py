@@ -264,6 +264,21 @@ def publish_repo_id(repo_id: str, hub_model_id: str | None, push_to_hub: bool, t
     return chosen
 
 
+@dataclass
+class HubArguments:
+    """The Hub flags of every publishing script, named as in transformers' `TrainingArguments`."""
+
+    push_to_hub: bool = field(default=False, metadata={"help": "also upload the published folder to the Hugging Face Hub"})
+    hub_model_id: str | None = field(default=None, metadata={
+        "help": "OWNER/NAME to publish (locally and on the Hub) instead of the script's default id"})
+    hub_token: str | None = field(default=None, metadata={
+        "help": "token for --push_to_hub (default: HF_TOKEN, else the one `hf auth login` saved)"})
+
+    def target(self, repo_id: str) -> str:
+        """The id to publish under (`--hub_model_id` or `repo_id`); checks a push up front (see `publish_repo_id`)."""
+        return publish_repo_id(repo_id, self.hub_model_id, self.push_to_hub, self.hub_token)
+
+
 def push(folder: Path, repo_id: str, *, token: str | None = None, repo_type: str = "model",
          space_sdk: str | None = None) -> str:
     """Upload a published folder to the Hugging Face Hub (`create_repo` + `upload_folder`); returns the commit URL.
@@ -307,4 +322,34 @@ def namespace_repo_id(repo_id: str, namespace: str | None) -> str:
     """`pocketlm/tiny-lm` under namespace `alice` → `alice/tiny-lm` (the namespace is checked as a repo owner)."""
     if not namespace:
         return repo_id
-    return validate_repo_id(f"{namespace}/{repo_id.split('/')[-1]}", "--namespace")
+    try:
+        return validate_repo_id(f"{namespace}/{repo_id.split('/')[-1]}")
+    except InvalidRepoIdError:
+        raise InvalidRepoIdError(f"--namespace {namespace!r} is not a Hub owner name: use letters, digits, '-', '_' "
+                                 "and '.', without '--' or '..', not starting or ending with '-' or '.'") from None
+
+
+def in_hf_cache(repo_id: str) -> bool:
+    """True when a snapshot of `repo_id` (its model card at least) is in the Hugging Face cache."""
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(repo_id, "README.md"), str)
+
+
+def on_the_hub(repo_ids: list[str]) -> tuple[set[str], str | None]:
+    """Which of `repo_ids` the Hub holds (a model card at least), and why the answer may be partial (None: complete).
+
+    Offline (`HF_HUB_OFFLINE=1`) nothing is asked; an unreachable Hub stops the look-up at the first failure.
+    """
+    if hub_offline():
+        return set(), "the Hub is offline (HF_HUB_OFFLINE=1)"
+    from huggingface_hub import HfApi, constants
+
+    api, found = HfApi(), set()
+    for repo_id in repo_ids:
+        try:
+            if api.file_exists(repo_id, "README.md"):
+                found.add(repo_id)
+        except Exception as err:  # connection refused, DNS, timeout, a 5xx: build locally instead
+            return found, f"{constants.ENDPOINT} did not answer ({type(err).__name__})"
+    return found, None

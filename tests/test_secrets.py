@@ -65,23 +65,6 @@ def test_pretraining_with_a_token_writes_it_nowhere(canary, tmp_path, corpus_tex
     assert canary(tmp_path, texts=[err.value]) > 10  # ...without the token
 
 
-@pytest.fixture(scope="module")
-def tiny_bert(tmp_path_factory) -> str:
-    """A 1-layer, 32-wide random BERT with MiniLM's real tokenizer: QA and classifier fine-tuning in seconds."""
-    import torch
-    from transformers import AutoTokenizer, BertConfig, BertForQuestionAnswering
-
-    from pocketlm import BASE_ENCODER
-    from pocketlm.hub import resolve
-
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("tiny-bert")
-    config = BertConfig(num_hidden_layers=1, hidden_size=32, num_attention_heads=2, intermediate_size=64)
-    BertForQuestionAnswering(config).save_pretrained(folder)
-    AutoTokenizer.from_pretrained(resolve(BASE_ENCODER)).save_pretrained(folder)
-    return str(folder)
-
-
 def _training_args(output_dir: Path, **overrides):
     from transformers import TrainingArguments
 
