@@ -300,7 +300,7 @@ def push(folder: Path, repo_id: str, *, token: str | None = None, repo_type: str
         for secret in {token, _stored_token()} - {None, ""}:
             message = message.replace(secret, REDACTED)
         raise PushError(f"cannot push {repo_id}: {message}") from None
-    return str(commit.commit_url if hasattr(commit, "commit_url") else commit)
+    return str(commit)  # a CommitInfo is the commit URL
 
 
 def push_space(folder: str | Path, repo_id: str, token: str | None = None) -> str:
