@@ -87,7 +87,7 @@ def _looks_like_path(name: str) -> bool:
     return name.startswith(("/", ".", "~")) or name.count("/") > 1 or name.endswith("/") or os.sep != "/" and os.sep in name
 
 
-NOT_DOWNLOADED = ["*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl", "*.h5", "*.msgpack", "*.ot", "*.gguf",
+NOT_DOWNLOADED = ["*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl", "*.h5", "*.msgpack", "*.ot", "*.gguf", "*.tflite",
                   "tf_model*", "flax_model*", "rust_model*", "onnx/*", "openvino/*", "coreml/*"]
 """Files `resolve` leaves on the Hub: pickles (never loaded: weights are safetensors) and other frameworks' copies."""
 

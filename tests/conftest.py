@@ -177,3 +177,21 @@ def tiny_bert(tmp_path_factory) -> str:
     BertForQuestionAnswering(config).save_pretrained(folder)
     AutoTokenizer.from_pretrained(resolve(BASE_ENCODER)).save_pretrained(folder)
     return str(folder)
+
+
+@pytest.fixture
+def online_hub(tmp_path, monkeypatch):
+    """The Hub test double (tests/hub_double.py), reached by this process's `huggingface_hub` — which read its settings
+    at import, so they are set on its `constants` — with an empty Hugging Face cache; yields the double's storage."""
+    import huggingface_hub.constants as constants
+
+    from hub_double import hub_double
+
+    with hub_double(tmp_path / "hub-storage") as endpoint:
+        monkeypatch.setattr(constants, "ENDPOINT", endpoint)
+        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", endpoint + "/{repo_id}/resolve/{revision}/{filename}")
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+        monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)  # the double speaks Git LFS (see its docstring)
+        monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+        monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+        yield hub_double.app.state.storage  # the running double's own view of its repos

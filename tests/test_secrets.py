@@ -15,25 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from hub_double import HubStorage, hub_double
+from hub_double import HubStorage
 from pocketlm.errors import PocketLMError
 from pocketlm.hub import ModelCardInfo, publish, push, push_space
 from pocketlm.settings import hub_dir, runs_dir
 
 CANARY = "hf_CANARYxq7Z3kP9wLm2"
-
-
-@pytest.fixture
-def online_hub(tmp_path, monkeypatch):
-    """The Hub test double, reached by this process's `huggingface_hub` (which read its settings at import)."""
-    import huggingface_hub.constants as constants
-
-    with hub_double(tmp_path / "hub-storage") as endpoint:
-        monkeypatch.setattr(constants, "ENDPOINT", endpoint)
-        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-        monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)  # the double speaks Git LFS (see its docstring)
-        monkeypatch.setenv("HF_HUB_OFFLINE", "0")
-        yield hub_double.app.state.storage  # the running double's own view of its repos
 
 
 @pytest.fixture
