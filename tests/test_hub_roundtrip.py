@@ -44,7 +44,7 @@ def _env(endpoint: str, tmp: Path, name: str, **extra) -> dict:
 
 
 def push_all(endpoint: str, tmp: Path, corpus: Path, tiny_bert: str, rag_files) -> dict:
-    """Run the six publishing scripts with --push_to_hub; returns the environment they ran in."""
+    """Run the publishing scripts (and the query adapter's training) with --push_to_hub; returns their environment."""
     env = _env(endpoint, tmp, "push")
     hub = ["--push_to_hub", "--hub_model_id"]
     passages, qa = rag_files
@@ -56,10 +56,13 @@ def push_all(endpoint: str, tmp: Path, corpus: Path, tiny_bert: str, rag_files) 
           str(tmp / "runs-push/qa"), *hub, f"{OWNER}/minilm-squad"], env)
     _run(["training_scripts/export_qa_onnx.py", "--model", f"{OWNER}/minilm-squad", "--eval_samples", "4", *hub,
           f"{OWNER}/minilm-squad-onnx"], env)
+    adapter = tmp / "runs-push" / "query-adapter"  # the retriever's query adapter travels inside the index repo
+    _run(["training_scripts/train_query_adapter.py", "--max_articles", "2", "--held_out_fraction", "0.5", "--epochs", "3",
+          "--measure_on_dev", "false", "--output_dir", str(adapter)], env)
     _run(["training_scripts/build_rag_index.py", "--passages", str(passages), "--qa", str(qa), "--max_distractors", "10",
-          "--opq_dim", "32", "--pq_m", "8", "--pq_bits", "4", *hub, f"{OWNER}/rag-index"], env)
+          "--opq_dim", "32", "--pq_m", "8", "--pq_bits", "4", "--query_adapter", str(adapter), *hub, f"{OWNER}/rag-index"], env)
     _run(["training_scripts/run_lora_finetune.py", "--preset", "smoke", "--model_name_or_path", f"{OWNER}/tiny-lm",
-          *hub, f"{OWNER}/tiny-lm-rag-lora"], env)
+          "--train_pairs", "2", "--eval_pairs", "2", "--num_train_epochs", "1", *hub, f"{OWNER}/tiny-lm-rag-lora"], env)
     return env
 
 
@@ -101,7 +104,9 @@ def test_every_script_pushes_weights_tokenizer_card_and_metrics(roundtrip):
         assert {"README.md", "metrics.json"} <= set(files), name
         weights = {p for p in files if p.endswith((".safetensors", ".onnx", ".faiss"))}
         assert weights and all(files[p]["lfs"] for p in weights), name  # weights travel by Git LFS, as on the Hub
-        if name not in ("rag-index",):
+        if name == "rag-index":
+            assert any("query_adapter" in path for path in files), sorted(files)
+        else:
             assert "tokenizer.json" in files, name
     assert ("POST", f"/{OWNER}/tiny-lm.git/info/lfs/objects/batch") in roundtrip["requests"]
 
