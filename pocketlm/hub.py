@@ -87,12 +87,18 @@ def _looks_like_path(name: str) -> bool:
     return name.startswith(("/", ".", "~")) or name.count("/") > 1 or name.endswith("/") or os.sep != "/" and os.sep in name
 
 
-def resolve(repo_id: str) -> str:
-    """Return where to load `repo_id` from: a local folder if there is one, else the Hub id itself.
+NOT_DOWNLOADED = ["*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl", "*.h5", "*.msgpack", "*.ot", "*.gguf", "*.tflite",
+                  "tf_model*", "flax_model*", "rust_model*", "onnx/*", "openvino/*", "coreml/*"]
+"""Files `resolve` leaves on the Hub: pickles (never loaded: weights are safetensors) and other frameworks' copies."""
 
-    Looks, in order, at: an existing path; `<hub_dir>/<repo_id>`; a model shipped by an installed package
-    (the offline MiniLM). When none of those exist and the Hub is offline (`HF_HUB_OFFLINE=1`), or the
-    name is clearly a path, raise `ArtifactNotFoundError` with a message naming what was looked for.
+
+def resolve(repo_id: str) -> str:
+    """Return a local folder holding `repo_id` (or the path itself).
+
+    Looks, in order, at: an existing path; `<hub_dir>/<repo_id>` (what this checkout published); a model shipped
+    by an installed package (the offline MiniLM); the Hugging Face cache, where a Hub reachable at `HF_ENDPOINT`
+    first downloads the repo (`snapshot_download`, safetensors only). With `HF_HUB_OFFLINE=1` the cache alone
+    answers, as in transformers. When nothing holds it, raise `ArtifactNotFoundError` naming where it looked.
     """
     if not repo_id or not repo_id.strip():
         raise ArtifactNotFoundError("empty model id or path")
@@ -116,12 +122,33 @@ def resolve(repo_id: str) -> str:
     packaged = PACKAGED_MODELS.get(repo_id)
     if packaged is not None and (found := packaged()):
         return found
-    if hub_offline():
-        raise ArtifactNotFoundError(
-            f"{repo_id!r} is not in the local hub folder ({local}) and the Hub is offline (HF_HUB_OFFLINE=1); "
-            "build it with `make demo` or the training script that publishes it"
-        )
-    return repo_id
+    return _from_hub_cache(repo_id, local)
+
+
+def _from_hub_cache(repo_id: str, local: Path) -> str:
+    """The snapshot of `repo_id` in the Hugging Face cache, downloaded first when the Hub is reachable."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, OfflineModeIsEnabled
+
+    offline = hub_offline()
+    try:
+        return snapshot_download(repo_id, local_files_only=offline, ignore_patterns=NOT_DOWNLOADED)
+    except (LocalEntryNotFoundError, OfflineModeIsEnabled) as err:
+        if offline:
+            raise ArtifactNotFoundError(
+                f"{repo_id!r} is neither in the local hub folder ({local}) nor in the Hugging Face cache, and the Hub "
+                "is offline (HF_HUB_OFFLINE=1); build it with `make demo` or the training script that publishes it"
+            ) from None
+        reason = " ".join(str(err).split())[:300]
+    except HfHubHTTPError as err:
+        status = err.response.status_code if err.response is not None else None
+        reason = "not found on the Hub" if status in (401, 404) else " ".join(str(err).split())[:300]
+    from huggingface_hub import constants
+
+    raise ArtifactNotFoundError(
+        f"{repo_id!r} is not in the local hub folder ({local}) and could not be downloaded from {constants.ENDPOINT}: "
+        f"{reason}; build it with `make demo` or the training script that publishes it"
+    )
 
 
 @dataclass
@@ -214,24 +241,115 @@ def publish(
     return target
 
 
-def push(folder: Path, repo_id: str, *, token: str | None = None) -> str:
-    """Upload a published folder to the Hugging Face Hub; returns the commit URL.
+class PushError(PocketLMError):
+    """A push cannot happen (offline, no token, refused by the Hub); the message names the flag or variable to fix."""
 
-    An upload error is re-raised with the token masked in its message (the token itself never goes into
-    a file: `publish` writes none, and the training scripts redact their argument dumps).
+
+def check_can_push(token: str | None = None, *, flag: str = "--push_to_hub", token_flag: str = "--hub_token") -> None:
+    """Fail fast, before any training, when a push could not succeed: the Hub is offline or there is no token."""
+    if hub_offline():
+        raise PushError(f"{flag} needs the Hub, but it is offline (HF_HUB_OFFLINE=1): set HF_HUB_OFFLINE=0 to push")
+    from huggingface_hub import get_token
+
+    if not (token or get_token()):
+        raise PushError(f"{flag} needs a Hugging Face token: pass {token_flag}, set HF_TOKEN or run `hf auth login`")
+
+
+def publish_repo_id(repo_id: str, hub_model_id: str | None, push_to_hub: bool, token: str | None = None) -> str:
+    """The id a training script publishes under: `--hub_model_id` when given (as in transformers), else its own
+    `--repo_id`; with `--push_to_hub` the push is checked up front, so a missing token fails before training."""
+    chosen = validate_repo_id(hub_model_id, "--hub_model_id") if hub_model_id else repo_id
+    if push_to_hub:
+        check_can_push(token)
+    return chosen
+
+
+@dataclass
+class HubArguments:
+    """The Hub flags of every publishing script, named as in transformers' `TrainingArguments`."""
+
+    push_to_hub: bool = field(default=False, metadata={"help": "also upload the published folder to the Hugging Face Hub"})
+    hub_model_id: str | None = field(default=None, metadata={
+        "help": "OWNER/NAME to publish (locally and on the Hub) instead of the script's default id"})
+    hub_token: str | None = field(default=None, metadata={
+        "help": "token for --push_to_hub (default: HF_TOKEN, else the one `hf auth login` saved)"})
+
+    def target(self, repo_id: str) -> str:
+        """The id to publish under (`--hub_model_id` or `repo_id`); checks a push up front (see `publish_repo_id`)."""
+        return publish_repo_id(repo_id, self.hub_model_id, self.push_to_hub, self.hub_token)
+
+
+def push(folder: Path, repo_id: str, *, token: str | None = None, repo_type: str = "model",
+         space_sdk: str | None = None) -> str:
+    """Upload a published folder to the Hugging Face Hub (`create_repo` + `upload_folder`); returns the commit URL.
+
+    Any Hub error becomes one line with the token masked (the token itself never goes into a file: `publish`
+    writes none, and the training scripts redact their argument dumps).
     """
     validate_repo_id(repo_id)
-    if hub_offline():
-        raise PocketLMError(f"cannot push {repo_id}: the Hub is offline (HF_HUB_OFFLINE=1)")
+    check_can_push(token, flag=f"pushing {repo_id}", token_flag="a token")
     from huggingface_hub import HfApi
 
     api = HfApi(token=token)
     try:
-        api.create_repo(repo_id, exist_ok=True)
-        commit = api.upload_folder(folder_path=str(folder), repo_id=repo_id, commit_message="Publish from pocketlm")
+        api.create_repo(repo_id, repo_type=repo_type, space_sdk=space_sdk, exist_ok=True)
+        commit = api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type=repo_type,
+                                   commit_message="Publish from pocketlm")
     except Exception as err:
-        message = str(err)
-        if token and token in message:
-            raise PocketLMError(f"cannot push {repo_id}: {message.replace(token, REDACTED)}") from None
-        raise
-    return str(commit)
+        message = " ".join(str(err).split()) or type(err).__name__
+        for secret in {token, _stored_token()} - {None, ""}:
+            message = message.replace(secret, REDACTED)
+        raise PushError(f"cannot push {repo_id}: {message}") from None
+    return str(commit)  # a CommitInfo is the commit URL
+
+
+def push_space(folder: str | Path, repo_id: str, token: str | None = None) -> str:
+    """Create (or update) the Gradio Space `repo_id` from a staged folder; returns the commit URL."""
+    return push(Path(folder), repo_id, token=token, repo_type="space", space_sdk="gradio")
+
+
+def _stored_token() -> str | None:
+    from huggingface_hub import get_token
+
+    return get_token()
+
+
+NAMESPACE_ENV = "POCKETLM_NAMESPACE"
+"""Environment variable naming the Hub owner whose artifacts `make demo` looks for (default: `pocketlm`)."""
+
+
+def namespace_repo_id(repo_id: str, namespace: str | None) -> str:
+    """`pocketlm/tiny-lm` under namespace `alice` → `alice/tiny-lm` (the namespace is checked as a repo owner)."""
+    if not namespace:
+        return repo_id
+    try:
+        return validate_repo_id(f"{namespace}/{repo_id.split('/')[-1]}")
+    except InvalidRepoIdError:
+        raise InvalidRepoIdError(f"--namespace {namespace!r} is not a Hub owner name: use letters, digits, '-', '_' "
+                                 "and '.', without '--' or '..', not starting or ending with '-' or '.'") from None
+
+
+def in_hf_cache(repo_id: str) -> bool:
+    """True when a snapshot of `repo_id` (its model card at least) is in the Hugging Face cache."""
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(repo_id, "README.md"), str)
+
+
+def on_the_hub(repo_ids: list[str]) -> tuple[set[str], str | None]:
+    """Which of `repo_ids` the Hub holds (a model card at least), and why the answer may be partial (None: complete).
+
+    Offline (`HF_HUB_OFFLINE=1`) nothing is asked; an unreachable Hub stops the look-up at the first failure.
+    """
+    if hub_offline():
+        return set(), "the Hub is offline (HF_HUB_OFFLINE=1)"
+    from huggingface_hub import HfApi, constants
+
+    api, found = HfApi(), set()
+    for repo_id in repo_ids:
+        try:
+            if api.file_exists(repo_id, "README.md"):
+                found.add(repo_id)
+        except Exception as err:  # connection refused, DNS, timeout, a 5xx: build locally instead
+            return found, f"{constants.ENDPOINT} did not answer ({type(err).__name__})"
+    return found, None

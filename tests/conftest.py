@@ -5,6 +5,7 @@ Environment variables are set at import, before any test module imports transfor
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -137,3 +138,60 @@ def tiny_qa_onnx_repo(tmp_path_factory) -> str:
     )
     publish(MINILM_SQUAD_ONNX, lambda folder: export_question_answering(str(checkpoint), folder), card)
     return MINILM_SQUAD_ONNX
+
+
+def _write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def rag_files(tmp_path_factory) -> tuple[Path, Path]:
+    """passages.jsonl (50 passages: Super Bowl 50 and Toyota paragraphs) and qa.jsonl (their 19 questions)."""
+    from pocketlm.rag.corpus import rag_dev
+
+    passages, questions = rag_dev()
+    keep = [p for p in passages if p.id < "val-00-030" or "val-05" <= p.id < "val-05-020"]
+    ids = {p.id for p in keep}
+    folder = tmp_path_factory.mktemp("rag-data")
+    passages_path = _write_jsonl(folder / "passages.jsonl", [p.to_dict() for p in keep])
+    qa_path = _write_jsonl(
+        folder / "qa.jsonl",
+        [{"id": q.id, "question": q.question, "answers": list(q.answers), "passage_id": q.passage_id} for q in questions if q.passage_id in ids],
+    )
+    return passages_path, qa_path
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory) -> str:
+    """A 1-layer, 32-wide random BERT with MiniLM's real tokenizer: QA and classifier fine-tuning in seconds."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertForQuestionAnswering
+
+    from pocketlm import BASE_ENCODER
+    from pocketlm.hub import resolve
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    config = BertConfig(num_hidden_layers=1, hidden_size=32, num_attention_heads=2, intermediate_size=64)
+    BertForQuestionAnswering(config).save_pretrained(folder)
+    AutoTokenizer.from_pretrained(resolve(BASE_ENCODER)).save_pretrained(folder)
+    return str(folder)
+
+
+@pytest.fixture
+def online_hub(tmp_path, monkeypatch):
+    """The Hub test double (tests/hub_double.py), reached by this process's `huggingface_hub` — which read its settings
+    at import, so they are set on its `constants` — with an empty Hugging Face cache; yields the double's storage."""
+    import huggingface_hub.constants as constants
+
+    from hub_double import hub_double
+
+    with hub_double(tmp_path / "hub-storage") as endpoint:
+        monkeypatch.setattr(constants, "ENDPOINT", endpoint)
+        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", endpoint + "/{repo_id}/resolve/{revision}/{filename}")
+        monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+        monkeypatch.setattr(constants, "HF_HUB_DISABLE_XET", True)  # the double speaks Git LFS (see its docstring)
+        monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
+        monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+        yield hub_double.app.state.storage  # the running double's own view of its repos

@@ -2,6 +2,7 @@
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 import yaml
@@ -108,3 +109,58 @@ def test_scripts_refuse_a_path_as_repo_id_in_one_line(script, flag, capsys, monk
     err = capsys.readouterr().err.strip()
     assert exit_info.value.code == 2 and err == f"error: {flag} '..' is not a repo id: use {REPO_ID_RULES}"
     assert (runs_dir() / "keep.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize(("script", "flag"), SCRIPTS_AND_FLAGS)
+def test_pushing_offline_or_without_a_token_is_one_line_before_any_work(script, flag, capsys, monkeypatch, tmp_path):
+    """Offline (the tests' setting) and then online without any token: each publishing script stops at once."""
+    import runpy
+    import sys
+
+    import huggingface_hub.constants
+
+    from pocketlm.cli import run
+    from pocketlm.settings import REPO_ROOT
+
+    main = runpy.run_path(str(REPO_ROOT / "training_scripts" / script), run_name=script.removesuffix(".py"))["main"]
+    monkeypatch.setattr(sys, "argv", [script, "--push_to_hub", "--output_dir", str(tmp_path / "run")] if script.startswith(
+        "finetune") else [script, "--push_to_hub"])
+    with pytest.raises(SystemExit) as exit_info:
+        run(lambda: main())
+    assert exit_info.value.code == 2 and capsys.readouterr().err == (
+        "error: --push_to_hub needs the Hub, but it is offline (HF_HUB_OFFLINE=1): set HF_HUB_OFFLINE=0 to push\n")
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))  # no `hf auth login`
+    with pytest.raises(SystemExit) as exit_info:
+        run(lambda: main())
+    assert exit_info.value.code == 2 and capsys.readouterr().err == (
+        "error: --push_to_hub needs a Hugging Face token: pass --hub_token, set HF_TOKEN or run `hf auth login`\n")
+
+
+def test_resolve_downloads_by_repo_id_then_finds_it_in_the_cache_offline(online_hub, tmp_path, monkeypatch):
+    """Online, an id that is not in the local hub folder is downloaded into the Hugging Face cache; offline, the
+    cache answers, as it does for transformers (before, `resolve` refused any id outside the hub folder offline)."""
+    import huggingface_hub.constants
+
+    from pocketlm.hub import push
+
+    monkeypatch.setenv("HF_TOKEN", "hf_test_token")
+    folder = publish("alice/cached", lambda d: (d / "model.safetensors").write_bytes(b"\0weights" * 64), _card(f1=1.0))
+    push(folder, "alice/cached")
+    (folder / "model.safetensors").unlink()
+    folder.rename(tmp_path / "moved-away")  # only the Hub has it now
+
+    downloaded = resolve("alice/cached")
+    assert downloaded.startswith(str(tmp_path / "hf-cache")) and "snapshots" in downloaded
+    assert (Path(downloaded) / "model.safetensors").read_bytes() == b"\0weights" * 64
+    with pytest.raises(ArtifactNotFoundError, match="'alice/missing' is not in the local hub folder .* could not be "
+                                                    "downloaded from http://127.0.0.1:.*: not found on the Hub"):
+        resolve("alice/missing")
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    assert resolve("alice/cached") == downloaded
+    with pytest.raises(ArtifactNotFoundError, match="neither in the local hub folder .* nor in the Hugging Face cache"):
+        resolve("alice/missing")

@@ -1,10 +1,11 @@
 """A Hub token never lands in a file, card, log or error message: a canary token through every path that takes one.
 
 Each training/publish path runs on a tiny model with `--hub_token`/`token=` and `HF_TOKEN` set to a canary, with
-`--push_to_hub` where the path has it (offline, the push fails after the local publish — its error must not
-carry the token either). Then every file under the run folders and the hub folder — pickles included
+`--push_to_hub` where the path has it, against the Hub test double (tests/hub_double.py) in this process. Then
+every file under the run folders, the hub folder and the double's storage (what was uploaded) — pickles included
 (`training_args.bin`: the Trainer pickles its arguments into each checkpoint) — and everything printed or
-logged is searched for the canary.
+logged is searched for the canary. The six training scripts' own `--push_to_hub` runs are searched the same
+way in tests/test_hub_roundtrip.py.
 """
 
 from __future__ import annotations
@@ -14,22 +15,23 @@ from pathlib import Path
 
 import pytest
 
+from hub_double import HubStorage
 from pocketlm.errors import PocketLMError
-from pocketlm.hub import ModelCardInfo, publish, push
+from pocketlm.hub import ModelCardInfo, publish, push, push_space
 from pocketlm.settings import hub_dir, runs_dir
 
 CANARY = "hf_CANARYxq7Z3kP9wLm2"
 
 
 @pytest.fixture
-def canary(monkeypatch, capfd, caplog):
-    """HF_TOKEN is the canary too; yields a checker that searches folders, output, logs and given texts."""
+def canary(monkeypatch, capfd, caplog, online_hub):
+    """HF_TOKEN is the canary too; yields a checker that searches folders, the uploads, output, logs and given texts."""
     monkeypatch.setenv("HF_TOKEN", CANARY)
     caplog.set_level(logging.DEBUG)
 
     def assert_nowhere(*folders: Path, texts=()) -> int:
         searched = 0
-        for folder in {Path(f) for f in (*folders, hub_dir(), runs_dir())}:
+        for folder in {Path(f) for f in (*folders, hub_dir(), runs_dir(), online_hub.root)}:
             for path in folder.rglob("*") if folder.exists() else ():
                 if path.is_file():
                     searched += 1
@@ -47,7 +49,13 @@ def _card() -> ModelCardInfo:
                          eval_dataset_name="d", eval_split="validation", metrics={"v": 1.0})
 
 
-def test_pretraining_with_a_token_writes_it_nowhere(canary, tmp_path, corpus_texts):
+def _uploaded(storage: HubStorage, repo_id: str, repo_type: str = "model") -> set[str]:
+    repo = storage.repo(repo_type, repo_id)
+    assert repo is not None, f"{repo_id} was not pushed"
+    return set(storage.commit_files(repo, "main")[1])
+
+
+def test_pretraining_with_a_token_writes_it_nowhere(canary, online_hub, tmp_path, corpus_texts):
     from pocketlm.data.corpus import Document, clean_text, prepare_corpus
     from pocketlm.training.pretrain import PretrainArguments, publish_best, train
 
@@ -59,27 +67,10 @@ def test_pretraining_with_a_token_writes_it_nowhere(canary, tmp_path, corpus_tex
                              warmup_steps=1, eval_max_chunks=2, generation_tokens=4, generation_prompts=1,
                              mixed_precision="no", repo_id="pocketlm/canary-lm", push_to_hub=True, hub_token=CANARY)
     result = train(args)
-    with pytest.raises(PocketLMError, match="offline") as err:  # published locally, then the push is refused
-        publish_best(args, result)
+    publish_best(args, result)
     assert (hub_dir() / "pocketlm/canary-lm/pretrain_args.json").is_file()  # the arguments are published...
-    assert canary(tmp_path, texts=[err.value]) > 10  # ...without the token
-
-
-@pytest.fixture(scope="module")
-def tiny_bert(tmp_path_factory) -> str:
-    """A 1-layer, 32-wide random BERT with MiniLM's real tokenizer: QA and classifier fine-tuning in seconds."""
-    import torch
-    from transformers import AutoTokenizer, BertConfig, BertForQuestionAnswering
-
-    from pocketlm import BASE_ENCODER
-    from pocketlm.hub import resolve
-
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("tiny-bert")
-    config = BertConfig(num_hidden_layers=1, hidden_size=32, num_attention_heads=2, intermediate_size=64)
-    BertForQuestionAnswering(config).save_pretrained(folder)
-    AutoTokenizer.from_pretrained(resolve(BASE_ENCODER)).save_pretrained(folder)
-    return str(folder)
+    assert _uploaded(online_hub, "pocketlm/canary-lm") >= {"pretrain_args.json", "model.safetensors", "README.md"}
+    assert canary(tmp_path) > 10  # ...without the token, locally and on the Hub
 
 
 def _training_args(output_dir: Path, **overrides):
@@ -91,18 +82,18 @@ def _training_args(output_dir: Path, **overrides):
         "hub_token": CANARY, **overrides})
 
 
-def test_qa_fine_tuning_with_a_token_writes_it_nowhere(canary, tiny_bert, tmp_path):
+def test_qa_fine_tuning_with_a_token_writes_it_nowhere(canary, online_hub, tiny_bert, tmp_path):
     from pocketlm.training.qa import QAArguments, finetune_question_answering
 
     args = QAArguments(model_name_or_path=tiny_bert, max_length=64, doc_stride=16, max_train_samples=4,
                        max_eval_samples=2, eval_loss_samples=2, output_repo="pocketlm/canary-qa")
-    with pytest.raises(PocketLMError, match="offline") as err:
-        finetune_question_answering(args, _training_args(tmp_path, eval_strategy="no"))
+    finetune_question_answering(args, _training_args(tmp_path, eval_strategy="no"))
     assert (tmp_path / "checkpoint-1" / "training_args.bin").is_file()  # the pickle is searched too
-    assert canary(tmp_path, texts=[err.value]) > 10
+    assert {"training_args.json", "model.safetensors"} <= _uploaded(online_hub, "pocketlm/canary-qa")
+    assert canary(tmp_path) > 10
 
 
-def test_classifier_fine_tuning_with_a_token_writes_it_nowhere(canary, tiny_bert, tmp_path):
+def test_classifier_fine_tuning_with_a_token_writes_it_nowhere(canary, online_hub, tiny_bert, tmp_path):
     from pocketlm.data.classification import ClassificationDataArguments
     from pocketlm.models.peft_classifier import ClassifierSpec
     from pocketlm.training.classifier import RegularisationArguments
@@ -110,42 +101,41 @@ def test_classifier_fine_tuning_with_a_token_writes_it_nowhere(canary, tiny_bert
 
     spec = ClassifierSpec(model_name_or_path=tiny_bert, mixout_p=0.0)
     data = ClassificationDataArguments(max_train_samples=8, max_eval_samples=8)
-    with pytest.raises(PocketLMError, match="offline") as err:
-        finetune_and_publish(spec, data, RegularisationArguments(early_stopping_patience=0, awp_eps=0.0),
-                             _training_args(tmp_path, eval_strategy="no"), "pocketlm/canary-classifier")
+    finetune_and_publish(spec, data, RegularisationArguments(early_stopping_patience=0, awp_eps=0.0),
+                         _training_args(tmp_path, eval_strategy="no"), "pocketlm/canary-classifier")
     assert (hub_dir() / "pocketlm/canary-classifier/training_args.json").is_file()
-    assert canary(tmp_path, texts=[err.value]) > 10
+    assert "training_args.json" in _uploaded(online_hub, "pocketlm/canary-classifier")
+    assert canary(tmp_path) > 10
 
 
-class _RecordingHub:
-    """A stand-in for `huggingface_hub.HfApi`: records what would be uploaded, or fails like a server would."""
-
-    uploads: list[dict[str, bytes]] = []
-    fail_with: str | None = None
+class _EchoingHub:
+    """A stand-in for `huggingface_hub.HfApi` whose every call fails with an error that echoes the token."""
 
     def __init__(self, token=None):
         self.token = token
 
-    def create_repo(self, repo_id, exist_ok=False):
-        if self.fail_with:
-            raise RuntimeError(self.fail_with.format(token=self.token))
-
-    def upload_folder(self, folder_path, repo_id, commit_message):
-        self.uploads.append({str(p.relative_to(folder_path)): p.read_bytes() for p in Path(folder_path).rglob("*") if p.is_file()})
-        return f"https://huggingface.co/{repo_id}/commit/0"
+    def create_repo(self, repo_id, **kwargs):
+        raise RuntimeError(f"401 Client Error: invalid credentials {self.token} for url")
 
 
-def test_push_uploads_no_token_and_masks_it_in_errors(canary, monkeypatch):
+def test_publish_and_push_space_upload_no_token(canary, online_hub, tmp_path):
+    publish("pocketlm/canary-push", lambda folder: (folder / "w.txt").write_text("w"), _card(), push_to_hub=True, token=CANARY)
+    assert _uploaded(online_hub, "pocketlm/canary-push") == {"w.txt", "README.md", "metrics.json", "provenance.json"}
+    space = tmp_path / "space"
+    space.mkdir()
+    (space / "app.py").write_text("print('hi')\n")
+    (space / "README.md").write_text("---\nsdk: gradio\napp_file: app.py\n---\n")
+    push_space(space, "pocketlm/canary-space", token=CANARY)
+    assert _uploaded(online_hub, "pocketlm/canary-space", "space") == {"app.py", "README.md"}
+    assert online_hub.repo("space", "pocketlm/canary-space")["sdk"] == "gradio"
+    canary(tmp_path)
+
+
+def test_push_masks_a_token_that_an_error_echoes(canary, monkeypatch):
     import huggingface_hub
 
-    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
-    monkeypatch.setattr(huggingface_hub, "HfApi", _RecordingHub)
-    monkeypatch.setattr(_RecordingHub, "uploads", [])
-    publish("pocketlm/canary-push", lambda folder: (folder / "w.txt").write_text("w"), _card(), push_to_hub=True, token=CANARY)
-    (upload,) = _RecordingHub.uploads
-    assert "w.txt" in upload and not [name for name, data in upload.items() if CANARY.encode() in data]
-
-    _RecordingHub.fail_with = "401 Client Error: invalid credentials {token} for url"  # an error that echoes the token
+    monkeypatch.setattr(huggingface_hub, "HfApi", _EchoingHub)
+    publish("pocketlm/canary-push", lambda folder: (folder / "w.txt").write_text("w"), _card())
     with pytest.raises(PocketLMError, match="<redacted> for url") as err:
         push(hub_dir() / "pocketlm/canary-push", "pocketlm/canary-push", token=CANARY)
     assert err.value.__suppress_context__  # the original exception, which carries the token, is not chained

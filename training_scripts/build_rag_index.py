@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from pocketlm import RAG_INDEX
 from pocketlm.cli import parse_args_with_presets, run
-from pocketlm.hub import validate_repo_id
+from pocketlm.hub import HubArguments, validate_repo_id
 from pocketlm.rag.builder import IndexBuildConfig, build_and_publish_index
 
 PRESETS = {
@@ -28,18 +28,18 @@ PRESETS = {
 @dataclass
 class ScriptArguments:
     repo_id: str = field(default=RAG_INDEX, metadata={"help": "hub id to publish under"})
-    push_to_hub: bool = field(default=False, metadata={"help": "also upload to the Hugging Face Hub"})
-    hub_token: str | None = field(default=None, metadata={"help": "token for --push_to_hub"})
 
     def __post_init__(self):
         validate_repo_id(self.repo_id, "--repo_id")
 
 
 def main(args: list[str] | None = None) -> int:
-    config, script = parse_args_with_presets((IndexBuildConfig, ScriptArguments), PRESETS, "full", args, description=__doc__)
-    folder, report = build_and_publish_index(config, script.repo_id, push_to_hub=script.push_to_hub, token=script.hub_token)
+    config, script, hub = parse_args_with_presets((IndexBuildConfig, ScriptArguments, HubArguments), PRESETS, "full", args,
+                                                  description=__doc__)
+    repo_id = hub.target(script.repo_id)
+    folder, report = build_and_publish_index(config, repo_id, push_to_hub=hub.push_to_hub, token=hub.hub_token)
     print(report)
-    print(f"published {script.repo_id} -> {folder}")
+    print(f"published {repo_id} -> {folder}")
     return 0
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from pocketlm import TINY_LM, TINY_LM_ONNX
 from pocketlm.cli import parse_args_with_presets, run
-from pocketlm.hub import validate_repo_id
+from pocketlm.hub import HubArguments, validate_repo_id
 
 
 @dataclass
@@ -23,24 +23,23 @@ class ExportArguments:
     quantize: bool = field(default=True, metadata={"help": "also write the dynamic int8 graph"})
     check_prompts: int = field(default=8, metadata={"help": "WikiText-2 prompts to compare with PyTorch on"})
     latency_runs: int = field(default=20, metadata={"help": "timed generations per graph for the card (0: skip)"})
-    push_to_hub: bool = field(default=False, metadata={"help": "also upload to the Hugging Face Hub"})
-    hub_token: str | None = field(default=None, metadata={"help": "token for --push_to_hub"})
 
     def __post_init__(self):
         validate_repo_id(self.repo_id, "--repo_id")
 
 
 def main(argv: list[str] | None = None) -> int:
-    (args,) = parse_args_with_presets([ExportArguments], args=argv, description=__doc__.splitlines()[0])
+    args, hub = parse_args_with_presets([ExportArguments, HubArguments], args=argv, description=__doc__.splitlines()[0])
+    repo_id = hub.target(args.repo_id)
     if args.check_prompts < 1 or args.latency_runs < 0:
         raise SystemExit("error: --check_prompts must be >= 1 and --latency_runs >= 0")
     from pocketlm.inference.lm_export import publish_lm_onnx
 
     folder = publish_lm_onnx(
-        args.model_name_or_path, args.repo_id, quantize=args.quantize, check_prompts=args.check_prompts,
-        latency_runs=args.latency_runs, push_to_hub=args.push_to_hub, token=args.hub_token,
+        args.model_name_or_path, repo_id, quantize=args.quantize, check_prompts=args.check_prompts,
+        latency_runs=args.latency_runs, push_to_hub=hub.push_to_hub, token=hub.hub_token,
     )
-    print(f"published {args.repo_id} at {folder}", flush=True)
+    print(f"published {repo_id} at {folder}", flush=True)
     print((folder / "metrics.json").read_text(), flush=True)
     return 0
 

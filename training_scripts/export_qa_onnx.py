@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pocketlm import MINILM_SQUAD, MINILM_SQUAD_ONNX
 from pocketlm.cli import parse_args_with_presets, run
 from pocketlm.errors import ConfigError
-from pocketlm.hub import validate_repo_id
+from pocketlm.hub import HubArguments, validate_repo_id
 
 
 @dataclass
@@ -24,8 +24,6 @@ class ExportArguments:
     output_repo: str = field(default=MINILM_SQUAD_ONNX, metadata={"help": "repo id to publish the export as"})
     eval_samples: int | None = field(default=None, metadata={"help": "validation questions to score (default: all)"})
     threads: int | None = field(default=None, metadata={"help": "intra-op threads for scoring (default: all cores)"})
-    push_to_hub: bool = field(default=False, metadata={"help": "also upload to the Hugging Face Hub"})
-    hub_token: str | None = field(default=None, metadata={"help": "token for --push_to_hub"})
 
     def __post_init__(self):
         if self.eval_samples is not None and self.eval_samples < 1:
@@ -37,16 +35,17 @@ PRESETS = {"demo": {"eval_samples": 300}, "full": {}}
 
 
 def main(argv: list[str] | None = None) -> int:
-    (args,) = parse_args_with_presets([ExportArguments], PRESETS, "full", argv, description=__doc__.splitlines()[0])
+    args, hub = parse_args_with_presets([ExportArguments, HubArguments], PRESETS, "full", argv, description=__doc__.splitlines()[0])
+    repo_id = hub.target(args.output_repo)
 
     from pocketlm.data import load_squad
     from pocketlm.inference.qa_onnx_export import publish_question_answering_onnx
     from pocketlm.settings import runs_dir
 
     records = load_squad("validation").to_list()[: args.eval_samples]
-    work_dir = runs_dir() / "qa-onnx-export" / args.output_repo.replace("/", "--")
+    work_dir = runs_dir() / "qa-onnx-export" / repo_id.replace("/", "--")
     result = publish_question_answering_onnx(
-        args.model, args.output_repo, records, work_dir, threads=args.threads, push_to_hub=args.push_to_hub, token=args.hub_token
+        args.model, repo_id, records, work_dir, threads=args.threads, push_to_hub=hub.push_to_hub, token=hub.hub_token
     )
     print(json.dumps(result, indent=2))
     return 0

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from pocketlm import TINY_LM_RAG_LORA
 from pocketlm.cli import parse_args_with_presets, run
-from pocketlm.hub import validate_repo_id
+from pocketlm.hub import HubArguments, validate_repo_id
 from pocketlm.training.distributed import check_launch
 from pocketlm.rag.lora_finetune import LoraExperimentConfig, run_experiment
 
@@ -30,8 +30,6 @@ PRESETS = {
 @dataclass
 class ScriptArguments:
     repo_id: str = field(default=TINY_LM_RAG_LORA, metadata={"help": "hub id to publish under ('' to skip publishing)"})
-    push_to_hub: bool = field(default=False, metadata={"help": "also upload to the Hugging Face Hub"})
-    hub_token: str | None = field(default=None, metadata={"help": "token for --push_to_hub"})
 
     def __post_init__(self):
         if self.repo_id:  # '' skips publishing
@@ -41,8 +39,10 @@ class ScriptArguments:
 def main(args: list[str] | None = None) -> int:
     # One process: each seed's run and its ROUGE-L measurement are not split across processes.
     check_launch(supports_processes=False)
-    config, script = parse_args_with_presets((LoraExperimentConfig, ScriptArguments), PRESETS, "full", args, description=__doc__)
-    summary = run_experiment(config, script.repo_id or None, push_to_hub=script.push_to_hub, token=script.hub_token)
+    config, script, hub = parse_args_with_presets((LoraExperimentConfig, ScriptArguments, HubArguments), PRESETS, "full", args,
+                                                  description=__doc__)
+    repo_id = hub.target(script.repo_id) if script.repo_id or hub.hub_model_id else None
+    summary = run_experiment(config, repo_id, push_to_hub=hub.push_to_hub, token=hub.hub_token)
     print(summary["table"])
     print(
         f"ROUGE-L {summary['rougeL_before']:.4f} -> {summary['rougeL_after_mean']:.4f} (gain {summary['rougeL_gain']:.4f}, "

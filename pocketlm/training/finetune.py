@@ -16,7 +16,7 @@ from pocketlm.benchmarking import markdown_table
 from pocketlm.data.classification import ClassificationDataArguments, load_tokenized_splits, tokenize_classification
 from pocketlm.data.registry import load_classification, spec as dataset_spec
 from pocketlm.errors import ConfigError, PocketLMError
-from pocketlm.hub import ModelCardInfo, publish, resolve
+from pocketlm.hub import ModelCardInfo, publish, publish_repo_id, resolve
 from pocketlm.io import atomic_write_text, write_json
 from pocketlm.models.peft_classifier import ClassifierSpec, build_classifier, load_classifier, parameter_counts, save_classifier
 from pocketlm.settings import REPO_ROOT
@@ -70,6 +70,8 @@ def finetune_and_publish(
         # checked before the data and the model load, and as one line (the Trainer raises a bare ValueError)
         check_resume_from(training_args.resume_from_checkpoint)
     push_to_hub, hub_token = training_args.push_to_hub, training_args.hub_token
+    if repo_id:  # --hub_model_id renames what is published; a push is checked before training
+        repo_id = publish_repo_id(repo_id, training_args.hub_model_id, push_to_hub, hub_token)
     training_args.push_to_hub = False  # pocketlm.hub.publish uploads the finished artifact instead of checkpoints
     training_args.hub_token = None  # the Trainer pickles its arguments into every checkpoint (training_args.bin)
     output_dir = Path(training_args.output_dir)

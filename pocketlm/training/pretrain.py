@@ -36,7 +36,7 @@ from pocketlm import TINY_LM
 from pocketlm.data.collator import MODES, CustomDataCollator
 from pocketlm.data.corpus import default_prepared_dir, read_chunks_jsonl
 from pocketlm.errors import ConfigError, PocketLMError
-from pocketlm.hub import validate_repo_id
+from pocketlm.hub import publish_repo_id, validate_repo_id
 from pocketlm.io import replace_dir
 from pocketlm.io import without_secrets, write_json
 from pocketlm.settings import runs_dir
@@ -95,6 +95,7 @@ class PretrainArguments:
     publish: bool = field(default=True, metadata={"help": "publish the best checkpoint to the local hub folder"})
     repo_id: str = TINY_LM
     push_to_hub: bool = False
+    hub_model_id: str | None = None
     hub_token: str | None = None
 
     def __post_init__(self) -> None:
@@ -109,10 +110,12 @@ class PretrainArguments:
         if self.max_steps <= 0 and self.num_train_epochs <= 0:
             raise ConfigError("set --num_train_epochs or --max_steps to a positive value")
         validate_repo_id(self.repo_id, "--repo_id")
+        if self.publish:  # --hub_model_id renames what is published; a push is checked before training
+            self.repo_id = publish_repo_id(self.repo_id, self.hub_model_id, self.push_to_hub, self.hub_token)
 
     def training_fields(self) -> dict:
         """The arguments that shape the trained model; a checkpoint resumes only under the same ones."""
-        ignored = {"resume", "publish", "repo_id", "push_to_hub", "hub_token", "logging_steps", "save_steps",
+        ignored = {"resume", "publish", "repo_id", "push_to_hub", "hub_model_id", "hub_token", "logging_steps", "save_steps",
                    "generation_tokens", "generation_prompts", "output_dir"}
         fields = {k: v for k, v in asdict(self).items() if k not in ignored}
         return {**fields, "data_dir": str(self.data_path.resolve())}

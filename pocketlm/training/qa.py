@@ -19,7 +19,7 @@ from pocketlm import BASE_ENCODER, MINILM_SQUAD
 from pocketlm.data import load_squad
 from pocketlm.data.qa import qa_tokenizer, training_features
 from pocketlm.errors import ConfigError
-from pocketlm.hub import ModelCardInfo, machine_description, publish, resolve, validate_repo_id
+from pocketlm.hub import ModelCardInfo, machine_description, publish, publish_repo_id, resolve, validate_repo_id
 from pocketlm.settings import runs_dir
 
 
@@ -70,13 +70,14 @@ def finetune_question_answering(args: QAArguments, training_args, preset: str | 
     import torch
     from transformers import AutoTokenizer
 
+    push, token = training_args.push_to_hub, training_args.hub_token
+    args.output_repo = publish_repo_id(args.output_repo, training_args.hub_model_id, push, token)  # before training
     source = resolve(args.model_name_or_path)
     tokenizer = AutoTokenizer.from_pretrained(source)
     if not tokenizer.is_fast:
         raise ConfigError(f"{args.model_name_or_path}: QA preprocessing needs a fast tokenizer (offsets)")
     data = _qa_data(args, tokenizer)
     output_dir = Path(training_args.output_dir)
-    push, token = training_args.push_to_hub, training_args.hub_token
     trainer = _qa_trainer(args, training_args, source, tokenizer, data)
     train_output, train_seconds, train_cpu_seconds = _train(trainer, output_dir)
     if not trainer.is_world_process_zero():  # under DDP one process scores the whole validation set and publishes

@@ -6,34 +6,11 @@ articles plus 10 WikiText distractors, 19 questions, an index published into the
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
 from pocketlm import RAG_INDEX
-
-
-def _write_jsonl(path: Path, rows: list[dict]) -> Path:
-    path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
-    return path
-
-
-@pytest.fixture(scope="session")
-def rag_files(tmp_path_factory) -> tuple[Path, Path]:
-    """passages.jsonl (50 passages: Super Bowl 50 and Toyota paragraphs) and qa.jsonl (their 19 questions)."""
-    from pocketlm.rag.corpus import rag_dev
-
-    passages, questions = rag_dev()
-    keep = [p for p in passages if p.id < "val-00-030" or "val-05" <= p.id < "val-05-020"]
-    ids = {p.id for p in keep}
-    folder = tmp_path_factory.mktemp("rag-data")
-    passages_path = _write_jsonl(folder / "passages.jsonl", [p.to_dict() for p in keep])
-    qa_path = _write_jsonl(
-        folder / "qa.jsonl",
-        [{"id": q.id, "question": q.question, "answers": list(q.answers), "passage_id": q.passage_id} for q in questions if q.passage_id in ids],
-    )
-    return passages_path, qa_path
 
 
 @pytest.fixture(scope="session")
