@@ -235,3 +235,17 @@ def push(folder: Path, repo_id: str, *, token: str | None = None) -> str:
             raise PocketLMError(f"cannot push {repo_id}: {message.replace(token, REDACTED)}") from None
         raise
     return str(commit)
+
+
+def push_space(folder: str | Path, repo_id: str, token: str | None = None) -> str:
+    """Create (or update) the Gradio Space `repo_id` from a staged folder (`pocketlm.spaces.stage`); returns
+    the commit URL. The token is only handed to `HfApi`, never written."""
+    validate_repo_id(repo_id, "--push")
+    if hub_offline():
+        raise PocketLMError(f"cannot push {repo_id}: the Hub is offline (HF_HUB_OFFLINE=1)")
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    api.create_repo(repo_id, repo_type="space", space_sdk="gradio", exist_ok=True)
+    return str(api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type="space",
+                                 commit_message="Stage from pocketlm"))
