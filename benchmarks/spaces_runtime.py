@@ -31,9 +31,11 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from pocketlm.spaces.stage import STAGEABLE  # noqa: E402  (imports nothing of huggingface_hub: see main)
+from pocketlm.spaces.examples import QA_EXAMPLES  # noqa: E402  (these two import nothing of huggingface_hub: see main)
+from pocketlm.spaces.stage import STAGEABLE  # noqa: E402
 
 PROMPT = "The history of the city begins"
+QA_EXAMPLE = QA_EXAMPLES[0]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -41,12 +43,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--spaces", nargs="+", default=list(STAGEABLE), choices=STAGEABLE)
-    parser.add_argument("--hub_dir", type=Path, default=hub_dir(), help="local hub folder holding the pocketlm/... artifacts")
-    parser.add_argument("--namespace", default="spaces-check", help="owner the artifacts are pushed under on the double")
+    parser.add_argument("--hub_dir", type=Path, default=hub_dir(), help="hub folder with the pocketlm/... artifacts")
+    parser.add_argument("--namespace", default="spaces-check", help="owner of the artifacts on the double")
     parser.add_argument("--hub_double", type=Path, default=REPO_ROOT / "tests" / "hub_double.py")
     parser.add_argument("--work_dir", type=Path, default=runs_dir() / "spaces-runtime")
     parser.add_argument("--venv_cache", type=Path, default=None,
-                        help="reuse a venv built earlier from an identical requirements.txt (default: always a fresh one)")
+                        help="reuse a venv built from an identical requirements.txt (default: a fresh one)")
     parser.add_argument("--server_name", default="0.0.0.0", help="GRADIO_SERVER_NAME of the Spaces (as on Spaces)")
     parser.add_argument("--python", default=sys.executable, help="the Python 3.11 that builds the venvs")
     parser.add_argument("--ready_timeout_s", type=float, default=900.0)
@@ -121,8 +123,8 @@ def space_env(endpoint: str, folder: Path, args) -> dict[str, str]:
     """What Spaces gives the process: no checkout, an empty HF cache, the Hub (here: the double)."""
     env = {key: os.environ[key] for key in ("PATH", "LANG", "TMPDIR") if key in os.environ}
     return {**env, "HOME": str(folder / "home"), "HF_HOME": str(folder / "hf-home"), "HF_ENDPOINT": endpoint,
-            "HF_HUB_DISABLE_XET": "1", "HF_HUB_OFFLINE": "0", "HF_HUB_DISABLE_PROGRESS_BARS": "1", "GRADIO_SERVER_NAME": args.server_name,
-            "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1"}
+            "HF_HUB_DISABLE_XET": "1", "HF_HUB_OFFLINE": "0", "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+            "GRADIO_SERVER_NAME": args.server_name, "GRADIO_ANALYTICS_ENABLED": "False", "PYTHONUNBUFFERED": "1"}
 
 
 def run_space(space: str, python: Path, app: Path, env: dict, args) -> dict:
@@ -144,34 +146,37 @@ def run_space(space: str, python: Path, app: Path, env: dict, args) -> dict:
 def call_every_endpoint(space: str, base_url: str) -> dict:
     """Each named endpoint of the Space through gradio_client, with a check of its answer; for the suite also
     the REST routes over HTTP. Fails on an endpoint that has no call here (every one must be exercised)."""
-    import httpx
     from gradio_client import Client
 
-    from pocketlm.spaces.examples import QA_EXAMPLES
-
-    question, context = QA_EXAMPLES[0]
     client = Client(base_url + "/", verbose=False)
-    calls = {
-        "/generate_text": lambda: _check(client.predict(PROMPT, 20, 0.7, 24, 7, api_name="/generate_text")[0].strip(), "generated text"),
-        "/answer_question": lambda: _check(client.predict(question, context, api_name="/answer_question")[0] in context, "an answer from the context"),
-        "/compare_runtimes": lambda: _check(len(client.predict(question, context, 2, api_name="/compare_runtimes")[0]["data"]) == 3, "three runtimes"),
-        "/chat": lambda: _chat(client),
-        "/reset_chat": lambda: _check("empty" in str(client.predict(api_name="/reset_chat")[-1]), "an empty memory"),
-    }
+    calls = {"/generate_text": _generate, "/answer_question": _answer, "/compare_runtimes": _compare, "/chat": _chat,
+             "/reset_chat": _reset}
     named = set(client.view_api(print_info=False, return_format="dict")["named_endpoints"])
     if named - set(calls):
         raise SystemExit(f"error: {space}: no call for the endpoints {sorted(named - set(calls))}")
     done = {"first_answer_at": None}
     for name in sorted(named, key=list(calls).index):
-        done[name] = calls[name]()
+        done[name] = calls[name](client)
         done["first_answer_at"] = done["first_answer_at"] or time.perf_counter()
     if space == "suite":
-        with httpx.Client(base_url=base_url, timeout=120) as http:
-            generated = http.post("/generate", json={"prompt": PROMPT, "max_new_tokens": 8})
-            done["POST /generate"] = _check(generated.status_code == 200 and "text" in generated.json(), "/generate 200")
-            answered = http.post("/qa", json={"question": question, "context": context})
-            done["POST /qa"] = _check(answered.status_code == 200 and answered.json()["answer"] in context, "/qa 200")
+        done.update(_rest_routes(base_url))
     return done
+
+
+def _generate(client) -> bool:
+    text, _ = client.predict(PROMPT, 20, 0.7, 24, 7, api_name="/generate_text")
+    return _check(bool(text.strip()), "generated text")
+
+
+def _answer(client) -> bool:
+    question, context = QA_EXAMPLE
+    answer = client.predict(question, context, api_name="/answer_question")[0]
+    return _check(bool(answer) and answer in context, "an answer from the context")
+
+
+def _compare(client) -> bool:
+    table, _ = client.predict(*QA_EXAMPLE, 2, api_name="/compare_runtimes")
+    return _check(len(table["data"]) == 3, "three runtimes")
 
 
 def _chat(client) -> bool:
@@ -180,6 +185,21 @@ def _chat(client) -> bool:
     _check("[sources:" in reply or "[not found verbatim" in reply, "a cited answer")
     _, history, _, _ = client.predict("!search Olmec colossal heads", history, api_name="/chat")
     return _check("[web-1] Olmec colossal heads" in str(history[-1]["content"]), "the staged mock web_search pages")
+
+
+def _reset(client) -> bool:
+    return _check("empty" in str(client.predict(api_name="/reset_chat")[-1]), "an empty memory")
+
+
+def _rest_routes(base_url: str) -> dict:
+    import httpx
+
+    question, context = QA_EXAMPLE
+    with httpx.Client(base_url=base_url, timeout=120) as http:
+        generated = http.post("/generate", json={"prompt": PROMPT, "max_new_tokens": 8})
+        answered = http.post("/qa", json={"question": question, "context": context})
+    return {"POST /generate": _check(generated.status_code == 200 and "text" in generated.json(), "/generate 200"),
+            "POST /qa": _check(answered.status_code == 200 and answered.json()["answer"] in context, "/qa 200")}
 
 
 def _check(ok: bool, what: str) -> bool:
@@ -198,8 +218,9 @@ def main(argv: list[str] | None = None) -> int:
     port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
     # huggingface_hub reads these when imported, so before anything imports it (gradio does)
-    os.environ.update({"HF_ENDPOINT": endpoint, "HF_HUB_DISABLE_XET": "1", "HF_HUB_OFFLINE": "0", "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-                       "HF_TOKEN": "hf_spaces_runtime_check", "HF_HOME": str(args.work_dir / "hf-home-pusher")})
+    os.environ.update({"HF_ENDPOINT": endpoint, "HF_HUB_DISABLE_XET": "1", "HF_HUB_OFFLINE": "0",
+                       "HF_HUB_DISABLE_PROGRESS_BARS": "1", "HF_TOKEN": "hf_spaces_runtime_check",
+                       "HF_HOME": str(args.work_dir / "hf-home-pusher")})
     shutil.rmtree(args.work_dir, ignore_errors=True)
     results, pushed = {}, set()
     with double.hub_double(args.work_dir / "hub-double", port=port):

@@ -24,6 +24,8 @@ from pocketlm.spaces import SPACE_NAMES, SPACE_TITLES
 DEFAULT_PORT = 7860
 SUITE = "suite"
 RAG_FLAGS = ("rag_index", "rag_generator", "rag_base")
+TAB_FLAGS = ("lm", "qa", "qa_pytorch", "rag_index")
+"""The suite's flags that take 'none' to leave a tab out."""
 
 
 @dataclass(frozen=True)
@@ -73,7 +75,7 @@ def parse_args(space: str, argv: list[str] | None = None) -> argparse.Namespace:
         parser.add_argument(f"--{flag.replace('_', '-')}", default=None,
                             help=f"Hub id or folder of {spec.help} (default: ${ARTIFACTS[spec.default_id].env_var}, "
                             f"else {artifact_id(spec.default_id)})" +
-                            ("; 'none' leaves its tab out" if space == SUITE and flag in ("lm", "qa", "qa_pytorch", "rag_index") else ""))
+                            ("; 'none' leaves its tab out" if space == SUITE and flag in TAB_FLAGS else ""))
     if space in (SUITE, "text_generation"):
         parser.add_argument("--lm-precision", choices=["fp32", "int8"], default="fp32")
     if space in (SUITE, "question_answering"):
@@ -88,7 +90,7 @@ def parse_args(space: str, argv: list[str] | None = None) -> argparse.Namespace:
     for flag in space_flags(space):
         if getattr(args, flag) is None:
             setattr(args, flag, artifact_id(MODEL_FLAGS[flag].default_id))
-    if space == SUITE and all(chosen(args, flag) is None for flag in ("lm", "qa", "qa_pytorch", "rag_index")):
+    if space == SUITE and all(chosen(args, flag) is None for flag in TAB_FLAGS):
         parser.error("every model is 'none': nothing to serve")
     return args
 

@@ -143,6 +143,12 @@ def build(chat: RagChat, guard: ComputeGuard | None = None) -> gr.Blocks:
 
 def from_args(args, folders: dict) -> gr.Blocks:
     """The Space of `spaces/rag_chat/app.py`: the agent is loaded before the page opens."""
-    chat = RagChat(folders["rag_index"], folders["rag_generator"], base=folders["rag_base"])
+    chat = from_fetched(args, folders)
     chat.load()
     return build(chat)
+
+
+def from_fetched(args, folders: dict) -> RagChat:
+    """The agent by the ids the page shows (each already fetched into the cache or found on disk); the
+    default LoRA left out when it was not there."""
+    return RagChat(args.rag_index, args.rag_generator if folders["rag_generator"] else None, base=args.rag_base)

@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     if folders["rag_index"]:
         from pocketlm.spaces import rag_chat
 
-        rag = rag_chat.RagChat(folders["rag_index"], folders["rag_generator"], base=folders["rag_base"])
+        rag = rag_chat.from_fetched(args, folders)
     app = create_suite_app(models, backends, rag)
     from pocketlm.serving.http_limits import server_config
 
