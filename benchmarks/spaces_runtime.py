@@ -49,6 +49,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--work_dir", type=Path, default=runs_dir() / "spaces-runtime")
     parser.add_argument("--venv_cache", type=Path, default=None,
                         help="reuse a venv built from an identical requirements.txt (default: a fresh one)")
+    parser.add_argument("--venvs_only", action="store_true",
+                        help="only build the venvs into --venv_cache (staged here, no Hub), for a later run")
     parser.add_argument("--server_name", default="0.0.0.0", help="GRADIO_SERVER_NAME of the Spaces (as on Spaces)")
     parser.add_argument("--python", default=sys.executable, help="the Python 3.11 that builds the venvs")
     parser.add_argument("--ready_timeout_s", type=float, default=900.0)
@@ -106,8 +108,8 @@ def fresh_venv(requirements: Path, args, folder: Path) -> tuple[Path, float, boo
     digest = hashlib.sha256(requirements.read_bytes()).hexdigest()[:16]
     venv = (args.venv_cache / digest) if args.venv_cache else folder / "venv"
     python = venv / "bin" / "python"
-    if args.venv_cache and (venv / ".complete").is_file():
-        return python, 0.0, True
+    if args.venv_cache and (venv / ".complete").is_file():  # holds the seconds its build took
+        return python, float((venv / ".complete").read_text()), True
     started = time.perf_counter()
     subprocess.run([args.python, "-m", "venv", "--clear", str(venv)], check=True)
     # PIP_RETRIES=0: where an index of requirements.txt is unreachable (torch's CPU index, offline), skip it at once
@@ -115,8 +117,9 @@ def fresh_venv(requirements: Path, args, folder: Path) -> tuple[Path, float, boo
                             capture_output=True, text=True, env={**os.environ, "PIP_RETRIES": "0"})
     if result.returncode != 0:
         raise SystemExit(f"error: pip install -r {requirements} failed:\n{result.stderr[-3000:]}")
-    (venv / ".complete").touch()
-    return python, time.perf_counter() - started, False
+    seconds = time.perf_counter() - started
+    (venv / ".complete").write_text(f"{seconds:.1f}")
+    return python, seconds, False
 
 
 def space_env(endpoint: str, folder: Path, args) -> dict[str, str]:
@@ -222,6 +225,8 @@ def main(argv: list[str] | None = None) -> int:
                        "HF_HUB_DISABLE_PROGRESS_BARS": "1", "HF_TOKEN": "hf_spaces_runtime_check",
                        "HF_HOME": str(args.work_dir / "hf-home-pusher")})
     shutil.rmtree(args.work_dir, ignore_errors=True)
+    if args.venvs_only:
+        return build_venvs(args)
     results, pushed = {}, set()
     with double.hub_double(args.work_dir / "hub-double", port=port):
         for space in args.spaces:
@@ -238,8 +243,20 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def build_venvs(args) -> int:
+    from pocketlm.spaces.stage import stage
+
+    if args.venv_cache is None:
+        raise SystemExit("error: --venvs_only needs --venv_cache")
+    for space in args.spaces:
+        staged = stage(space, args.work_dir / space / "staged", args.namespace)
+        _, seconds, reused = fresh_venv(staged / "requirements.txt", args, args.work_dir / space)
+        print(f"{space}: venv {'already built' if reused else 'built'} in {seconds:.0f} s", flush=True)
+    return 0
+
+
 def _venv_cell(result: dict) -> str:
-    return "reused" if result["venv_reused"] else f"{result['venv_build_s']:.0f} s"
+    return f"{result['venv_build_s']:.0f} s" + (" (cached)" if result["venv_reused"] else "")
 
 
 def write(results: dict, args) -> None:
