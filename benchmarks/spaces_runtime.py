@@ -178,7 +178,7 @@ def _answer(client) -> bool:
 
 
 def _compare(client) -> bool:
-    table, _ = client.predict(*QA_EXAMPLE, 2, api_name="/compare_runtimes")
+    table, _ = client.predict(*QA_EXAMPLE, 3, api_name="/compare_runtimes")
     return _check(len(table["data"]) == 3, "three runtimes")
 
 
@@ -227,20 +227,31 @@ def main(argv: list[str] | None = None) -> int:
     shutil.rmtree(args.work_dir, ignore_errors=True)
     if args.venvs_only:
         return build_venvs(args)
-    results, pushed = {}, set()
+    results, pushed, failed = {}, set(), []
     with double.hub_double(args.work_dir / "hub-double", port=port):
         for space in args.spaces:
-            folder = args.work_dir / space
-            models = push_artifacts(space, args, pushed)
-            app = staged_from_the_hub(space, args, folder)
-            python, venv_s, reused = fresh_venv(app / "requirements.txt", args, folder)
-            print(f"{space}: venv {'reused' if reused else f'built in {venv_s:.0f} s'}; starting app.py", flush=True)
-            timings = run_space(space, python, app, space_env(endpoint, folder, args), args)
-            results[space] = {"venv_build_s": round(venv_s, 1), "venv_reused": reused, "models": models, **timings}
-            print(f"{space}: cold start {timings['cold_start_s']} s, first answer {timings['first_answer_s']} s, "
-                  f"answered {', '.join(timings['endpoints'])}", flush=True)
-    write(results, args)
-    return 0
+            try:
+                results[space] = check_space(space, args, endpoint, pushed)
+            except (Exception, SystemExit) as err:  # the other Spaces still run; the exit status says it failed
+                print(f"{space}: FAILED: {err}", flush=True)
+                failed.append(space)
+    if results:
+        write(results, args)
+    if failed:
+        print(f"failed: {', '.join(failed)} (each Space's log: {args.work_dir}/<space>/space.log)", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def check_space(space: str, args, endpoint: str, pushed: set[str]) -> dict:
+    folder = args.work_dir / space
+    models = push_artifacts(space, args, pushed)
+    app = staged_from_the_hub(space, args, folder)
+    python, venv_s, reused = fresh_venv(app / "requirements.txt", args, folder)
+    print(f"{space}: venv {'reused' if reused else f'built in {venv_s:.0f} s'}; starting app.py", flush=True)
+    timings = run_space(space, python, app, space_env(endpoint, folder, args), args)
+    print(f"{space}: cold start {timings['cold_start_s']} s, first answer {timings['first_answer_s']} s, "
+          f"answered {', '.join(timings['endpoints'])}", flush=True)
+    return {"venv_build_s": round(venv_s, 1), "venv_reused": reused, "models": models, **timings}
 
 
 def build_venvs(args) -> int:
