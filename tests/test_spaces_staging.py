@@ -13,7 +13,6 @@ import re
 import subprocess
 import sys
 from importlib.metadata import version
-from pathlib import Path
 
 import httpx
 import pytest
