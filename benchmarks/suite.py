@@ -90,13 +90,13 @@ def time_tab_examples(base_url: str, examples: dict[str, tuple[str, tuple]], rep
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from pocketlm.spaces.cli import check_models, parse_args as suite_args
+    from pocketlm.spaces.cli import fetch_models, parse_args as suite_args
     from pocketlm.spaces.launch import running_suite
     from pocketlm.spaces.examples import QA_EXAMPLES
 
     suite_flags = ["--lm", args.lm, "--qa", args.qa, "--qa-pytorch", args.qa_pytorch,
                    "--rag-index", args.rag_index, "--rag-generator", args.rag_generator]
-    check_models(suite_args("suite", suite_flags), suite=True)
+    fetch_models(suite_args("suite", suite_flags), suite=True)
     rag = args.rag_index != "none"
     qa_example = json.dumps({"question": QA_EXAMPLES[0][0], "context": QA_EXAMPLES[0][1]}).encode()
 

@@ -346,22 +346,6 @@ def test_a_standalone_space_serves_its_endpoint(qa_pair, local_qa):
     assert answer == local_qa.answer(*QA_EXAMPLES[2]).text
 
 
-@pytest.mark.parametrize("space", SPACE_NAMES)
-def test_each_space_folder_runs_on_its_own_as_staged_for_the_hub(space, tmp_path):
-    from pocketlm.spaces.stage import stage
-
-    folder = stage(space, tmp_path / space)
-    front_matter = (folder / "README.md").read_text().split("---")[1]
-    gradio_pin = next(line.split("==")[1] for line in (REPO_ROOT / "requirements-lock.txt").read_text().splitlines()
-                      if line.startswith("gradio=="))
-    assert "sdk: gradio" in front_matter and f"sdk_version: {gradio_pin}" in front_matter and "app_file: app.py" in front_matter
-    assert "models:\n  - pocketlm/" in front_matter and "onnxruntime==" in (folder / "requirements.txt").read_text()
-    # No PYTHONPATH, run from the staged folder: app.py finds pocketlm beside it, as on the Hub.
-    result = subprocess.run([sys.executable, "app.py", "--help"], capture_output=True, text=True, cwd=folder,
-                            env={"PATH": os.environ.get("PATH", "")}, timeout=60)
-    assert result.returncode == 0 and "--port" in result.stdout, result.stderr
-
-
 def test_a_missing_model_is_a_one_line_error_naming_the_flag():
     result = subprocess.run([sys.executable, str(SPACES_DIR / "suite" / "app.py"), "--lm", "pocketlm/not-built"],
                             capture_output=True, text=True, cwd=REPO_ROOT, timeout=60,

@@ -9,13 +9,18 @@ has, marked as truncated): a slow tool must not hang the REPL.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from pocketlm.rag.prompt import Fragment, content_words
 
 MOCK_LABEL = "MOCK web_search (offline, deterministic: a fixed local page set, not the internet)"
 MOCK_URL = "https://mock-search.invalid/wiki/"
+PAGES_FILE = Path(__file__).with_name("mock_web_pages.json")
+"""The page set a staged Space carries inside its `pocketlm` package (`pocketlm.spaces.stage` writes it from
+the mirror): a Space has no data mirror beside it. A checkout has no such file and reads the mirror."""
 
 
 @dataclass(frozen=True)
@@ -50,7 +55,10 @@ class SearchResponse:
 
 
 def default_pages(max_words: int = 80) -> list[tuple[str, str]]:
-    """(title, lead paragraph) of every WikiText-2 article in the mirror; empty if the mirror is absent."""
+    """(title, lead paragraph) of every WikiText-2 article: from `PAGES_FILE` where a staged Space carries it,
+    else from the mirror; empty if neither is there."""
+    if PAGES_FILE.is_file():
+        return [(title, " ".join(text.split()[:max_words])) for title, text in json.loads(PAGES_FILE.read_text("utf-8"))]
     from pocketlm.data import corpus_folder
     from pocketlm.errors import PocketLMError
 

@@ -11,6 +11,7 @@ import gc
 import os
 
 from pocketlm import MINILM_SQUAD_ONNX, TINY_LM_ONNX
+from pocketlm.artifacts import ARTIFACTS, artifact_id
 from pocketlm.cli import run
 from pocketlm.serving.admission import Limits
 
@@ -20,8 +21,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m pocketlm.serving", description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1", help="interface to bind (default: loopback only)")
     parser.add_argument("--port", type=int, default=8000)
-    parser.add_argument("--lm", default=TINY_LM_ONNX, help="Hub id or folder of the LM's ONNX export ('none' to skip)")
-    parser.add_argument("--qa", default=MINILM_SQUAD_ONNX, help="Hub id or folder of the QA ONNX export ('none' to skip)")
+    # the defaults come from the environment, as in the Spaces (pocketlm.artifacts): POCKETLM_NAMESPACE, one per model
+    parser.add_argument("--lm", default=None, help="Hub id or folder of the LM's ONNX export ('none' to skip; default: "
+                        f"${ARTIFACTS[TINY_LM_ONNX].env_var}, else {artifact_id(TINY_LM_ONNX)})")
+    parser.add_argument("--qa", default=None, help="Hub id or folder of the QA ONNX export ('none' to skip; default: "
+                        f"${ARTIFACTS[MINILM_SQUAD_ONNX].env_var}, else {artifact_id(MINILM_SQUAD_ONNX)})")
     parser.add_argument("--lm-precision", choices=["fp32", "int8"], default="fp32",
                         help="which LM graph to serve (default fp32: token for token what PyTorch generates, and the "
                         "same batched or not; dynamic int8 changes some greedy tokens, see the export's model card)")
@@ -50,6 +54,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     parser.add_argument("--access-log", action="store_true", help="log every request (off: it costs time under load)")
     args = parser.parse_args(argv)
+    args.lm = args.lm or artifact_id(TINY_LM_ONNX)
+    args.qa = args.qa or artifact_id(MINILM_SQUAD_ONNX)
     if not 0 < args.port < 65536:
         parser.error(f"--port must be in 1..65535, got {args.port}")
     for flag in ("max_active", "max_batch", "threads"):

@@ -57,20 +57,28 @@ def running_process(
     log_path: str | Path,
     ready_timeout_s: float = 60.0,
     poll_s: float = 0.005,
+    cwd: str | Path | None = None,
+    base_env: Mapping[str, str] | None = None,
 ) -> Iterator[ServerProcess]:
     """Run `command` (a server listening on 127.0.0.1:`port`) until the first 200 on `ready_path`; yield it with
     the time that took; stop it on exit (SIGTERM, then SIGKILL).
+
+    It runs in the checkout with this process's environment and the checkout on `PYTHONPATH`, plus `env`; a
+    program that must not see the checkout (a staged Space in its own venv) gives `cwd` and `base_env`, the
+    environment to start from instead.
 
     Its output goes to `log_path`, never to a pipe nobody reads, which would block the server once the pipe
     buffer filled; the log's tail is in the error if it exits or is not ready in time.
     """
     log_path = Path(log_path)
     name = command[2] if command[1] == "-m" else command[1]  # the module or script, for the errors below
-    pythonpath = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
-    env = {**os.environ, "PYTHONPATH": pythonpath, **(env or {})}
+    if base_env is None:
+        pythonpath = os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))
+        base_env = {**os.environ, "PYTHONPATH": pythonpath}
+    env = {**base_env, **(env or {})}
     with open(log_path, "wb") as log:
         started = time.perf_counter()
-        process = subprocess.Popen(list(command), stdout=log, stderr=subprocess.STDOUT, cwd=REPO_ROOT, env=env)
+        process = subprocess.Popen(list(command), stdout=log, stderr=subprocess.STDOUT, cwd=cwd or REPO_ROOT, env=env)
     base_url = f"http://127.0.0.1:{port}"
     try:
         while not request_ok(base_url + ready_path, ready_body, timeout=1 if ready_body is None else 5):

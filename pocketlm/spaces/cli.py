@@ -1,33 +1,65 @@
 """Command lines of the Spaces: `spaces/<name>/app.py` (one Space) and `spaces/suite/app.py` (all of them,
 mounted on the REST API). Plain argparse, parsed before anything heavy is imported, so `--help` and a bad
-flag answer at once; a model that is not built is a one-line error naming its flag.
+flag answer at once.
+
+A Space takes no flags on Hugging Face: each model id comes from its flag if given, else from the
+environment (`pocketlm.artifacts`: `POCKETLM_TINY_LM_ONNX=alice/tiny-lm-onnx`, `POCKETLM_NAMESPACE=alice`),
+else `pocketlm/...`. A model that cannot be found is a one-line error when its flag named it; when it came
+from the defaults or the environment — as in a Space — the Space serves a page instead that names the id it
+looked for and how to build or push it (`pocketlm.spaces.common.missing_models_page`).
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import sys
-import threading
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
-from pocketlm import MINILM_SQUAD, MINILM_SQUAD_ONNX, RAG_INDEX, TINY_LM_ONNX, TINY_LM_RAG_LORA
-from pocketlm.spaces import SPACE_NAMES
+from pocketlm import BASE_ENCODER, MINILM_SQUAD, MINILM_SQUAD_ONNX, RAG_INDEX, TINY_LM, TINY_LM_ONNX, TINY_LM_RAG_LORA
+from pocketlm.artifacts import ARTIFACTS, artifact_id
+from pocketlm.hub import ArtifactNotFoundError
+from pocketlm.spaces import SPACE_NAMES, SPACE_TITLES
 
 DEFAULT_PORT = 7860
 SUITE = "suite"
+RAG_FLAGS = ("rag_index", "rag_generator", "rag_base")
+TAB_FLAGS = ("lm", "qa", "qa_pytorch", "rag_index")
+"""The suite's flags that take 'none' to leave a tab out."""
 
-# flag -> (default, help, the Spaces that use it)
-MODEL_FLAGS: dict[str, tuple[str, str, tuple[str, ...]]] = {
-    "lm": (TINY_LM_ONNX, "the LM's ONNX export (text generation)", ("text_generation",)),
-    "qa": (MINILM_SQUAD_ONNX, "the QA model's ONNX export (question answering, benchmark)",
-           ("question_answering", "onnx_benchmark")),
-    "qa_pytorch": (MINILM_SQUAD, "the QA model's PyTorch checkpoint (benchmark)", ("onnx_benchmark",)),
-    "rag_index": (RAG_INDEX, "the FAISS index and its retriever (RAG chat)", ("rag_chat",)),
-    "rag_generator": (TINY_LM_RAG_LORA, "the RAG generator's LoRA (RAG chat; 'none', or the default when it is "
-                      "not built: the base LM alone)", ("rag_chat",)),
+
+@dataclass(frozen=True)
+class ModelFlag:
+    default_id: str
+    """The artifact's default id (`pocketlm.artifacts.ARTIFACTS`); the environment may override it."""
+    help: str
+    spaces: tuple[str, ...]
+
+
+MODEL_FLAGS: dict[str, ModelFlag] = {
+    "lm": ModelFlag(TINY_LM_ONNX, "the LM's ONNX export (text generation)", ("text_generation",)),
+    "qa": ModelFlag(MINILM_SQUAD_ONNX, "the QA model's ONNX export (question answering, benchmark)",
+                    ("question_answering", "onnx_benchmark")),
+    "qa_pytorch": ModelFlag(MINILM_SQUAD, "the QA model's PyTorch checkpoint (benchmark)", ("onnx_benchmark",)),
+    "rag_index": ModelFlag(RAG_INDEX, "the FAISS index and its retriever (RAG chat)", ("rag_chat",)),
+    "rag_generator": ModelFlag(TINY_LM_RAG_LORA, "the RAG generator's LoRA (RAG chat; 'none', or the default when it "
+                               "is not there: the base LM alone)", ("rag_chat",)),
+    "rag_base": ModelFlag(TINY_LM, "the RAG generator's base LM, the model its LoRA was trained on (RAG chat)",
+                          ("rag_chat",)),
 }
+
+SPACE_EXTRA_MODELS = {"rag_chat": (BASE_ENCODER,)}
+"""Models a Space loads that are not pocketlm artifacts (the RAG index names its encoder)."""
+
+
+def space_flags(space: str) -> list[str]:
+    return [flag for flag, spec in MODEL_FLAGS.items() if space == SUITE or space in spec.spaces]
+
+
+def space_models(space: str, environ: Mapping[str, str] | None = None) -> list[str]:
+    """The ids `space` loads by default under `environ` (default: the process's): its README's `models:`."""
+    return [artifact_id(MODEL_FLAGS[flag].default_id, environ) for flag in space_flags(space)] + [
+        model for name in ((space,) if space != SUITE else SPACE_NAMES) for model in SPACE_EXTRA_MODELS.get(name, ())]
 
 
 def parse_args(space: str, argv: list[str] | None = None) -> argparse.Namespace:
@@ -38,11 +70,12 @@ def parse_args(space: str, argv: list[str] | None = None) -> argparse.Namespace:
                         help="interface to bind (default: $GRADIO_SERVER_NAME, else 127.0.0.1: loopback only)")
     parser.add_argument("--port", type=int, default=int(os.environ.get("GRADIO_SERVER_PORT", DEFAULT_PORT)),
                         help="(default: $GRADIO_SERVER_PORT, else %(default)s)")
-    for flag, (default, text, spaces) in MODEL_FLAGS.items():
-        if space == SUITE or space in spaces:
-            parser.add_argument(f"--{flag.replace('_', '-')}", default=default,
-                                help=f"Hub id or folder of {text} (default: %(default)s)" +
-                                ("; 'none' leaves its tab out" if space == SUITE and flag != "rag_generator" else ""))
+    for flag in space_flags(space):
+        spec = MODEL_FLAGS[flag]
+        parser.add_argument(f"--{flag.replace('_', '-')}", default=None,
+                            help=f"Hub id or folder of {spec.help} (default: ${ARTIFACTS[spec.default_id].env_var}, "
+                            f"else {artifact_id(spec.default_id)})" +
+                            ("; 'none' leaves its tab out" if space == SUITE and flag in TAB_FLAGS else ""))
     if space in (SUITE, "text_generation"):
         parser.add_argument("--lm-precision", choices=["fp32", "int8"], default="fp32")
     if space in (SUITE, "question_answering"):
@@ -53,137 +86,93 @@ def parse_args(space: str, argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--port must be in 1..65535, got {args.port}")
     if args.threads is not None and args.threads < 1:
         parser.error(f"--threads must be at least 1, got {args.threads}")
-    if space == SUITE and all(getattr(args, flag) == "none" for flag in MODEL_FLAGS if flag != "rag_generator"):
+    args.explicit = {flag for flag in space_flags(space) if getattr(args, flag) is not None}
+    for flag in space_flags(space):
+        if getattr(args, flag) is None:
+            setattr(args, flag, artifact_id(MODEL_FLAGS[flag].default_id))
+    if space == SUITE and all(chosen(args, flag) is None for flag in TAB_FLAGS):
         parser.error("every model is 'none': nothing to serve")
     return args
 
 
-def check_models(args: argparse.Namespace, suite: bool = False) -> None:
-    """Fail before the slow imports when a model is not built: `error: --qa pocketlm/...: <where we looked>`."""
-    from pocketlm.hub import ArtifactNotFoundError, resolve
+def chosen(args: argparse.Namespace, flag: str) -> str | None:
+    """The id or folder given for `flag`, or None ('none', or not a flag of this Space, or RAG left out)."""
+    value = getattr(args, flag, None)
+    if value in (None, "none") or flag in RAG_FLAGS and getattr(args, "rag_index", "none") == "none":
+        return None
+    return value
 
+
+@dataclass(frozen=True)
+class Missing:
+    flag: str
+    repo_id: str
+    reason: str
+
+
+class MissingModels(ArtifactNotFoundError):
+    """Models of a Space that are neither on disk nor on the Hub; the message names each flag and id."""
+
+    def __init__(self, missing: list[Missing], suite: bool = False):
+        self.missing = missing
+        hint = " (or pass it as 'none' to leave its tab out)" if suite else ""
+        super().__init__("; ".join(f"--{m.flag.replace('_', '-')} {m.repo_id}: {m.reason}{hint}" for m in missing))
+
+
+def fetch_models(args: argparse.Namespace, suite: bool = False) -> dict[str, str | None]:
+    """flag -> a folder or id that loads offline from here on, for every model chosen in `args`: found on disk,
+    or downloaded from the Hub by repo id. Raises `MissingModels` listing every one that is not there; the
+    default RAG LoRA is optional (without it the RAG agent answers with the base LM)."""
+    from pocketlm.spaces.common import local_folder
+
+    folders: dict[str, str | None] = {}
+    missing = []
     for flag in MODEL_FLAGS:
-        repo_id = getattr(args, flag, "none")
-        if flag.startswith("rag_") and not _rag_enabled(args):
+        repo_id = chosen(args, flag)
+        if repo_id is None:
+            folders[flag] = None
             continue
-        if flag == "rag_generator" and repo_id == TINY_LM_RAG_LORA:
-            continue  # optional: without it the agent answers with the base LM (pocketlm.rag.generator.load_generator)
-        if repo_id != "none":
-            try:
-                resolve(repo_id)
-            except ArtifactNotFoundError as err:
-                hint = " (or pass it as 'none' to leave its tab out)" if suite else ""
-                raise ArtifactNotFoundError(f"--{flag.replace('_', '-')} {repo_id}: {err}{hint}") from None
+        try:
+            folders[flag] = local_folder(repo_id)
+        except ArtifactNotFoundError as err:
+            folders[flag] = None
+            if not (flag == "rag_generator" and repo_id == artifact_id(TINY_LM_RAG_LORA)):
+                missing.append(Missing(flag, repo_id, str(err)))
+    if missing:
+        raise MissingModels(missing, suite)
+    return folders
 
 
-def _rag_enabled(args: argparse.Namespace) -> bool:
-    """`--rag-index none` leaves the RAG tab out."""
-    return _chosen(args, "rag_index") is not None
+def models_or_page(space: str, args: argparse.Namespace):
+    """`(folders, None)`, or `(None, page)` when a model from the defaults or the environment is missing; a
+    missing model that a flag named is the one-line error."""
+    try:
+        return fetch_models(args, suite=space == SUITE), None
+    except MissingModels as err:
+        if any(m.flag in args.explicit for m in err.missing):
+            raise
+        from pocketlm.spaces.common import missing_models_page
+
+        print(f"warning: {err}", flush=True)
+        return None, missing_models_page(SPACE_TITLES.get(space, "Spaces suite"), err.missing)
 
 
-def _chosen(args: argparse.Namespace, flag: str) -> str | None:
-    value = getattr(args, flag, "none")
-    return None if value == "none" else value
-
-
-def space_main(space: str, argv: list[str] | None = None) -> int:
-    """`spaces/<space>/app.py`: load that Space's models by repo id, build it, launch it with Gradio's server."""
-    if space not in SPACE_NAMES:
-        raise ValueError(f"unknown Space {space!r}")
-    args = parse_args(space, argv)
-    check_models(args)
-    print(f"loading the models of {space}…", flush=True)
-    blocks = _build_space(space, args)
+def launch(blocks, args: argparse.Namespace) -> None:
     from pocketlm.spaces.common import MAX_UPLOAD_BYTES, queued
 
     queued(blocks).launch(server_name=args.host, server_port=args.port, ssr_mode=False, show_error=True,
                           footer_links=["api"], max_file_size=MAX_UPLOAD_BYTES)
+
+
+def space_main(space: str, build: Callable[[argparse.Namespace, dict], object], argv: list[str] | None = None) -> int:
+    """`spaces/<space>/app.py`: fetch that Space's models, `build(args, folders)` its Blocks, launch them with
+    Gradio's server (or the missing-models page)."""
+    if space not in SPACE_NAMES:
+        raise ValueError(f"unknown Space {space!r}")
+    args = parse_args(space, argv)
+    folders, blocks = models_or_page(space, args)
+    if folders is not None:
+        print(f"loading the models of {space}…", flush=True)
+        blocks = build(args, folders)
+    launch(blocks, args)
     return 0
-
-
-def _build_space(space: str, args: argparse.Namespace):
-    from pocketlm.spaces.common import local_folder
-
-    if space == "text_generation":
-        from pocketlm.serving.models import load_lm
-        from pocketlm.spaces import text_generation
-
-        return text_generation.build(load_lm(local_folder(args.lm), args.lm_precision, args.threads))
-    if space == "question_answering":
-        from pocketlm.serving.models import load_qa
-        from pocketlm.spaces import question_answering
-
-        return question_answering.build(load_qa(local_folder(args.qa), args.qa_precision, args.threads))
-    if space == "onnx_benchmark":
-        from pocketlm.spaces import onnx_benchmark
-
-        backends = onnx_benchmark.QABackends(args.qa_pytorch, args.qa, args.threads)
-        backends.load()
-        return onnx_benchmark.build(backends)
-    from pocketlm.spaces import rag_chat
-
-    chat = rag_chat.RagChat(args.rag_index, _chosen(args, "rag_generator"))
-    chat.load()
-    return rag_chat.build(chat)
-
-
-def suite_main(argv: list[str] | None = None) -> int:
-    """`spaces/suite/app.py`: the four Spaces in tabs on the REST API's app, one process, one set of models.
-
-    The ONNX models load while gradio imports (native session building releases the GIL); the torch-based
-    parts (the benchmark's PyTorch runtime, the RAG agent) load in the background once the server is up, so
-    `/qa` and `/generate` answer within seconds of the start.
-    """
-    started = time.perf_counter()
-    args = parse_args(SUITE, argv)
-    check_models(args, suite=True)
-    from concurrent.futures import ThreadPoolExecutor
-
-    from pocketlm.spaces.common import local_folder
-
-    lm, qa = (_chosen(args, flag) for flag in ("lm", "qa"))
-    with ThreadPoolExecutor(1) as pool:
-        from pocketlm.serving.models import load_models
-
-        loading = pool.submit(
-            load_models, lm and local_folder(lm), qa and local_folder(qa),
-            lm_precision=args.lm_precision, qa_precision=args.qa_precision, threads=args.threads,
-        )
-        import uvicorn
-
-        from pocketlm.spaces.onnx_benchmark import QABackends
-        from pocketlm.spaces.suite import create_suite_app
-
-        models = loading.result()
-    backends = QABackends(args.qa_pytorch, qa, args.threads) if qa and _chosen(args, "qa_pytorch") else None
-    rag = None
-    if _rag_enabled(args):
-        from pocketlm.spaces import rag_chat
-
-        rag = rag_chat.RagChat(args.rag_index, _chosen(args, "rag_generator"))
-    app = create_suite_app(models, backends, rag)
-    from pocketlm.serving.http_limits import server_config
-
-    # Open event streams (a browser tab, a streaming client) would hold a graceful shutdown forever: cap it.
-    server = uvicorn.Server(server_config(app, args.host, args.port, app.state.admission.limits, log_level="warning",
-                                          access_log=False, timeout_graceful_shutdown=2))
-    background = [loader.load for loader in (backends, rag) if loader is not None]
-    threading.Thread(target=_load_when_serving, args=(server, background, started), daemon=True).start()
-    server.run()
-    return 0
-
-
-def _load_when_serving(server, loaders: list[Callable[[], object]], started: float) -> None:
-    while not server.started:
-        if server.should_exit:
-            return
-        time.sleep(0.05)
-    host, port = server.config.host, server.config.port
-    print(f"pocketlm Spaces suite on http://{host}:{port}/ (REST API docs: http://{host}:{port}/docs), "
-          f"ready in {time.perf_counter() - started:.1f} s, pid {os.getpid()}", flush=True)
-    for load in loaders:
-        try:
-            load()
-        except Exception as err:  # the tab reports it on use; the rest of the suite keeps serving
-            print(f"warning: background loading failed: {err}", file=sys.stderr, flush=True)
-    print(f"all tabs loaded ({time.perf_counter() - started:.1f} s after start)", flush=True)

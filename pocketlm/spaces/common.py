@@ -186,15 +186,34 @@ def user_errors(fn: Callable[..., T]) -> Callable[..., T]:
 def local_folder(repo_id: str) -> str:
     """`repo_id` itself when `pocketlm.hub.resolve` finds it on disk (a path or the local hub folder); where
     resolve answers with the bare Hub id instead (nothing local, the Hub reachable — as on Hugging Face
-    Spaces), a snapshot of the repo downloaded once: the ONNX loaders read files, not Hub ids."""
-    from pocketlm.hub import resolve
+    Spaces), a snapshot of the repo downloaded once: the ONNX loaders read files, not Hub ids. A repo the
+    Hub does not have (or will not show) is an `ArtifactNotFoundError` naming it."""
+    from pocketlm.hub import ArtifactNotFoundError, resolve
 
     if Path(resolve(repo_id)).is_dir():
         return repo_id
     from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
-    return snapshot_download(repo_id)
+    try:
+        return snapshot_download(repo_id)
+    except (HfHubHTTPError, LocalEntryNotFoundError) as err:
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ArtifactNotFoundError(f"{repo_id!r} could not be downloaded from the Hub ({reason})") from None
 
+
+def missing_models_page(title: str, missing: list) -> gr.Blocks:
+    """The page a Space serves instead of crashing when a model it needs is missing: each id it looked for,
+    why it is not there, and how to build or push it (`pocketlm.artifacts.how_to_provide`)."""
+    from pocketlm.artifacts import how_to_provide
+
+    lines = [f"# pocketlm · {title}", "**This Space cannot start: a model it needs is not available.**", ""]
+    for item in missing:
+        lines += [f"- **`{item.repo_id}`** (`--{item.flag.replace('_', '-')}`): {item.reason}",
+                  f"  - To fix: {how_to_provide(item.repo_id)}."]
+    with page(f"pocketlm · {title}") as demo:
+        gr.Markdown("\n".join(lines), elem_id="missing-models")
+    return demo
 
 
 def page(title: str) -> gr.Blocks:

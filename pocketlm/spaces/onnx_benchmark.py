@@ -150,3 +150,10 @@ def render(backends: QABackends, guard: ComputeGuard | None = None, recorded: Pa
 
 def build(backends: QABackends, guard: ComputeGuard | None = None, recorded: Path = RECORDED_RESULTS) -> gr.Blocks:
     return standalone(TITLE, render, backends, guard, recorded)
+
+
+def from_args(args, folders: dict) -> gr.Blocks:
+    """The Space of `spaces/onnx_benchmark/app.py`: the three runtimes are loaded before the page opens."""
+    backends = QABackends(folders["qa_pytorch"], folders["qa"], args.threads)
+    backends.load()
+    return build(backends)

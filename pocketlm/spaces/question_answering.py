@@ -74,3 +74,10 @@ def render(qa: ServedModel, guard: ComputeGuard | None = None) -> None:
 
 def build(qa: ServedModel, guard: ComputeGuard | None = None) -> gr.Blocks:
     return standalone(TITLE, render, qa, guard)
+
+
+def from_args(args, folders: dict) -> gr.Blocks:
+    """The Space of `spaces/question_answering/app.py`, from its command line and fetched models."""
+    from pocketlm.serving.models import load_qa
+
+    return build(load_qa(folders["qa"], args.qa_precision, args.threads))

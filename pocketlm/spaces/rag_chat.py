@@ -28,17 +28,17 @@ HELP = help_text(markdown=True)
 class RagChat(LoadOnce[Any]):
     """The RAG agent, loaded once (torch, transformers, FAISS, LangChain: seconds) and shared by all sessions."""
 
-    def __init__(self, index: str = RAG_INDEX, generator: str | None = TINY_LM_RAG_LORA):
+    def __init__(self, index: str = RAG_INDEX, generator: str | None = TINY_LM_RAG_LORA, base: str | None = None):
         super().__init__(lambda: self._load())
-        self.index, self.generator = index, generator
+        self.index, self.generator, self.base = index, generator, base
         self._turn = threading.Lock()
 
     def _load(self):
         from pocketlm.rag.chain import RagAgent
 
-        # The LoRA goes by id: `load_generator` resolves it, and falls back to its base LM when the default
-        # LoRA is not built (the description then says "no LoRA").
-        return RagAgent.from_pretrained(local_folder(self.index), lora=self.generator)
+        # The LoRA goes by id: `load_generator` resolves it, and falls back to the base LM when the default
+        # LoRA is not built (the description then says "no LoRA"). `base` None: the base the LoRA names.
+        return RagAgent.from_pretrained(local_folder(self.index), lora=self.generator or "none", base=self.base)
 
     def new_memory(self):
         from pocketlm.rag.chain import WindowedChatHistory
@@ -139,3 +139,16 @@ def render(chat: RagChat, guard: ComputeGuard | None = None) -> None:
 
 def build(chat: RagChat, guard: ComputeGuard | None = None) -> gr.Blocks:
     return standalone(TITLE, render, chat, guard)
+
+
+def from_args(args, folders: dict) -> gr.Blocks:
+    """The Space of `spaces/rag_chat/app.py`: the agent is loaded before the page opens."""
+    chat = from_fetched(args, folders)
+    chat.load()
+    return build(chat)
+
+
+def from_fetched(args, folders: dict) -> RagChat:
+    """The agent by the ids the page shows (each already fetched into the cache or found on disk); the
+    default LoRA left out when it was not there."""
+    return RagChat(args.rag_index, args.rag_generator if folders["rag_generator"] else None, base=args.rag_base)

@@ -35,11 +35,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from pocketlm.spaces.browser import visit_suite
     from pocketlm.spaces.examples import CHAT_EXAMPLES
-    from pocketlm.spaces.cli import check_models, parse_args as suite_args
+    from pocketlm.spaces.cli import fetch_models, parse_args as suite_args
     from pocketlm.spaces.launch import running_suite
 
     flags = suite_args("suite", suite_flags)
-    check_models(flags, suite=True)
+    fetch_models(flags, suite=True)
     tabs = [name for name in SPACE_NAMES if name != "rag_chat" or flags.rag_index != "none"]
     with running_suite(suite_flags) as suite:
         visit = visit_suite(suite.base_url, args.output_dir, tabs, CHAT_EXAMPLES)

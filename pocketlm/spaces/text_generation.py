@@ -77,3 +77,10 @@ def render(lm: ServedModel, guard: ComputeGuard | None = None) -> None:
 
 def build(lm: ServedModel, guard: ComputeGuard | None = None) -> gr.Blocks:
     return standalone(TITLE, render, lm, guard)
+
+
+def from_args(args, folders: dict) -> gr.Blocks:
+    """The Space of `spaces/text_generation/app.py`, from its command line and fetched models."""
+    from pocketlm.serving.models import load_lm
+
+    return build(load_lm(folders["lm"], args.lm_precision, args.threads))
