@@ -30,11 +30,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from pocketlm import MINILM_SQUAD, MINILM_SQUAD_ONNX, MINILM_SST2_PEFT, RAG_INDEX, TINY_LM, TINY_LM_ONNX, TINY_LM_RAG_LORA
-from pocketlm.hub import NAMESPACE_ENV, in_hf_cache, namespace_repo_id, on_the_hub, resolve
+from pocketlm.artifacts import DEFAULT_NAMESPACE, NAMESPACE_VAR
+from pocketlm.hub import in_hf_cache, namespace_repo_id, on_the_hub, resolve
 from pocketlm.settings import REPO_ROOT, hub_dir, runs_dir
 
 ARTIFACTS = (TINY_LM, TINY_LM_ONNX, MINILM_SQUAD, MINILM_SQUAD_ONNX, RAG_INDEX, TINY_LM_RAG_LORA, MINILM_SST2_PEFT)
-DEFAULT_NAMESPACE = "pocketlm"
 
 ACCELERATE = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", "accelerate_configs/cpu.yaml"]
 
@@ -164,8 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, default=7860, help="(default: %(default)s)")
     parser.add_argument("--with-classifier", action="store_true",
                         help="also fine-tune and evaluate the SST-2 classifier (pocketlm/minilm-sst2-peft) before the suite")
-    parser.add_argument("--namespace", default=os.environ.get(NAMESPACE_ENV) or DEFAULT_NAMESPACE,
-                        help=f"Hub owner of the artifacts to download or build (default: ${NAMESPACE_ENV}, else %(default)s)")
+    parser.add_argument("--namespace", default=os.environ.get(NAMESPACE_VAR) or DEFAULT_NAMESPACE,
+                        help=f"Hub owner of the artifacts to download or build (default: ${NAMESPACE_VAR}, else %(default)s)")
     args = parser.parse_args(argv)
     namespace_repo_id(TINY_LM, args.namespace)  # a malformed namespace: one line, before anything runs
 
@@ -183,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.list:
         return 0
 
-    env = {**os.environ, NAMESPACE_ENV: args.namespace}  # the suite loads the artifacts of this namespace too
+    env = {**os.environ, NAMESPACE_VAR: args.namespace}  # the suite loads the artifacts of this namespace too
     started, timings = time.perf_counter(), []
     for number, step in enumerate(steps, 1):
         if states[number - 1] in ("done", "skip"):

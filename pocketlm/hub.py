@@ -314,19 +314,13 @@ def _stored_token() -> str | None:
     return get_token()
 
 
-NAMESPACE_ENV = "POCKETLM_NAMESPACE"
-"""Environment variable naming the Hub owner whose artifacts `make demo` looks for (default: `pocketlm`)."""
-
-
 def namespace_repo_id(repo_id: str, namespace: str | None) -> str:
-    """`pocketlm/tiny-lm` under namespace `alice` → `alice/tiny-lm` (the namespace is checked as a repo owner)."""
+    """`pocketlm/tiny-lm` under namespace `alice` → `alice/tiny-lm` (the namespace is checked as a Hub owner)."""
     if not namespace:
         return repo_id
-    try:
-        return validate_repo_id(f"{namespace}/{repo_id.split('/')[-1]}")
-    except InvalidRepoIdError:
-        raise InvalidRepoIdError(f"--namespace {namespace!r} is not a Hub owner name: use letters, digits, '-', '_' "
-                                 "and '.', without '--' or '..', not starting or ending with '-' or '.'") from None
+    from pocketlm.artifacts import validate_namespace
+
+    return f"{validate_namespace(namespace)}/{repo_id.split('/')[-1]}"
 
 
 def in_hf_cache(repo_id: str) -> bool:

@@ -105,4 +105,4 @@ def test_the_namespace_comes_from_the_environment_and_offline_changes_nothing(hu
 def test_a_malformed_namespace_is_one_line(hub_with):
     result = _demo(hub_with("bad"), "--namespace", "not/a-name", "--list")
     assert result.returncode == 2 and result.stderr.count("\n") == 1
-    assert result.stderr.startswith("error: --namespace 'not/a-name' is not a Hub owner name")
+    assert result.stderr.startswith("error: --namespace 'not/a-name' is not a Hub user or organisation name")
