@@ -25,9 +25,12 @@ MODEL_FLAGS: dict[str, tuple[str, str, tuple[str, ...]]] = {
            ("question_answering", "onnx_benchmark")),
     "qa_pytorch": (MINILM_SQUAD, "the QA model's PyTorch checkpoint (benchmark)", ("onnx_benchmark",)),
     "rag_index": (RAG_INDEX, "the FAISS index and its retriever (RAG chat)", ("rag_chat",)),
+    "rag_reader": (MINILM_SQUAD, "the RAG agent's extractive reader: its answers are spans it finds (RAG chat)", ("rag_chat",)),
     "rag_generator": (TINY_LM_RAG_LORA, "the RAG generator's LoRA (RAG chat; 'none', or the default when it is "
                       "not built: the base LM alone)", ("rag_chat",)),
 }
+_RAG_PARTS = ("rag_reader", "rag_generator")
+"""Flags of parts of the RAG chat (its tab goes with `--rag-index`)."""
 
 
 def parse_args(space: str, argv: list[str] | None = None) -> argparse.Namespace:
@@ -42,7 +45,7 @@ def parse_args(space: str, argv: list[str] | None = None) -> argparse.Namespace:
         if space == SUITE or space in spaces:
             parser.add_argument(f"--{flag.replace('_', '-')}", default=default,
                                 help=f"Hub id or folder of {text} (default: %(default)s)" +
-                                ("; 'none' leaves its tab out" if space == SUITE and flag != "rag_generator" else ""))
+                                ("; 'none' leaves its tab out" if space == SUITE and flag not in _RAG_PARTS else ""))
     if space in (SUITE, "text_generation"):
         parser.add_argument("--lm-precision", choices=["fp32", "int8"], default="fp32")
     if space in (SUITE, "question_answering"):
@@ -53,8 +56,10 @@ def parse_args(space: str, argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--port must be in 1..65535, got {args.port}")
     if args.threads is not None and args.threads < 1:
         parser.error(f"--threads must be at least 1, got {args.threads}")
-    if space == SUITE and all(getattr(args, flag) == "none" for flag in MODEL_FLAGS if flag != "rag_generator"):
+    if space == SUITE and all(getattr(args, flag) == "none" for flag in MODEL_FLAGS if flag not in _RAG_PARTS):
         parser.error("every model is 'none': nothing to serve")
+    if getattr(args, "rag_reader", None) == "none" and _rag_enabled(args):
+        parser.error("--rag-reader cannot be 'none': the RAG chat's answers are the reader's spans")
     return args
 
 
@@ -122,7 +127,7 @@ def _build_space(space: str, args: argparse.Namespace):
         return onnx_benchmark.build(backends)
     from pocketlm.spaces import rag_chat
 
-    chat = rag_chat.RagChat(args.rag_index, _chosen(args, "rag_generator"))
+    chat = rag_chat.RagChat(args.rag_index, _chosen(args, "rag_generator"), args.rag_reader)
     chat.load()
     return rag_chat.build(chat)
 
@@ -160,7 +165,7 @@ def suite_main(argv: list[str] | None = None) -> int:
     if _rag_enabled(args):
         from pocketlm.spaces import rag_chat
 
-        rag = rag_chat.RagChat(args.rag_index, _chosen(args, "rag_generator"))
+        rag = rag_chat.RagChat(args.rag_index, _chosen(args, "rag_generator"), args.rag_reader)
     app = create_suite_app(models, backends, rag)
     from pocketlm.serving.http_limits import server_config
 
