@@ -28,7 +28,7 @@ from pocketlm.rag.answer import (
     ABSTAIN_BELOW, MIN_ABSTENTION_PRECISION, RETRIEVAL_WEIGHT, RETRIEVAL_WEIGHTS, WRONG_BELOW_F1, abstention_report,
     choose_threshold, select_span, span_f1,
 )
-from pocketlm.rag.chain import NOT_FOUND, RagAgent
+from pocketlm.rag.chain import NOT_FOUND, RagAgent, cite
 from pocketlm.rag.corpus import rag_dev
 from pocketlm.rag.evaluation import answer_report
 from pocketlm.rag.followups import follow_up_set
@@ -71,6 +71,14 @@ def answers_section(agent: RagAgent, questions) -> tuple[dict, list]:
 
     rows = [report(tune, "tuning (even)"), report(held_out, "held-out (odd)"), report(list(range(len(questions))), "all")]
     generator = answer_report([r.generated for r in results], golds)
+    # Would the generator's text do better where the reader abstains? Its F1 on those questions, all of them and
+    # those where the fragments hold its text verbatim (the only ones it could be trusted on).
+    withheld = [i for i in range(len(questions)) if scores[i] < threshold]
+    verbatim = [i for i in withheld if cite(results[i].generated, results[i].fragments)]
+    generator["f1_where_reader_abstains"] = 100 * float(np.mean([span_f1(results[i].generated, golds[i]) for i in withheld])) if withheld else None
+    generator["verbatim_where_reader_abstains"] = len(verbatim)
+    generator["f1_verbatim_where_reader_abstains"] = (
+        100 * float(np.mean([span_f1(results[i].generated, golds[i]) for i in verbatim])) if verbatim else None)
     retrieved = float(np.mean([q.passage_id in [f.id for f in r.fragments] for q, r in zip(questions, results)]))
     return {"threshold": threshold, "retrieval_weight": weight, "weights": sweep, "rows": rows, "generator": generator, "gold_in_top_k": retrieved,
             "per_question": {"score": scores, "f1": f1s}, "examples": [r.to_dict() for r in results[:3]]}, \
@@ -170,12 +178,19 @@ def render_markdown(args, agent: RagAgent, answers: dict, follow_ups: dict) -> s
         f"(abstentions >= {MIN_ABSTENTION_PRECISION:.0%} wrong spans, a span being wrong under F1 {WRONG_BELOW_F1}). "
         f"Gold passage among the {args.k} fragments: {answers['gold_in_top_k']:.3f}. An abstention scores 0.\n\n"
         + markdown_table(answers["rows"], columns, percent)
-        + f"\nThe generator on the same prompts: EM {answers['generator']['exact_match']:.1f}, F1 {answers['generator']['f1']:.1f}.\n\n"
+        + f"\nThe generator on the same prompts: EM {answers['generator']['exact_match']:.1f}, F1 {answers['generator']['f1']:.1f}; "
+        f"where the reader abstains, F1 {_number(answers['generator']['f1_where_reader_abstains'])} "
+        f"({answers['generator']['verbatim_where_reader_abstains']} of its answers there are verbatim in the fragments, "
+        f"F1 {_number(answers['generator']['f1_verbatim_where_reader_abstains'])}).\n\n"
         f"## Follow-up questions ({follow_ups['count']}) and self-contained ones\n\n"
         + markdown_table(follow_ups["recall"], [("questions", "questions"), ("strategy", "retrieval query"), (f"recall@{K}", f"recall@{K}")], ".3f")
         + "\nFollow-up answers (reader, never abstaining):\n\n"
         + markdown_table(follow_ups["answers"], [("strategy", "retrieval query"), ("exact_match", "EM"), ("f1", "F1")], ".1f")
     )
+
+
+def _number(value) -> str:
+    return "–" if value is None else f"{value:.1f}"
 
 
 def plot(figure, per_question: dict, threshold: float) -> None:

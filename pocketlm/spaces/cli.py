@@ -46,6 +46,11 @@ def parse_args(space: str, argv: list[str] | None = None) -> argparse.Namespace:
             parser.add_argument(f"--{flag.replace('_', '-')}", default=default,
                                 help=f"Hub id or folder of {text} (default: %(default)s)" +
                                 ("; 'none' leaves its tab out" if space == SUITE and flag not in _RAG_PARTS else ""))
+    if space in (SUITE, "rag_chat"):
+        from pocketlm.rag.answer import ABSTAIN_BELOW
+
+        parser.add_argument("--rag-abstain-below", type=float, default=ABSTAIN_BELOW,
+                            help="the RAG reader's score under which the chat says 'not found in the fragments' (default %(default)s)")
     if space in (SUITE, "text_generation"):
         parser.add_argument("--lm-precision", choices=["fp32", "int8"], default="fp32")
     if space in (SUITE, "question_answering"):
@@ -58,6 +63,8 @@ def parse_args(space: str, argv: list[str] | None = None) -> argparse.Namespace:
         parser.error(f"--threads must be at least 1, got {args.threads}")
     if space == SUITE and all(getattr(args, flag) == "none" for flag in MODEL_FLAGS if flag not in _RAG_PARTS):
         parser.error("every model is 'none': nothing to serve")
+    if not 0 <= getattr(args, "rag_abstain_below", 0) <= 1:
+        parser.error(f"--rag-abstain-below must be in [0, 1] (0: never abstain), got {args.rag_abstain_below}")
     if getattr(args, "rag_reader", None) == "none" and _rag_enabled(args):
         parser.error("--rag-reader cannot be 'none': the RAG chat's answers are the reader's spans")
     return args
@@ -127,7 +134,7 @@ def _build_space(space: str, args: argparse.Namespace):
         return onnx_benchmark.build(backends)
     from pocketlm.spaces import rag_chat
 
-    chat = rag_chat.RagChat(args.rag_index, _chosen(args, "rag_generator"), args.rag_reader)
+    chat = rag_chat.RagChat(args.rag_index, _chosen(args, "rag_generator"), args.rag_reader, args.rag_abstain_below)
     chat.load()
     return rag_chat.build(chat)
 
@@ -165,7 +172,7 @@ def suite_main(argv: list[str] | None = None) -> int:
     if _rag_enabled(args):
         from pocketlm.spaces import rag_chat
 
-        rag = rag_chat.RagChat(args.rag_index, _chosen(args, "rag_generator"), args.rag_reader)
+        rag = rag_chat.RagChat(args.rag_index, _chosen(args, "rag_generator"), args.rag_reader, args.rag_abstain_below)
     app = create_suite_app(models, backends, rag)
     from pocketlm.serving.http_limits import server_config
 

@@ -16,6 +16,7 @@ from typing import Any
 import gradio as gr
 
 from pocketlm import MINILM_SQUAD, RAG_INDEX, TINY_LM_RAG_LORA
+from pocketlm.rag.answer import ABSTAIN_BELOW
 from pocketlm.rag.commands import CommandError, help_text, parse_command
 from pocketlm.serving.schemas import MAX_QUESTION_CHARS
 from pocketlm.spaces import SPACE_TITLES
@@ -29,9 +30,10 @@ HELP = help_text(markdown=True)
 class RagChat(LoadOnce[Any]):
     """The RAG agent, loaded once (torch, transformers, FAISS, LangChain: seconds) and shared by all sessions."""
 
-    def __init__(self, index: str = RAG_INDEX, generator: str | None = TINY_LM_RAG_LORA, reader: str = MINILM_SQUAD):
+    def __init__(self, index: str = RAG_INDEX, generator: str | None = TINY_LM_RAG_LORA, reader: str = MINILM_SQUAD,
+                 abstain_below: float = ABSTAIN_BELOW):
         super().__init__(lambda: self._load())
-        self.index, self.generator, self.reader = index, generator, reader
+        self.index, self.generator, self.reader, self.abstain_below = index, generator, reader, abstain_below
         self._turn = threading.Lock()
 
     def _load(self):
@@ -39,7 +41,8 @@ class RagChat(LoadOnce[Any]):
 
         # The LoRA goes by id: `load_generator` resolves it, and falls back to its base LM when the default
         # LoRA is not built (the description then says "no LoRA").
-        return RagAgent.from_pretrained(local_folder(self.index), lora=self.generator, reader=local_folder(self.reader))
+        return RagAgent.from_pretrained(local_folder(self.index), lora=self.generator, reader=local_folder(self.reader),
+                                        abstain_below=self.abstain_below)
 
     def new_memory(self):
         from pocketlm.rag.chain import WindowedChatHistory
