@@ -3,16 +3,17 @@
 "Where was the game played?" after "Which NFL team won Super Bowl 50?" names nothing the index can find;
 the words that make it findable ("Super Bowl 50") are in the previous exchange. The rule here:
 
-* a question *depends* on the conversation when it has a third-person pronoun ("it", "his", "they"...) or
-  names nothing (no capitalised word but function words such as "Which", no number);
+* a question *depends* on the conversation when it has a third-person pronoun ("it", "his", "they"...) or is
+  short (at most `MAX_BARE_WORDS` words) and names nothing (no capitalised word but function words such as
+  "Which", no number) — a longer question without a name usually carries its own topic ("What is the most
+  common form of treatment for ...?"), and treating those as follow-ups made self-contained questions worse;
 * the query of a dependent question is the question plus the *salient terms* of the latest exchange that has
   any: its names and numbers (capitalised words, figures) from the question and the answer, up to
   `MAX_TERMS`; older exchanges only when the latest names nothing.
 
-A self-contained question ("Who founded Warsaw University?") is searched as typed, so its retrieval cannot
-get worse. The alternative of always searching with the history appended (or fusing both rankings) was
-measured against this rule by `benchmarks/rag_answers.py`: appended history drags unrelated questions
-towards the previous topic.
+A self-contained question ("Who founded Warsaw University?") is searched as typed. The alternative of always
+searching with the history appended is measured against this rule by `benchmarks/rag_answers.py`: appended
+history drags unrelated questions towards the previous topic.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pocketlm.rag.prompt import STOPWORDS
 
 PRONOUNS = frozenset("it its he him his she her hers they them their theirs".split())
 MAX_TERMS = 8
+MAX_BARE_WORDS = 5
 _TOKEN = re.compile(r"[\w'’-]+")
 _POSSESSIVE = re.compile(r"['’]s\b")
 _NAME = re.compile(r"^(?:[A-Z][\w'’-]*|\d[\d,.]*\w*)$")
@@ -40,11 +42,11 @@ def _is_name(token: str) -> bool:
 
 
 def needs_context(question: str) -> bool:
-    """Whether `question` seems to lean on the conversation: a pronoun, or no name or number at all."""
+    """Whether `question` seems to lean on the conversation: a pronoun, or a short question naming nothing."""
     tokens = _tokens(question)
     if any(t.lower().rstrip("'’s") in PRONOUNS or t.lower() in PRONOUNS for t in tokens):
         return True
-    return not any(_is_name(t) for t in tokens)
+    return len(tokens) <= MAX_BARE_WORDS and not any(_is_name(t) for t in tokens)
 
 
 def salient_terms(text: str) -> list[str]:
