@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -123,7 +124,10 @@ def suite(tiny_lm_onnx_repo, qa_pair, rag_index, tmp_path_factory):
     network_log = guard_dir / "outbound.log"
     env = {"PYTHONPATH": f"{guard_dir}:{REPO_ROOT}", "POCKETLM_TEST_NETWORK_LOG": str(network_log)}
     # No RAG LoRA in the test hub: the agent answers with the base LM (the tiny LM fixture).
-    args = ["--qa", qa_pair[1], "--qa-pytorch", qa_pair[0], "--rag-index", rag_index]
+    # The random-weight QA checkpoint reads for the agent too: its spans are arbitrary, their source and score real;
+    # they score far under the default threshold, so the agent answers only with the threshold at 0.
+    args = ["--qa", qa_pair[1], "--qa-pytorch", qa_pair[0], "--rag-index", rag_index, "--rag-reader", qa_pair[0],
+            "--rag-abstain-below", "0"]
     with running_suite(args, env=env) as process:
         process.network_log = network_log
         yield process
@@ -278,7 +282,11 @@ def test_rag_chat_cites_searches_and_remembers_three_exchanges(suite, rag_index)
     expected_ids = [f.id for f in RagRetriever.from_pretrained(rag_index).retrieve(question, 3)]
     shown_ids = [line.split("**[")[1].split("]")[0] for line in fragments.split("\n") if "**[" in line]
     assert shown_ids and shown_ids == expected_ids[: len(shown_ids)]  # what the agent was given, in rank order
-    assert _text(history[-2]) == question and ("[sources:" in _text(history[-1]) or "[not found verbatim" in _text(history[-1]))
+    assert _text(history[-2]) == question
+    reply = _text(history[-1])  # the answer, then its source fragment and the reader's score, then the generator's
+    source, title, score = re.search(r"source: \*\*\[(\S+)\]\*\* \*(.+?)\* · reader score ([0-9.]+)", reply).groups()
+    assert source in shown_ids and 0 <= float(score) <= 1 and "_generator:_" in reply
+    assert f"✅ **[{source}]** *{title}*" in fragments  # marked in the fragments panel
     assert "1 of at most 3 exchanges" in memory
 
     _, history, fragments, memory = chat.predict(CHAT_EXAMPLES[2], history, api_name="/chat")  # !search Olmec colossal heads
@@ -322,7 +330,7 @@ def test_browser_runs_every_tab_and_shows_real_answers(suite, local_qa, tmp_path
     assert visit.tabs["question_answering"].answer == local_qa.answer(QUESTION, QA_CONTEXT).text
     assert "ONNX Runtime int8" in visit.tabs["onnx_benchmark"].answer
     first_reply, search_reply = visit.tabs["rag_chat"].answer.split("\n---\n")
-    assert "[sources:" in first_reply or "[not found verbatim" in first_reply
+    assert re.search(r"source: \[\S+\] .+ · reader score [0-9.]+", first_reply)
     assert "MOCK web_search" in search_reply and "[web-1] Olmec colossal heads" in search_reply
     assert "Question: must not be empty" in visit.error_message and "Traceback" not in visit.error_message
     assert visit.outside_requests == []

@@ -3,7 +3,9 @@
 Builds a flat index over the given passages (with the published query adapter if there is one, fused with
 BM25 unless `--lexical_weight 0`), reports
 recall@1/5/10 of the gold `passage_id`, then EM/F1 of two readers over the top-k fragments:
-extractive (`pocketlm/minilm-squad`, when published) and generative (the chain's prompt and generator).
+extractive (`pocketlm/minilm-squad`, when published; the span the agent picks, never abstaining) and generative
+(the chain's prompt and generator). The agent itself, with its abstention and follow-ups, is measured by
+`benchmarks/rag_answers.py`.
 """
 
 from __future__ import annotations
@@ -91,7 +93,7 @@ def evaluate_loop(config: LoopEvalConfig) -> dict:
     readers: dict[str, dict] = {}
     reader_path = _reader_path(config.reader)
     if reader_path:
-        predictions = extractive_answers(reader_path, texts, [[f.text for f in frs] for frs in top])
+        predictions = extractive_answers(reader_path, texts, top)
         readers["extractive"] = {"model": config.reader, **answer_report(predictions, gold_answers)}
     model, tokenizer, description = load_generator(config.generator_lora, config.generator_base)
     budget = context_length(model) - ANSWER_TOKENS

@@ -6,11 +6,15 @@ EM and F1 are the official SQuAD v1.1 ones, from `pocketlm.inference.squad_metri
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from pocketlm.inference.squad_metrics import squad_scores
 from pocketlm.rag.index import PassageIndex, recall_at_k
+
+if TYPE_CHECKING:
+    from pocketlm.rag.prompt import Fragment
 
 KS = (1, 5, 10)
 
@@ -39,14 +43,11 @@ def answer_report(predictions: Sequence[str], answers: Sequence[Sequence[str]]) 
     return {"exact_match": scores["exact_match"], "f1": scores["f1"]}
 
 
-def extractive_answers(reader_path: str, questions: Sequence[str], contexts: Sequence[Sequence[str]]) -> list[str]:
-    """Best span over each question's contexts (highest p(start)·p(end)), read by pocketlm's PyTorch QA engine
-    (transformers 5 removed the question-answering pipeline)."""
+def extractive_answers(reader_path: str, questions: Sequence[str], fragments: Sequence[Sequence["Fragment"]]) -> list[str]:
+    """The span the agent would answer for each question over its fragments (`pocketlm.rag.answer.select_span`
+    over the reader's best span per fragment), read by pocketlm's PyTorch QA engine, never abstaining."""
     from pocketlm.inference.qa_torch import TorchQuestionAnswerer
+    from pocketlm.rag.answer import read_fragments, select_span
 
     reader = TorchQuestionAnswerer.from_pretrained(reader_path)
-    answers = []
-    for question, passages in zip(questions, contexts):
-        spans = reader.answer_batch([question] * len(passages), list(passages)) if passages else []
-        answers.append(max(spans, key=lambda s: s.score).text if spans else "")
-    return answers
+    return [select_span(read_fragments(reader, question, list(frs))).text for question, frs in zip(questions, fragments)]

@@ -19,8 +19,9 @@ from pocketlm.settings import REPO_ROOT
 
 INPUTS = [
     "Which NFL team won Super Bowl 50?",
-    "Where was the game played?",
+    "Where was the game played?",  # a follow-up: searched with the first exchange's names
     "What was the name of the Toyota compact car?",
+    "Who painted the Mona Lisa?",  # no passage holds it
     "!search Tang dynasty poet",
     "search the web for Du Fu",
     "!reset",

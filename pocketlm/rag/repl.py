@@ -1,8 +1,9 @@
 """The RAG agent's command-line REPL: `python -m pocketlm.rag`.
 
-Type a question: the agent retrieves fragments, the LoRA-tuned LM answers, and the answer cites fragment
-ids. Commands: `!search term` (the MOCK web_search tool), `!help`, `!reset` (forget the conversation),
-`!quit`. End of input (Ctrl-D) and Ctrl-C leave cleanly.
+Type a question: the agent retrieves fragments (using the conversation for a follow-up), the extractive reader
+answers with a span of one of them — its source and score shown — or says it is not found in the fragments;
+the LoRA-tuned LM's answer is shown beside it. Commands: `!search term` (the MOCK web_search tool), `!help`,
+`!reset` (forget the conversation), `!quit`. End of input (Ctrl-D) and Ctrl-C leave cleanly.
 """
 
 from __future__ import annotations
@@ -14,7 +15,8 @@ from collections.abc import Callable
 from rich.console import Console
 from rich.markup import escape
 
-from pocketlm import RAG_INDEX, TINY_LM_RAG_LORA
+from pocketlm import MINILM_SQUAD, RAG_INDEX, TINY_LM_RAG_LORA
+from pocketlm.rag.answer import ABSTAIN_BELOW
 from pocketlm.rag.commands import CommandError, help_text, parse_command
 from pocketlm.rag.lexical import HYBRID_WEIGHT
 
@@ -23,12 +25,17 @@ HELP = help_text(markdown=False, can_quit=True)
 
 
 def show_answer(console: Console, result) -> None:
-    console.print(f"[bold green]answer:[/] {escape(result.to_text())}")
+    label = "[bold yellow]answer:[/]" if result.abstained else "[bold green]answer:[/]"
+    console.print(f"{label} {escape(result.to_text())}")
+    console.print(f"[dim]generator:[/] {escape(result.generated_text())}")
+    if result.query != result.question and result.web_search is None:
+        console.print("[dim]searched as: " + escape(result.query) + "[/]")
     if result.web_search is not None:
         console.print("[dim]" + escape(f"(from {len(result.fragments)} MOCK web_search results)") + "[/]")
     for fragment in result.fragments:
+        mark = "*" if fragment.id in result.cited else " "
         preview = " ".join(fragment.text.split()[:14])
-        console.print(f"  [cyan]\\[{escape(fragment.id)}][/] [dim]{escape(fragment.title)} ({fragment.score:.2f}):[/] {escape(preview)}…")
+        console.print(f" {mark}[cyan]\\[{escape(fragment.id)}][/] [dim]{escape(fragment.title)} ({fragment.score:.2f}):[/] {escape(preview)}…")
 
 
 def repl(agent, console: Console, read: Callable[[str], str] = input) -> int:
@@ -73,11 +80,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lora", default=TINY_LM_RAG_LORA, help=f"generator LoRA id or folder, or none (default {TINY_LM_RAG_LORA}, used when published)")
     parser.add_argument("--base", default=None, help="base causal LM (default: the one the LoRA was trained from)")
     parser.add_argument("--k", type=int, default=3, help="fragments per answer")
+    parser.add_argument("--reader", default=MINILM_SQUAD, help=f"extractive QA model id or folder (default {MINILM_SQUAD})")
+    parser.add_argument("--abstain_below", type=float, default=ABSTAIN_BELOW,
+                        help=f"reader score under which the answer is 'not found in the fragments' (default {ABSTAIN_BELOW})")
+    parser.add_argument("--no_conversation", action="store_true", help="search every question as typed, ignoring the conversation")
     args = parser.parse_args(argv)
     if args.k < 1:
         parser.error("--k must be at least 1")
     if not args.lexical_weight >= 0:
         parser.error("--lexical_weight must be >= 0 (0: dense retrieval only)")
+    if not 0 <= args.abstain_below <= 1:
+        parser.error("--abstain_below must be in [0, 1] (0: never abstain)")
     # Ctrl-C leaves the REPL even when it was started from a shell that ignores SIGINT (a background job of a
     # script: the ignored disposition is inherited and Python then never raises KeyboardInterrupt).
     signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -87,13 +100,14 @@ def main(argv: list[str] | None = None) -> int:
 
     agent = RagAgent.from_pretrained(
         args.index, lora=args.lora, base=args.base, index_type=args.index_type, use_adapter=not args.no_adapter, k=args.k,
-        lexical_weight=args.lexical_weight,
+        lexical_weight=args.lexical_weight, reader=args.reader, abstain_below=args.abstain_below,
+        conversation_aware=not args.no_conversation,
     )
     adapter = "with" if agent.retriever.adapter is not None else "without"
     lexical = f"+ BM25 (weight {args.lexical_weight:g})" if agent.retriever.lexical is not None else "dense only"
     console.print(
         f"[dim]index: {agent.retriever.index.config.get('factory', '?')} over {len(agent.retriever.index.passages)} passages, "
-        f"{adapter} query adapter, {lexical}; generator: {escape(agent.description)}[/]"
+        f"{adapter} query adapter, {lexical}; {escape(agent.description)}[/]"
     )
     return repl(agent, console)
 

@@ -23,7 +23,7 @@ from pocketlm.spaces import SPACE_NAMES, SPACE_TITLES
 
 DEFAULT_PORT = 7860
 SUITE = "suite"
-RAG_FLAGS = ("rag_index", "rag_generator", "rag_base")
+RAG_FLAGS = ("rag_index", "rag_generator", "rag_base", "rag_reader")
 TAB_FLAGS = ("lm", "qa", "qa_pytorch", "rag_index")
 """The suite's flags that take 'none' to leave a tab out."""
 
@@ -42,6 +42,8 @@ MODEL_FLAGS: dict[str, ModelFlag] = {
                     ("question_answering", "onnx_benchmark")),
     "qa_pytorch": ModelFlag(MINILM_SQUAD, "the QA model's PyTorch checkpoint (benchmark)", ("onnx_benchmark",)),
     "rag_index": ModelFlag(RAG_INDEX, "the FAISS index and its retriever (RAG chat)", ("rag_chat",)),
+    "rag_reader": ModelFlag(MINILM_SQUAD, "the RAG agent's extractive reader: its answers are spans it finds "
+                            "(RAG chat)", ("rag_chat",)),
     "rag_generator": ModelFlag(TINY_LM_RAG_LORA, "the RAG generator's LoRA (RAG chat; 'none', or the default when it "
                                "is not there: the base LM alone)", ("rag_chat",)),
     "rag_base": ModelFlag(TINY_LM, "the RAG generator's base LM, the model its LoRA was trained on (RAG chat)",
@@ -76,6 +78,12 @@ def parse_args(space: str, argv: list[str] | None = None) -> argparse.Namespace:
                             help=f"Hub id or folder of {spec.help} (default: ${ARTIFACTS[spec.default_id].env_var}, "
                             f"else {artifact_id(spec.default_id)})" +
                             ("; 'none' leaves its tab out" if space == SUITE and flag in TAB_FLAGS else ""))
+    if space in (SUITE, "rag_chat"):
+        from pocketlm.rag.answer import ABSTAIN_BELOW
+
+        parser.add_argument("--rag-abstain-below", type=float, default=ABSTAIN_BELOW,
+                            help="the RAG reader's score under which the chat says 'not found in the fragments' "
+                            "(default %(default)s)")
     if space in (SUITE, "text_generation"):
         parser.add_argument("--lm-precision", choices=["fp32", "int8"], default="fp32")
     if space in (SUITE, "question_answering"):
@@ -92,6 +100,10 @@ def parse_args(space: str, argv: list[str] | None = None) -> argparse.Namespace:
             setattr(args, flag, artifact_id(MODEL_FLAGS[flag].default_id))
     if space == SUITE and all(chosen(args, flag) is None for flag in TAB_FLAGS):
         parser.error("every model is 'none': nothing to serve")
+    if not 0 <= getattr(args, "rag_abstain_below", 0) <= 1:
+        parser.error(f"--rag-abstain-below must be in [0, 1] (0: never abstain), got {args.rag_abstain_below}")
+    if getattr(args, "rag_reader", None) == "none" and chosen(args, "rag_index"):
+        parser.error("--rag-reader cannot be 'none': the RAG chat's answers are the reader's spans")
     return args
 
 

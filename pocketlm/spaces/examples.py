@@ -21,8 +21,8 @@ QA_EXAMPLES = [  # question, context
     ["In which mountains does the Amazon rise?", QA_CONTEXT],
 ]
 
-CHAT_EXAMPLES = [  # two questions of the RAG dev set, then the mock web search on a page its offline set holds
-    "Who produced the first geological map of the U.S.?",
-    "What is the axis of Warsaw which divides it into two parts?",
+CHAT_EXAMPLES = [  # a question on the RAG dev passages, a follow-up to it, then the mock web search on a page its offline set holds
+    "Which NFL team won Super Bowl 50?",
+    "Where was the game played?",
     "!search Olmec colossal heads",
 ]

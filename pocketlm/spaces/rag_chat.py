@@ -1,8 +1,9 @@
-"""RAG chat Space: a chat over the FAISS-indexed passages that shows the fragments each answer cites, sends
-`!search term` to the MOCK web_search tool, and remembers the last 3 exchanges — per browser session.
+"""RAG chat Space: a chat over the FAISS-indexed passages whose answers show their source fragment and score
+(or say "not found in the fragments"), sends `!search term` to the MOCK web_search tool, and remembers the last
+3 exchanges — per browser session — so that follow-up questions find their topic.
 
-It drives `pocketlm.rag.chain.RagAgent` (retriever with its query adapter → modular prompt → LoRA-tuned
-generator, a LangChain LCEL chain), the agent the REPL (`python -m pocketlm.rag`) runs. The models are loaded
+It drives `pocketlm.rag.chain.RagAgent` (retriever with its query adapter → extractive reader, with the
+LoRA-tuned generator's answer beside it), the agent the REPL (`python -m pocketlm.rag`) runs. The models are loaded
 once and shared; each session has its own conversation memory (a `WindowedChatHistory` in `gr.State`),
 handed to the agent for the duration of its request.
 """
@@ -14,7 +15,8 @@ from typing import Any
 
 import gradio as gr
 
-from pocketlm import RAG_INDEX, TINY_LM_RAG_LORA
+from pocketlm import MINILM_SQUAD, RAG_INDEX, TINY_LM_RAG_LORA
+from pocketlm.rag.answer import ABSTAIN_BELOW
 from pocketlm.rag.commands import CommandError, help_text, parse_command
 from pocketlm.serving.schemas import MAX_QUESTION_CHARS
 from pocketlm.spaces import SPACE_TITLES
@@ -28,9 +30,11 @@ HELP = help_text(markdown=True)
 class RagChat(LoadOnce[Any]):
     """The RAG agent, loaded once (torch, transformers, FAISS, LangChain: seconds) and shared by all sessions."""
 
-    def __init__(self, index: str = RAG_INDEX, generator: str | None = TINY_LM_RAG_LORA, base: str | None = None):
+    def __init__(self, index: str = RAG_INDEX, generator: str | None = TINY_LM_RAG_LORA, base: str | None = None,
+                 reader: str = MINILM_SQUAD, abstain_below: float = ABSTAIN_BELOW):
         super().__init__(lambda: self._load())
         self.index, self.generator, self.base = index, generator, base
+        self.reader, self.abstain_below = reader, abstain_below
         self._turn = threading.Lock()
 
     def _load(self):
@@ -38,7 +42,8 @@ class RagChat(LoadOnce[Any]):
 
         # The LoRA goes by id: `load_generator` resolves it, and falls back to the base LM when the default
         # LoRA is not built (the description then says "no LoRA"). `base` None: the base the LoRA names.
-        return RagAgent.from_pretrained(local_folder(self.index), lora=self.generator or "none", base=self.base)
+        return RagAgent.from_pretrained(local_folder(self.index), lora=self.generator or "none", base=self.base,
+                                        reader=local_folder(self.reader), abstain_below=self.abstain_below)
 
     def new_memory(self):
         from pocketlm.rag.chain import WindowedChatHistory
@@ -54,6 +59,15 @@ class RagChat(LoadOnce[Any]):
 
     def search(self, term: str):
         return self.load().search(term)
+
+
+def answer_markdown(answer) -> str:
+    """The chat reply: the answer with its source and score (or the abstention), then the generator's text."""
+    if answer.abstained:
+        head = f"🤷 {answer.to_text()}"
+    else:
+        head = f"**{answer.answer}**  \nsource: **[{answer.source.id}]** *{answer.source.title}* · reader score {answer.score:.2f}"
+    return f"{head}  \n_generator:_ {answer.generated_text()}"
 
 
 def fragments_markdown(fragments, cited: list[str], heading: str) -> str:
@@ -79,8 +93,10 @@ def render(chat: RagChat, guard: ComputeGuard | None = None) -> None:
     """Lay the Space out in the current Blocks context; its event is the API endpoint `/chat`."""
     guard = guard or ComputeGuard()
     gr.Markdown(
-        f"Chat with the RAG agent over `{chat.index}` (generator: the tiny LM + `{chat.generator or 'no LoRA'}`). Answers cite fragment ids; "
-        "`!search term` calls the **MOCK** web_search tool; the last 3 exchanges are remembered. `!help` for more."
+        f"Chat with the RAG agent over `{chat.index}`: the answer is a span of a fragment found by the reader `{chat.reader}`, "
+        f"shown with its source and score, or *not found in the fragments*; the tiny LM + `{chat.generator or 'no LoRA'}` "
+        "answers beside it. `!search term` calls the **MOCK** web_search tool; the last 3 exchanges are remembered, "
+        "so a follow-up question finds its topic. `!help` for more."
     )
     memory = gr.State(None)
     with gr.Row():
@@ -120,9 +136,10 @@ def render(chat: RagChat, guard: ComputeGuard | None = None) -> None:
             reply = HELP
         else:
             answer = await guard.call(chat.ask, session_memory, command.argument)
-            reply = answer.to_text()
+            reply = answer_markdown(answer)
             heading = "MOCK web_search results used" if answer.web_search else "Retrieved fragments"
-            shown = f"Answered by `{chat.load().description}`.\n\n" + fragments_markdown(answer.fragments, answer.cited, heading)
+            searched = f"Searched as: _{answer.query}_\n\n" if answer.query != answer.question and not answer.web_search else ""
+            shown = f"Answered by `{chat.load().description}`.\n\n{searched}" + fragments_markdown(answer.fragments, answer.cited, heading)
         history = [*(history or []), {"role": "user", "content": text}, {"role": "assistant", "content": reply}]
         return "", history, session_memory, shown, memory_markdown(session_memory)
 
@@ -151,4 +168,5 @@ def from_args(args, folders: dict) -> gr.Blocks:
 def from_fetched(args, folders: dict) -> RagChat:
     """The agent by the ids the page shows (each already fetched into the cache or found on disk); the
     default LoRA left out when it was not there."""
-    return RagChat(args.rag_index, args.rag_generator if folders["rag_generator"] else None, base=args.rag_base)
+    return RagChat(args.rag_index, args.rag_generator if folders["rag_generator"] else None, base=args.rag_base,
+                   reader=args.rag_reader, abstain_below=args.rag_abstain_below)

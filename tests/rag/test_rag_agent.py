@@ -24,11 +24,13 @@ def retriever(rag_index_repo, rag_encoder) -> RagRetriever:
 
 
 @pytest.fixture(scope="module")
-def agent(retriever, tiny_lm_repo) -> RagAgent:
+def agent(retriever, tiny_lm_repo, rag_reader_repo) -> RagAgent:
+    from pocketlm.inference.qa_torch import TorchQuestionAnswerer
     from pocketlm.rag.generator import load_generator
 
     model, tokenizer, description = load_generator(lora=None, base=tiny_lm_repo)
-    return RagAgent(retriever, model, tokenizer, k=2, description=description)
+    reader = TorchQuestionAnswerer.from_pretrained(rag_reader_repo)
+    return RagAgent(retriever, model, tokenizer, reader, k=2, description=description)
 
 
 def test_query_adapter_starts_as_the_identity(rag_encoder):
@@ -89,14 +91,16 @@ def test_citations_name_the_fragments_holding_the_answer():
 
 
 @pytest.mark.slow
-def test_repl_in_a_pseudo_terminal(rag_index_repo, tiny_lm_repo):
+def test_repl_in_a_pseudo_terminal(rag_index_repo, tiny_lm_repo, rag_reader_repo):
     """Four interactions typed into a real terminal, then Ctrl-C: a clean exit with status 0."""
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    with PtySession([sys.executable, "-m", "pocketlm.rag", "--k", "2"], env=env, cwd=str(REPO_ROOT)) as session:
+    command = [sys.executable, "-m", "pocketlm.rag", "--k", "2", "--reader", rag_reader_repo, "--abstain_below", "0"]
+    with PtySession(command, env=env, cwd=str(REPO_ROOT)) as session:
         session.expect(r"rag> ", timeout=300)
         session.sendline("Which NFL team won Super Bowl 50?")
         answer = session.expect(r"rag> ", timeout=180)
-        assert "answer:" in answer and "[val-00-" in answer  # cites the retrieved fragment ids
+        assert "answer:" in answer and "[source: val-00-" in answer and "score " in answer  # the span's fragment
+        assert "generator:" in answer and "[val-00-" in answer  # the generator's text beside; the retrieved fragments
         session.sendline("!search Tang dynasty poet")
         assert "MOCK web_search" in session.expect(r"rag> ", timeout=60)
         session.sendline("!help")
