@@ -73,6 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lora", default=TINY_LM_RAG_LORA, help=f"generator LoRA id or folder, or none (default {TINY_LM_RAG_LORA}, used when published)")
     parser.add_argument("--base", default=None, help="base causal LM (default: the one the LoRA was trained from)")
     parser.add_argument("--k", type=int, default=3, help="fragments per answer")
+    parser.add_argument("--documents", default=None, metavar="DIR",
+                        help="a folder of your own documents (.txt, .md, .html, .pdf) to add to the index for this "
+                        "session; their passages are cited as FILE#N")
     args = parser.parse_args(argv)
     if args.k < 1:
         parser.error("--k must be at least 1")
@@ -80,6 +83,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--lexical_weight must be >= 0 (0: dense retrieval only)")
     # Ctrl-C leaves the REPL even when it was started from a shell that ignores SIGINT (a background job of a
     # script: the ignored disposition is inherited and Python then never raises KeyboardInterrupt).
+    documents = None
+    if args.documents is not None:
+        from pocketlm.rag.documents import DocumentError, folder_files
+
+        try:
+            documents = folder_files(args.documents)
+        except DocumentError as err:
+            parser.error(f"--documents: {err}")
     signal.signal(signal.SIGINT, signal.default_int_handler)
     console = Console(highlight=False)
     console.print("[dim]loading the retriever and the generator…[/]")
@@ -95,6 +106,21 @@ def main(argv: list[str] | None = None) -> int:
         f"[dim]index: {agent.retriever.index.config.get('factory', '?')} over {len(agent.retriever.index.passages)} passages, "
         f"{adapter} query adapter, {lexical}; generator: {escape(agent.description)}[/]"
     )
+    if documents is not None:
+        add_folder(agent.retriever, documents, args.documents, console)
     return repl(agent, console)
+
+
+def add_folder(retriever, files, folder: str, console: Console) -> None:
+    """Index the folder's documents, saying what went in and which files were refused, and why."""
+    from pocketlm.errors import ConfigError
+    from pocketlm.rag.documents import DocumentError, add_documents
+
+    console.print(f"[dim]indexing {len(files)} file(s) from {escape(folder)}…[/]")
+    try:
+        batch = add_documents(retriever, files)
+    except DocumentError as err:
+        raise ConfigError(f"--documents {folder}: {err}") from None
+    console.print(escape(batch.summary()))
 
 
