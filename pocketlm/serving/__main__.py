@@ -22,6 +22,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--lm", default=TINY_LM_ONNX, help="Hub id or folder of the LM's ONNX export ('none' to skip)")
     parser.add_argument("--qa", default=MINILM_SQUAD_ONNX, help="Hub id or folder of the QA ONNX export ('none' to skip)")
+    parser.add_argument("--rag", default="none", metavar="INDEX",
+                        help="RAG index id or folder: answer /v1/chat/completions with the RAG agent over it "
+                        "(e.g. pocketlm/rag-index; loads torch, so start-up takes seconds; default none)")
+    parser.add_argument("--rag-lora", default=None, help="the RAG agent's generator LoRA (default: the published one, "
+                        "if any; 'none' for the base LM)")
+    parser.add_argument("--rag-documents", default=None, metavar="DIR",
+                        help="a folder of your own documents (.txt, .md, .html, .pdf) added to the RAG index")
     parser.add_argument("--lm-precision", choices=["fp32", "int8"], default="fp32",
                         help="which LM graph to serve (default fp32: token for token what PyTorch generates, and the "
                         "same batched or not; dynamic int8 changes some greedy tokens, see the export's model card)")
@@ -65,7 +72,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.scheduler == "continuous" and args.lm_precision == "int8":
         parser.error("--scheduler continuous needs --lm-precision fp32: the dynamic int8 graph scales its activations "
                      "per batch, so a request's tokens would depend on who shares its batch (use --scheduler serial)")
-    if args.lm == "none" and args.qa == "none":
+    if args.rag == "none" and (args.rag_lora or args.rag_documents):
+        parser.error("--rag-lora and --rag-documents need --rag INDEX")
+    if args.lm == "none" and args.qa == "none" and args.rag == "none":
         parser.error("--lm and --qa are both 'none': nothing to serve")
     return args
 
@@ -106,12 +115,32 @@ def main(argv: list[str] | None = None) -> int:
                     max_wait_s=args.max_wait_s, max_compute_s=args.max_compute_s,
                     max_body_bytes=args.max_body_bytes, read_timeout_s=args.read_timeout_s)
     app = create_app(models, limits, args.scheduler)
+    if args.rag != "none":
+        load_rag(app, args)
     gc.freeze()
     gc.enable()
     print(f"pocketlm REST API on http://{args.host}:{args.port} (docs: /docs), pid {os.getpid()}", flush=True)
     uvicorn.Server(server_config(app, args.host, args.port, limits, log_level=args.log_level,
                                  access_log=args.access_log)).run()
     return 0
+
+
+def load_rag(app, args: argparse.Namespace) -> None:
+    """Load the RAG agent (torch, transformers: seconds), index `--rag-documents`, serve it at /v1/chat/completions."""
+    from pocketlm import TINY_LM_RAG_LORA
+    from pocketlm.errors import ConfigError
+    from pocketlm.rag.chain import RagAgent
+    from pocketlm.rag.documents import DocumentError, add_documents, folder_files
+    from pocketlm.serving.openai_api import serve_rag
+
+    agent = RagAgent.from_pretrained(args.rag, lora=args.rag_lora or TINY_LM_RAG_LORA)
+    if args.rag_documents:
+        try:
+            batch = add_documents(agent.retriever, folder_files(args.rag_documents))
+        except DocumentError as err:
+            raise ConfigError(f"--rag-documents: {err}") from None
+        print(batch.summary(), flush=True)
+    serve_rag(app, agent)
 
 
 if __name__ == "__main__":
