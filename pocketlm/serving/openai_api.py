@@ -90,7 +90,31 @@ class OpenAIRoute(APIRoute):
         return route
 
 
-router = APIRouter(prefix="/v1", tags=["OpenAI-compatible"], route_class=OpenAIRoute)
+class ErrorDetail(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorBody(BaseModel):
+    """OpenAI's error body."""
+
+    error: ErrorDetail
+
+
+ERRORS = {
+    404: {"model": ErrorBody, "description": "The model is not served by this endpoint here (`param`: `model`)."},
+    408: {"description": "The request body did not arrive within the read timeout."},
+    413: {"description": "The request body is over the size cap (checked before parsing)."},
+    422: {"model": ErrorBody, "description": "Invalid input; `error.param` names the field."},
+    503: {"model": ErrorBody, "description": "Overloaded: retry after `Retry-After` seconds."},
+}
+STREAM_OR_JSON = {200: {"description": "The response as JSON, or with `stream: true` server-sent events: `data: {chunk}` "
+                        "lines, then `data: [DONE]`.",
+                        "content": {"application/json": {}, "text/event-stream": {"schema": {"type": "string"}}}}}
+
+router = APIRouter(prefix="/v1", tags=["OpenAI-compatible"], route_class=OpenAIRoute, responses=ERRORS)
 
 
 # -- request bodies ---------------------------------------------------------------------------------------------
@@ -163,6 +187,10 @@ class OpenAIFields(BaseModel):
 class CompletionRequest(OpenAIFields):
     prompt: str | list[str] = Field(description=f"One prompt (a string, or a list of one), 1–{MAX_PROMPT_CHARS} characters.")
     max_tokens: int | None = Field(16, ge=1, le=MAX_NEW_TOKENS, description="Tokens to generate at most (OpenAI's default 16).")
+
+    @property
+    def new_tokens(self) -> int:
+        return 16 if self.max_tokens is None else self.max_tokens
     echo: bool | None = False
     best_of: int | None = None
     suffix: str | None = None
@@ -324,16 +352,16 @@ def _held_back(text: str, stops: list[str]) -> int:
     return max((n for s in stops for n in range(min(len(s) - 1, len(text)), 0, -1) if text.endswith(s[:n])), default=0)
 
 
-@router.post("/completions", summary="Continue a prompt with the LM (OpenAI completions)")
+@router.post("/completions", responses=STREAM_OR_JSON, summary="Continue a prompt with the LM (OpenAI completions)")
 async def completions(body: CompletionRequest, state: AppState):
     served = state.models.lm
     if served is None or body.model != served.id:
         raise _unknown_model(body.model, [served.id] if served else [], "/v1/completions")
     lm = served.runtime
     ids = lm.encode(body.prompt)
-    if problem := lm.prompt_problem(ids, body.max_tokens):
+    if problem := lm.prompt_problem(ids, body.new_tokens):
         raise OpenAIError(422, f"prompt: {problem}", "prompt", "context_length_exceeded")
-    params = openai_sampling(body, body.max_tokens, state.admission.limits.max_compute_s)
+    params = openai_sampling(body, body.new_tokens, state.admission.limits.max_compute_s)
     run = CompletionRun(lm, ids, params, body.stops, state.scheduler, state.admission)
     head = {"id": f"cmpl-{uuid.uuid4().hex}", "object": "text_completion", "created": _now(), "model": served.id}
 
@@ -395,7 +423,7 @@ def conversation(messages: list[ChatMessage]) -> tuple[str, list[tuple[str, str]
     return messages[-1].text, pairs[-HISTORY_EXCHANGES:]
 
 
-@router.post("/chat/completions", summary="Ask the RAG agent (OpenAI chat completions); the answer cites its fragments")
+@router.post("/chat/completions", responses=STREAM_OR_JSON, summary="Ask the RAG agent (OpenAI chat completions); the answer cites its fragments")
 async def chat_completions(body: ChatRequest, state: AppState):
     rag: RagService | None = getattr(state, "rag", None)
     if rag is None or body.model != rag.model_id:
