@@ -64,7 +64,7 @@ class PassageVectorStore(VectorStore):
     """The index as a LangChain vector store: search it, add documents to it (all or nothing), get by id.
 
     Searching goes through the wrapped `RagRetriever`; with `lexical_weight=0` that is plain cosine
-    similarity (and `similarity_search_with_relevance_scores` works), otherwise the hybrid ranking and its
+    similarity (and `similarity_search_with_relevance_scores` gives `(1 + cosine) / 2`), otherwise the hybrid ranking and its
     fused scores.
     """
 
@@ -96,7 +96,7 @@ class PassageVectorStore(VectorStore):
     def _select_relevance_score_fn(self) -> Callable[[float], float]:
         if self.retriever.lexical is not None:
             raise NotImplementedError("hybrid scores are fused z-scores, not relevances; use lexical_weight=0")
-        return self._cosine_relevance_score_fn
+        return lambda similarity: (1.0 + similarity) / 2.0  # cosine in [-1, 1] → relevance in [0, 1]
 
     @classmethod
     def from_texts(cls, texts: list[str], embedding: Embeddings, metadatas: list[dict] | None = None, *,
