@@ -47,13 +47,18 @@ def agent(rag_files, rag_encoder, tiny_lm_repo):
 
 
 @pytest.fixture(scope="module")
-def base_url(lm, agent):
+def app(lm, agent):
     from pocketlm.serving.app import create_app
     from pocketlm.serving.models import ServingModels
     from pocketlm.serving.openai_api import serve_rag
 
     app = create_app(ServingModels(lm=lm), LIMITS)
     serve_rag(app, agent)
+    return app
+
+
+@pytest.fixture(scope="module")
+def base_url(app):
     with serving(app, LIMITS) as url:
         yield url
 
@@ -193,3 +198,35 @@ def test_the_client_snippet_in_the_serving_docs_runs(base_url, lm, capsys):
     exec(compile(snippet.replace("http://127.0.0.1:8000", base_url), "docs/serving.md", "exec"), {})
     printed = capsys.readouterr().out
     assert lm.id in printed and "keeper.md#1" in printed
+
+
+def test_an_overloaded_server_answers_503_in_openai_shape_with_retry_after(client, app, base_url, lm):
+    import httpx
+
+    admission = app.state.admission
+    admission.in_flight += admission.capacity  # every place taken: the next request is refused at admission
+    try:
+        with pytest.raises(openai.InternalServerError) as raised:
+            client.completions.create(model=lm.id, prompt=PROMPT, max_tokens=4, stream=True)
+        response = httpx.post(base_url + "/v1/completions", json={"model": lm.id, "prompt": PROMPT})
+    finally:
+        admission.in_flight -= admission.capacity
+    assert raised.value.status_code == 503 and raised.value.body["code"] == "overloaded"
+    assert response.status_code == 503 and int(response.headers["Retry-After"]) >= 1
+    assert client.completions.create(model=lm.id, prompt=PROMPT, max_tokens=2).usage.completion_tokens == 2
+
+
+def test_the_server_command_serves_the_rag_agent_over_a_documents_folder(rag_index_repo, tiny_lm_onnx_repo, tmp_path):
+    from pocketlm.serving.launch import running_server
+
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "keeper.md").write_text(f"# Lighthouse\n\n{NOTE}")
+    (tmp_path / "docs" / "broken.pdf").write_bytes(b"%PDF-1.4\nnot really")
+    args = ["--qa", "none", "--rag", rag_index_repo, "--rag-lora", "none", "--rag-documents", str(tmp_path / "docs")]
+    with running_server(args, log_path=tmp_path / "server.log", ready_timeout_s=300) as server:
+        remote = openai.OpenAI(base_url=server.base_url + "/v1", api_key="unused", max_retries=0, timeout=120)
+        assert [m.id for m in remote.models.list()] == [tiny_lm_onnx_repo, RAG_MODEL]
+        reply = remote.chat.completions.create(model=RAG_MODEL, messages=[{"role": "user", "content": "Who kept the Kestrel Point lighthouse?"}])
+        assert reply.model_extra["fragments"][0]["id"] == "keeper.md#1"
+    log = (tmp_path / "server.log").read_text()
+    assert "indexed 1 file(s) as 1 passages: keeper.md" in log and "refused broken.pdf: malformed PDF" in log
