@@ -168,7 +168,8 @@ def split_document(name: str, data: bytes) -> list[Passage]:
     if kind is None:
         raise DocumentError(f"{name}: unsupported file type; supported: {', '.join(sorted(FORMATS))}")
     if kind == "pdf":
-        sections = [Document(text, metadata={"title": f"{name}, page {n}"}) for n, text in enumerate(_pdf_pages(name, data), 1)]
+        pages = _pdf_pages(name, data)
+        sections = [Document(text, metadata={"title": f"{name}, page {n}"}) for n, text in enumerate(pages, 1)]
     else:
         text = _decode_text(name, data)
         if kind == "html":
@@ -208,7 +209,7 @@ def read_documents(files: Sequence[tuple[str, Path]], limits: DocumentLimits = D
             if name in present or name in seen:
                 raise DocumentError(f"{name}: a document of that name is already in the index; rename the file to add it")
             if "#" in name:
-                raise DocumentError(f"{name}: '#' is not allowed in a document name (it separates the name from the chunk in ids)")
+                raise DocumentError(f"{name}: '#' is not allowed in a document name (ids are NAME#CHUNK)")
             size = path.stat().st_size
             if size > limits.max_file_bytes:
                 raise DocumentError(f"{name}: {size:,} bytes is over the {limits.max_file_bytes:,}-byte limit per file")

@@ -69,7 +69,8 @@ class RagRetriever:
 
     def add_passages(self, passages: list[Passage]) -> None:
         """Embed `passages` (the frozen encoder: the query adapter is for queries only) and add them, all or
-        nothing: the extended FAISS and BM25 indexes are built aside and swapped in together at the end."""
+        nothing: the extended FAISS and BM25 indexes are built aside and swapped in at the end. Not while another
+        thread searches this retriever (it could see one new index and one old): add to a `copy.copy` of it then."""
         vectors = encode(self.encoder, [p.text for p in passages])
         index = self.index.extended(vectors, passages)
         lexical = LexicalIndex([p.text for p in index.passages]) if self.lexical is not None else None

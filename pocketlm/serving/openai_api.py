@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import threading
 import time
 import uuid
@@ -40,6 +41,8 @@ from pocketlm.inference.onnx_lm import SamplingParams
 from pocketlm.serving.admission import Admission, Overloaded
 from pocketlm.serving.schemas import MAX_NEW_TOKENS, MAX_PROMPT_CHARS, MAX_QUESTION_CHARS, MIN_TEMPERATURE
 
+logger = logging.getLogger(__name__)
+
 RAG_MODEL = "pocketlm/rag-agent"
 """The model id `/v1/chat/completions` answers as (and `/v1/models` lists when the agent is loaded)."""
 MAX_STOP = 4
@@ -53,7 +56,8 @@ class OpenAIError(Exception):
     def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
                  type: str = "invalid_request_error", headers: dict[str, str] | None = None):
         super().__init__(message)
-        self.status, self.message, self.param, self.code, self.type, self.headers = status, message, param, code, type, headers
+        self.status, self.message, self.param, self.code = status, message, param, code
+        self.type, self.headers = type, headers
 
     def response(self) -> JSONResponse:
         body = {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
@@ -86,6 +90,10 @@ class OpenAIRoute(APIRoute):
                                    headers={"Retry-After": str(err.retry_after_s)}).response()
             except OpenAIError as err:
                 return err.response()
+            except Exception as err:  # a bug: logged, and still an error the clients can read
+                logger.exception("%s %s failed", request.method, request.url.path)
+                return OpenAIError(500, f"internal error ({type(err).__name__}); see the server log",
+                                   type="server_error").response()
 
         return route
 
@@ -185,8 +193,10 @@ class OpenAIFields(BaseModel):
 
 
 class CompletionRequest(OpenAIFields):
-    prompt: str | list[str] = Field(description=f"One prompt (a string, or a list of one), 1–{MAX_PROMPT_CHARS} characters.")
-    max_tokens: int | None = Field(16, ge=1, le=MAX_NEW_TOKENS, description="Tokens to generate at most (OpenAI's default 16).")
+    prompt: str | list[str] = Field(
+        description=f"One prompt (a string, or a list of one), 1–{MAX_PROMPT_CHARS} characters.")
+    max_tokens: int | None = Field(
+        16, ge=1, le=MAX_NEW_TOKENS, description="Tokens to generate at most (OpenAI's default 16).")
 
     @property
     def new_tokens(self) -> int:
@@ -423,7 +433,8 @@ def conversation(messages: list[ChatMessage]) -> tuple[str, list[tuple[str, str]
     return messages[-1].text, pairs[-HISTORY_EXCHANGES:]
 
 
-@router.post("/chat/completions", responses=STREAM_OR_JSON, summary="Ask the RAG agent (OpenAI chat completions); the answer cites its fragments")
+@router.post("/chat/completions", responses=STREAM_OR_JSON,
+             summary="Ask the RAG agent (OpenAI chat completions); the answer cites its fragments")
 async def chat_completions(body: ChatRequest, state: AppState):
     rag: RagService | None = getattr(state, "rag", None)
     if rag is None or body.model != rag.model_id:
@@ -480,8 +491,6 @@ def _event_stream(events: AsyncIterator[str], endpoint: str, ticket=None) -> Str
     """OpenAI's stream: `data: {...}` chunks, then `data: [DONE]`. A failure midway is an `error` chunk (the
     status line went out long ago), which the clients raise as an error. A `ticket` (the request's place in
     flight) is given back however the response ends, even if the stream never starts."""
-    import logging
-
     from pocketlm.serving.app import TicketedStreamingResponse
 
     async def framed() -> AsyncIterator[str]:
@@ -492,7 +501,7 @@ def _event_stream(events: AsyncIterator[str], endpoint: str, ticket=None) -> Str
             yield _sse({"error": {"message": str(err), "type": "server_error", "param": None, "code": "overloaded"}})
             return
         except Exception as err:
-            logging.getLogger(__name__).exception("%s stream failed", endpoint)
+            logger.exception("%s stream failed", endpoint)
             yield _sse({"error": {"message": f"generation failed ({type(err).__name__}); see the server log",
                                   "type": "server_error", "param": None, "code": None}})
             return

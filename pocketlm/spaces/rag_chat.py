@@ -67,12 +67,13 @@ class RagChat(LoadOnce[Any]):
             return agent.ask(question)
 
     def add_documents(self, retriever, files: list[tuple[str, Path]]):
-        """Index uploads into the session's copy of the index (made on its first upload: a shallow copy, since
-        adding builds new FAISS and BM25 objects and leaves the shared ones untouched). Returns it and the batch."""
+        """Index uploads into a new copy of the session's index (None: of the shared one); returns the copy and the
+        batch. A shallow copy is enough — adding builds new FAISS and BM25 objects — and the index a question of
+        the session may be searching right now is never changed under it."""
         from pocketlm.rag.documents import add_documents
 
         self.load()
-        retriever = retriever or copy.copy(self.shared_retriever)
+        retriever = copy.copy(retriever or self.shared_retriever)
         return retriever, add_documents(retriever, files, DOCUMENT_LIMITS)
 
     def search(self, term: str):
@@ -95,7 +96,8 @@ def documents_markdown(batch, retriever) -> str:
 
     lines = [f"✅ **{name}**" for name in batch.files] + [f"❌ **{r.name}**: {r.reason}" for r in batch.refused]
     held = sorted({name for p in retriever.index.passages if (name := document_name(p.id))}) if retriever else []
-    lines.append(f"_This session's documents: {', '.join(held) or 'none'} ({len(retriever.index.passages) if retriever else 0} passages in its index)._")
+    passages = len(retriever.index.passages) if retriever else 0
+    lines.append(f"_This session's documents: {', '.join(held) or 'none'} ({passages} passages in its index)._")
     return "  \n".join(lines)
 
 
