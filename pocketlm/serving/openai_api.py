@@ -337,20 +337,28 @@ class CompletionRun:
                         self.finish_reason = "stop"
                         break
                     text += text_of(token)
-                    cut = min((i for s in self.stops if (i := text.find(s, max(0, sent - len(s)))) >= 0), default=-1)
-                    if cut >= 0:
-                        if cut > sent:
-                            yield text[sent:cut]
-                        self.finish_reason = "stop"
+                    piece, sent, stopped = self._advance(text, sent)
+                    if piece:
+                        yield piece
+                    if stopped:
                         return
-                    safe = len(text) - _held_back(text, self.stops)
-                    if safe > sent:
-                        yield text[sent:safe]
-                        sent = safe
-            if len(text) > sent:
-                yield text[sent:]
+            # a last token that ends mid-character adds nothing to the stream: decoded whole, as `decode` does it
+            whole = self.lm.decode([t for t in self.tokens if t != self.lm.eos_token_id])
+            piece, sent, _ = self._advance(whole if whole.startswith(text) else text, sent, final=True)
+            if piece:
+                yield piece
         finally:
             self.ticket.release()
+
+    def _advance(self, text: str, sent: int, final: bool = False) -> tuple[str, int, bool]:
+        """The next piece of `text` to send after its first `sent` characters, the new count, and whether a stop
+        string ended it. While not `final`, text that could be the start of a stop string is held back."""
+        cut = min((i for s in self.stops if (i := text.find(s, sent)) >= 0), default=-1)
+        if cut >= 0:
+            self.finish_reason = "stop"
+            return text[sent:cut], cut, True
+        safe = len(text) if final else len(text) - _held_back(text, self.stops)
+        return (text[sent:safe], safe, False) if safe > sent else ("", sent, False)
 
     def usage(self) -> dict:
         return {"prompt_tokens": len(self.ids), "completion_tokens": len(self.tokens),

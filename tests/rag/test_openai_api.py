@@ -230,3 +230,33 @@ def test_the_server_command_serves_the_rag_agent_over_a_documents_folder(rag_ind
         assert reply.model_extra["fragments"][0]["id"] == "keeper.md#1"
     log = (tmp_path / "server.log").read_text()
     assert "indexed 1 file(s) as 1 passages: keeper.md" in log and "refused broken.pdf: malformed PDF" in log
+
+
+@pytest.mark.parametrize("scheduler", ["serial", "continuous"])
+def test_completions_run_on_either_scheduler_and_a_client_that_leaves_frees_its_place(lm, scheduler):
+    import time
+
+    import httpx
+
+    from pocketlm.serving.app import create_app
+    from pocketlm.serving.models import ServingModels
+
+    app = create_app(ServingModels(lm=lm), LIMITS, scheduler)
+    expected, finish = greedy(lm, PROMPT, 16)
+    stop = expected[8:11]
+    with serving(app, LIMITS) as url:
+        remote = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=120)
+        whole = remote.completions.create(model=lm.id, prompt=PROMPT, max_tokens=16, temperature=0)
+        assert (whole.choices[0].text, whole.choices[0].finish_reason) == (expected, finish)
+        streamed = remote.completions.create(model=lm.id, prompt=PROMPT, max_tokens=16, temperature=0, stop=stop, stream=True)
+        assert "".join(c.choices[0].text for c in streamed) == expected[: expected.index(stop)]
+
+        body = {"model": lm.id, "prompt": PROMPT, "max_tokens": 256 - len(lm.runtime.encode(PROMPT)), "stream": True,
+                "temperature": 0}
+        with httpx.stream("POST", url + "/v1/completions", json=body, timeout=60) as response:
+            first = next(response.iter_lines())
+            assert first.startswith("data: {") and app.state.admission.in_flight == 1
+        deadline = time.monotonic() + 10  # the client hung up after one chunk: its place is given back
+        while app.state.admission.in_flight and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert app.state.admission.in_flight == 0
