@@ -7,8 +7,8 @@ URL setting — so the server speaks it too, over the same runtimes and the same
   admission, compute slots, the compute budget). `max_tokens`, `temperature` (0: greedy), `top_p`, `stop`,
   `seed` and `stream` map onto it; `n` must be 1. Streaming sends `data: {...}` chunks, then `data: [DONE]`.
 * `/v1/chat/completions` is the RAG agent (started with `--rag`): the last user message is the question, the
-  exchanges before it (the last 3) its conversation. The answer's text cites its fragments (`[sources: ...]`)
-  and the response carries them as extra fields: `citations` (the ids the answer comes from) and `fragments`
+  exchanges before it (the last 3) its conversation. The answer's text names the fragment it comes from,
+  and the response carries the sources as extra fields: `citations` (the ids the answer comes from) and `fragments`
   (every fragment the agent read: id, title, text, score). The answer is computed whole, then streamed in
   pieces when `stream` is set. Sampling fields are accepted and do not change the grounded answer.
 
