@@ -57,7 +57,7 @@ class DocumentLimits:
     """Per file; also Gradio's upload cap in the RAG chat Space (the REST app's 2 MiB body cap bounds one upload in all)."""
     max_files: int = 20
     max_total_chars: int = 500_000
-    """Extracted text over all the user's documents: about 700 chunks, under a minute to embed on 2 cores."""
+    """Extracted text over all the user's documents: about 700 chunks to embed, a few minutes at most on 2 busy cores."""
 
     def describe(self) -> str:
         return (f"at most {self.max_files} files of {self.max_file_bytes / 1e6:g} MB each and "
