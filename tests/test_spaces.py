@@ -301,6 +301,28 @@ def test_rag_chat_cites_searches_and_remembers_three_exchanges(suite, rag_index)
     assert "Memory: empty" in memory
 
 
+def test_rag_chat_indexes_uploads_for_its_session_and_refuses_bad_files_by_name(suite, tmp_path):
+    from gradio_client import Client, handle_file
+
+    question = "Who kept the Kestrel Point lighthouse?"
+    (tmp_path / "keeper.md").write_text("# Lighthouse\n\nThe Kestrel Point lighthouse was kept by Elsa Brandt from 1887.")
+    (tmp_path / "photo.txt").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR")
+    chat = Client(suite.base_url + "/", verbose=False)
+    _, status = chat.predict([handle_file(str(tmp_path / "keeper.md")), handle_file(str(tmp_path / "photo.txt"))],
+                             api_name="/add_documents")
+    assert "✅ **keeper.md**" in status and "❌ **photo.txt**: binary content, not a text file" in status
+    _, history, fragments, _ = chat.predict(question, [], api_name="/chat")
+    assert "**[keeper.md#1]** *keeper.md › Lighthouse*" in fragments  # retrieved from the upload, cited by file and chunk
+    _, _, elsewhere, _ = Client(suite.base_url + "/", verbose=False).predict(question, [], api_name="/chat")
+    assert "keeper.md" not in elsewhere  # another session's index never holds them
+
+    from pocketlm.spaces.rag_chat import UPLOAD_BYTES
+
+    small = httpx.post(suite.base_url + "/gradio_api/upload", files={"files": ("a.txt", b"x" * (UPLOAD_BYTES - 1000))}, timeout=30)
+    large = httpx.post(suite.base_url + "/gradio_api/upload", files={"files": ("b.txt", b"x" * (UPLOAD_BYTES + 1000))}, timeout=30)
+    assert small.status_code == 200 and large.status_code == 413
+
+
 @pytest.mark.parametrize("endpoint, args, message", [
     ("/answer_question", ("", QA_CONTEXT), "Question: must not be empty"),
     ("/answer_question", ("   ", QA_CONTEXT), "Question: question must contain some non-whitespace text"),

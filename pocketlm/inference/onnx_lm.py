@@ -29,12 +29,15 @@ from pocketlm.inference.qa_engine import pick_onnx_file
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """How the next token is chosen. `do_sample=False` is greedy (deterministic); else top-k sampling."""
+    """How the next token is chosen. `do_sample=False` is greedy (deterministic); else top-k (and top-p) sampling."""
 
     max_new_tokens: int = 32
     do_sample: bool = False
     temperature: float = 1.0
     top_k: int = 50
+    """0: no top-k cut (the whole vocabulary)."""
+    top_p: float = 1.0
+    """Nucleus sampling: keep the most likely tokens whose probabilities add up to `top_p` (1: all of the top-k)."""
     seed: int | None = None
     stop_at_eos: bool = True
     """False keeps generating past the end-of-text token (benchmarks use it to time a fixed token count)."""
@@ -360,8 +363,22 @@ def _left_pad(array: np.ndarray, width: int, axis: int) -> np.ndarray:
     return np.pad(array, pad)
 
 
+def _nucleus(probs: np.ndarray, top_p: float) -> np.ndarray:
+    """`probs` (unnormalised, one row per sequence) with all but each row's nucleus zeroed: the most likely
+    tokens, best first, until their share of the row's mass reaches `top_p` (the best token always stays)."""
+    order = np.argsort(-probs, axis=-1, kind="stable")
+    ranked = np.take_along_axis(probs, order, axis=-1)
+    before = np.cumsum(ranked, axis=-1) - ranked  # the mass of the better tokens
+    keep_ranked = before < top_p * ranked.sum(-1, keepdims=True)
+    keep_ranked[:, 0] = True
+    keep = np.zeros_like(keep_ranked)
+    np.put_along_axis(keep, order, keep_ranked, axis=-1)
+    return np.where(keep, probs, 0.0)
+
+
 def choose_next_tokens(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator) -> np.ndarray:
-    """Greedy argmax, or top-k sampling at `temperature` (softmax over the k best logits of each row).
+    """Greedy argmax, or top-k sampling at `temperature` (softmax over the k best logits of each row), cut to
+    the top-p nucleus when `top_p` < 1.
 
     Numerically safe for any positive temperature: the best logit is subtracted *before* dividing, so every
     scaled logit is <= 0 and `exp` cannot overflow (dividing first turns `logit / 1e-310` into inf and the
@@ -378,6 +395,8 @@ def choose_next_tokens(logits: np.ndarray, params: SamplingParams, rng: np.rando
     best = np.where(np.isfinite(best), best, 0.0)  # a row of -inf only: left at -inf, not NaN
     with np.errstate(over="ignore", under="ignore"):  # (x - best) / 1e-310 is -inf, and exp(-inf) is 0: as meant
         probs = np.exp((top_logits - best) / params.temperature)
+    if params.top_p < 1.0:
+        probs = _nucleus(probs, params.top_p)
     totals = probs.sum(-1, keepdims=True)
     picks = [
         rng.choice(k, p=row / total) if total > 0 and np.isfinite(total) else int(np.argmax(row_logits))

@@ -158,6 +158,28 @@ class PassageIndex:
             raise ConfigError(f"query vectors have {queries.shape[1]} dimensions but the index has {self.dim}: was it built with another encoder?")
         return self.index.search(queries, min(k, self.index.ntotal))
 
+    def extended(self, vectors: np.ndarray, passages: list[Passage]) -> PassageIndex:
+        """A new index holding this one's passages and `passages` (embedded as `vectors`); this one is unchanged.
+
+        Users' documents go in this way: the FAISS index is cloned and the new vectors added to the clone (an
+        OPQ index encodes them with its trained rotation and codebooks), so whatever fails leaves the index
+        being searched as it was. Ids must be new: an id names one passage.
+        """
+        import faiss
+
+        vectors = np.ascontiguousarray(np.atleast_2d(vectors), dtype=np.float32)
+        if len(vectors) != len(passages):
+            raise ValueError(f"{len(vectors)} vectors for {len(passages)} passages")
+        if vectors.shape[1] != self.dim:
+            raise ConfigError(f"new vectors have {vectors.shape[1]} dimensions but the index has {self.dim}")
+        ids = [p.id for p in passages]
+        if clash := sorted(set(ids) & {p.id for p in self.passages}) or len(set(ids)) < len(ids):
+            raise ConfigError(f"passage ids must be new and distinct; already in the index or repeated: {clash}")
+        index = faiss.clone_index(self.index)
+        index.add(vectors)
+        config = {**self.config, "count": index.ntotal, "size_bytes": index_nbytes(index)}
+        return PassageIndex(index, [*self.passages, *passages], config)
+
     def save(self, folder: str | Path, name: str = FAISS_NAME) -> None:
         """Write the FAISS binary, the passages and the config into `folder` (each file atomically)."""
         import faiss

@@ -84,6 +84,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--abstain_below", type=float, default=ABSTAIN_BELOW,
                         help=f"reader score under which the answer is 'not found in the fragments' (default {ABSTAIN_BELOW})")
     parser.add_argument("--no_conversation", action="store_true", help="search every question as typed, ignoring the conversation")
+    parser.add_argument("--documents", default=None, metavar="DIR",
+                        help="a folder of your own documents (.txt, .md, .html, .pdf) to add to the index for this "
+                        "session; their passages are cited as FILE#N")
     args = parser.parse_args(argv)
     if args.k < 1:
         parser.error("--k must be at least 1")
@@ -93,6 +96,14 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--abstain_below must be in [0, 1] (0: never abstain)")
     # Ctrl-C leaves the REPL even when it was started from a shell that ignores SIGINT (a background job of a
     # script: the ignored disposition is inherited and Python then never raises KeyboardInterrupt).
+    documents = None
+    if args.documents is not None:
+        from pocketlm.rag.documents import DocumentError, folder_files
+
+        try:
+            documents = folder_files(args.documents)
+        except DocumentError as err:
+            parser.error(f"--documents: {err}")
     signal.signal(signal.SIGINT, signal.default_int_handler)
     console = Console(highlight=False)
     console.print("[dim]loading the retriever and the generator…[/]")
@@ -109,6 +120,21 @@ def main(argv: list[str] | None = None) -> int:
         f"[dim]index: {agent.retriever.index.config.get('factory', '?')} over {len(agent.retriever.index.passages)} passages, "
         f"{adapter} query adapter, {lexical}; {escape(agent.description)}[/]"
     )
+    if documents is not None:
+        add_folder(agent.retriever, documents, args.documents, console)
     return repl(agent, console)
+
+
+def add_folder(retriever, files, folder: str, console: Console) -> None:
+    """Index the folder's documents, saying what went in and which files were refused, and why."""
+    from pocketlm.errors import ConfigError
+    from pocketlm.rag.documents import DocumentError, add_documents
+
+    console.print(f"[dim]indexing {len(files)} file(s) from {escape(folder)}…[/]")
+    try:
+        batch = add_documents(retriever, files)
+    except DocumentError as err:
+        raise ConfigError(f"--documents {folder}: {err}") from None
+    console.print(escape(batch.summary()))
 
 

@@ -15,6 +15,7 @@ import numpy as np
 from pocketlm import RAG_INDEX
 from pocketlm.errors import ConfigError
 from pocketlm.hub import resolve
+from pocketlm.rag.corpus import Passage
 from pocketlm.rag.embeddings import encode, load_encoder
 from pocketlm.rag.index import PassageIndex
 from pocketlm.rag.lexical import CANDIDATES, HYBRID_WEIGHT, LexicalIndex, fuse
@@ -65,6 +66,27 @@ class RagRetriever:
         adapter_folder = folder / ADAPTER_FOLDER
         adapter = QueryAdapter.load(adapter_folder) if use_adapter and QueryAdapter.exists(adapter_folder) else None
         return cls(encoder or load_encoder(index.config["encoder"]), index, adapter, lexical_weight)
+
+    def add_passages(self, passages: list[Passage]) -> None:
+        """Embed `passages` (the frozen encoder: the query adapter is for queries only) and add them, all or
+        nothing: the extended FAISS and BM25 indexes are built aside and swapped in at the end. Not while another
+        thread searches this retriever (it could see one new index and one old): add to a `copy.copy` of it then."""
+        vectors = encode(self.encoder, [p.text for p in passages])
+        index = self.index.extended(vectors, passages)
+        lexical = LexicalIndex([p.text for p in index.passages]) if self.lexical is not None else None
+        self.index, self.lexical = index, lexical
+
+    def as_langchain(self, k: int = 3):
+        """This retriever as a LangChain `BaseRetriever` (top-`k` passages as `Document`s), for users' own chains."""
+        from pocketlm.rag.langchain_store import PassageRetriever
+
+        return PassageRetriever(retriever=self, k=k)
+
+    def as_vector_store(self):
+        """The index as a LangChain `VectorStore` (search, add documents, get by id) sharing this retriever."""
+        from pocketlm.rag.langchain_store import PassageVectorStore
+
+        return PassageVectorStore(self)
 
     def embed_queries(self, queries: list[str]) -> np.ndarray:
         return embed_queries(self.encoder, self.adapter, queries)

@@ -10,7 +10,7 @@ import argparse
 import gc
 import os
 
-from pocketlm import MINILM_SQUAD_ONNX, TINY_LM_ONNX
+from pocketlm import MINILM_SQUAD, MINILM_SQUAD_ONNX, TINY_LM_ONNX
 from pocketlm.artifacts import ARTIFACTS, artifact_id
 from pocketlm.cli import run
 from pocketlm.serving.admission import Limits
@@ -26,6 +26,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         f"${ARTIFACTS[TINY_LM_ONNX].env_var}, else {artifact_id(TINY_LM_ONNX)})")
     parser.add_argument("--qa", default=None, help="Hub id or folder of the QA ONNX export ('none' to skip; default: "
                         f"${ARTIFACTS[MINILM_SQUAD_ONNX].env_var}, else {artifact_id(MINILM_SQUAD_ONNX)})")
+    parser.add_argument("--rag", default="none", metavar="INDEX",
+                        help="RAG index id or folder: answer /v1/chat/completions with the RAG agent over it "
+                        "(e.g. pocketlm/rag-index; loads torch, so start-up takes seconds; default none)")
+    parser.add_argument("--rag-lora", default=None, help="the RAG agent's generator LoRA (default: the published one, "
+                        "if any; 'none' for the base LM)")
+    parser.add_argument("--rag-reader", default=None,
+                        help="the RAG agent's extractive reader, a QA model id or folder (default: "
+                        f"${ARTIFACTS[MINILM_SQUAD].env_var}, else {artifact_id(MINILM_SQUAD)})")
+    parser.add_argument("--rag-documents", default=None, metavar="DIR",
+                        help="a folder of your own documents (.txt, .md, .html, .pdf) added to the RAG index")
     parser.add_argument("--lm-precision", choices=["fp32", "int8"], default="fp32",
                         help="which LM graph to serve (default fp32: token for token what PyTorch generates, and the "
                         "same batched or not; dynamic int8 changes some greedy tokens, see the export's model card)")
@@ -70,7 +80,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.scheduler == "continuous" and args.lm_precision == "int8":
         parser.error("--scheduler continuous needs --lm-precision fp32: the dynamic int8 graph scales its activations "
                      "per batch, so a request's tokens would depend on who shares its batch (use --scheduler serial)")
-    if args.lm == "none" and args.qa == "none":
+    if args.rag == "none" and (args.rag_lora or args.rag_documents):
+        parser.error("--rag-lora and --rag-documents need --rag INDEX")
+    if args.lm == "none" and args.qa == "none" and args.rag == "none":
         parser.error("--lm and --qa are both 'none': nothing to serve")
     return args
 
@@ -111,12 +123,33 @@ def main(argv: list[str] | None = None) -> int:
                     max_wait_s=args.max_wait_s, max_compute_s=args.max_compute_s,
                     max_body_bytes=args.max_body_bytes, read_timeout_s=args.read_timeout_s)
     app = create_app(models, limits, args.scheduler)
+    if args.rag != "none":
+        load_rag(app, args)
     gc.freeze()
     gc.enable()
     print(f"pocketlm REST API on http://{args.host}:{args.port} (docs: /docs), pid {os.getpid()}", flush=True)
     uvicorn.Server(server_config(app, args.host, args.port, limits, log_level=args.log_level,
                                  access_log=args.access_log)).run()
     return 0
+
+
+def load_rag(app, args: argparse.Namespace) -> None:
+    """Load the RAG agent (torch, transformers: seconds), index `--rag-documents`, serve it at /v1/chat/completions."""
+    from pocketlm import TINY_LM_RAG_LORA
+    from pocketlm.errors import ConfigError
+    from pocketlm.rag.chain import RagAgent
+    from pocketlm.rag.documents import DocumentError, add_documents, folder_files
+    from pocketlm.serving.openai_api import serve_rag
+
+    agent = RagAgent.from_pretrained(args.rag, lora=args.rag_lora or TINY_LM_RAG_LORA,
+                                     reader=args.rag_reader or artifact_id(MINILM_SQUAD))
+    if args.rag_documents:
+        try:
+            batch = add_documents(agent.retriever, folder_files(args.rag_documents))
+        except DocumentError as err:
+            raise ConfigError(f"--rag-documents: {err}") from None
+        print(batch.summary(), flush=True)
+    serve_rag(app, agent)
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 import pocketlm
 from pocketlm.errors import ConfigError
 from pocketlm.inference.onnx_lm import OnnxCausalLM, SamplingParams
+from pocketlm.serving import openai_api
 from pocketlm.serving.admission import Admission, Limits, Overloaded, Ticket
 from pocketlm.serving.http_limits import BodyLimits
 from pocketlm.serving.models import ServedModel, ServingModels
@@ -194,6 +195,7 @@ def create_app(models: ServingModels, limits: Limits | None = None, scheduler: S
     _install_error_handlers(app)
     for router in (service_routes, lm_routes, qa_routes):
         app.include_router(router)
+    app.include_router(openai_api.router)  # /v1/...: the OpenAI-compatible API (chat: `openai_api.serve_rag`)
     return app
 
 

@@ -172,6 +172,8 @@ def models_or_page(space: str, args: argparse.Namespace):
 def launch(blocks, args: argparse.Namespace) -> None:
     from pocketlm.spaces.common import MAX_UPLOAD_BYTES, queued
 
+    if space == "rag_chat":  # the one Space that takes files: users' documents, up to its per-file cap
+        from pocketlm.spaces.rag_chat import UPLOAD_BYTES as MAX_UPLOAD_BYTES
     queued(blocks).launch(server_name=args.host, server_port=args.port, ssr_mode=False, show_error=True,
                           footer_links=["api"], max_file_size=MAX_UPLOAD_BYTES)
 

@@ -6,11 +6,17 @@ It drives `pocketlm.rag.chain.RagAgent` (retriever with its query adapter → ex
 LoRA-tuned generator's answer beside it), the agent the REPL (`python -m pocketlm.rag`) runs. The models are loaded
 once and shared; each session has its own conversation memory (a `WindowedChatHistory` in `gr.State`),
 handed to the agent for the duration of its request.
+
+Users can add their own documents (text, Markdown, HTML, PDF: `pocketlm.rag.documents`) by upload. They go
+into the session's own copy of the index — other sessions never see them — swapped in for its requests
+like the memory; files refused (wrong type, binary, malformed, too large) are listed by name.
 """
 
 from __future__ import annotations
 
+import copy
 import threading
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -18,6 +24,7 @@ import gradio as gr
 from pocketlm import MINILM_SQUAD, RAG_INDEX, TINY_LM_RAG_LORA
 from pocketlm.rag.answer import ABSTAIN_BELOW
 from pocketlm.rag.commands import CommandError, help_text, parse_command
+from pocketlm.rag.documents import FORMATS, DocumentLimits
 from pocketlm.serving.schemas import MAX_QUESTION_CHARS
 from pocketlm.spaces import SPACE_TITLES
 from pocketlm.spaces.common import ComputeGuard, LoadOnce, local_folder, standalone
@@ -25,6 +32,9 @@ from pocketlm.spaces.examples import CHAT_EXAMPLES
 
 TITLE = SPACE_TITLES["rag_chat"]
 HELP = help_text(markdown=True)
+DOCUMENT_LIMITS = DocumentLimits()
+UPLOAD_BYTES = DOCUMENT_LIMITS.max_file_bytes
+"""Gradio's `max_file_size` on a page with this Space (every other page keeps uploads closed)."""
 
 
 class RagChat(LoadOnce[Any]):
@@ -36,26 +46,40 @@ class RagChat(LoadOnce[Any]):
         self.index, self.generator, self.base = index, generator, base
         self.reader, self.abstain_below = reader, abstain_below
         self._turn = threading.Lock()
+        self.shared_retriever = None
 
     def _load(self):
         from pocketlm.rag.chain import RagAgent
 
         # The LoRA goes by id: `load_generator` resolves it, and falls back to the base LM when the default
         # LoRA is not built (the description then says "no LoRA"). `base` None: the base the LoRA names.
-        return RagAgent.from_pretrained(local_folder(self.index), lora=self.generator or "none", base=self.base,
-                                        reader=local_folder(self.reader), abstain_below=self.abstain_below)
+        agent = RagAgent.from_pretrained(local_folder(self.index), lora=self.generator or "none", base=self.base,
+                                         reader=local_folder(self.reader), abstain_below=self.abstain_below)
+        self.shared_retriever = agent.retriever
+        return agent
 
     def new_memory(self):
         from pocketlm.rag.chain import WindowedChatHistory
 
         return WindowedChatHistory()
 
-    def ask(self, memory, question: str):
-        """`agent.ask` with this session's memory (the agent's own object is swapped for the call)."""
+    def ask(self, memory, question: str, retriever=None):
+        """`agent.ask` with this session's memory and index (swapped in for the call; None: the shared index)."""
         agent = self.load()
         with self._turn:
             agent.memory = memory
+            agent.retriever = retriever or self.shared_retriever
             return agent.ask(question)
+
+    def add_documents(self, retriever, files: list[tuple[str, Path]]):
+        """Index uploads into a new copy of the session's index (None: of the shared one); returns the copy and the
+        batch. A shallow copy is enough — adding builds new FAISS and BM25 objects — and the index a question of
+        the session may be searching right now is never changed under it."""
+        from pocketlm.rag.documents import add_documents
+
+        self.load()
+        retriever = copy.copy(retriever or self.shared_retriever)
+        return retriever, add_documents(retriever, files, DOCUMENT_LIMITS)
 
     def search(self, term: str):
         return self.load().search(term)
@@ -80,6 +104,17 @@ def fragments_markdown(fragments, cited: list[str], heading: str) -> str:
     return "\n\n".join(lines)
 
 
+def documents_markdown(batch, retriever) -> str:
+    """What an upload gave (files indexed, files refused and why), then every document this session holds."""
+    from pocketlm.rag.documents import document_name
+
+    lines = [f"✅ **{name}**" for name in batch.files] + [f"❌ **{r.name}**: {r.reason}" for r in batch.refused]
+    held = sorted({name for p in retriever.index.passages if (name := document_name(p.id))}) if retriever else []
+    passages = len(retriever.index.passages) if retriever else 0
+    lines.append(f"_This session's documents: {', '.join(held) or 'none'} ({passages} passages in its index)._")
+    return "  \n".join(lines)
+
+
 def memory_markdown(memory) -> str:
     exchanges = memory.exchanges() if memory is not None else []
     if not exchanges:
@@ -99,6 +134,7 @@ def render(chat: RagChat, guard: ComputeGuard | None = None) -> None:
         "so a follow-up question finds its topic. `!help` for more."
     )
     memory = gr.State(None)
+    documents = gr.State(None)  # the session's own index once it has added documents (None: the shared one)
     with gr.Row():
         with gr.Column(scale=3):
             chatbot = gr.Chatbot(label="Chat", height=430, elem_id="rag-chatbot")
@@ -110,9 +146,15 @@ def render(chat: RagChat, guard: ComputeGuard | None = None) -> None:
         with gr.Column(scale=2):
             fragments = gr.Markdown("_The fragments of the last answer appear here._", elem_id="rag-fragments")
             remembered = gr.Markdown("_Memory: empty._", elem_id="rag-memory")
+            with gr.Accordion("Your documents", open=False):
+                uploads = gr.File(label=f"Add documents ({', '.join(sorted(FORMATS))}; {DOCUMENT_LIMITS.describe()})",
+                                  file_count="multiple", type="filepath", elem_id="rag-uploads")
+                add = gr.Button("Add to the index", elem_id="rag-add-documents")
+                indexed = gr.Markdown("_Only this session sees the documents it adds; answers cite them as FILE#N._",
+                                      elem_id="rag-documents")
     gr.Examples([[example] for example in CHAT_EXAMPLES], [message], example_labels=CHAT_EXAMPLES)
 
-    async def respond(text: str, history: list, session_memory):
+    async def respond(text: str, history: list, session_memory, session_documents):
         text = (text or "").strip()
         if not text:
             raise gr.Error("Message: must not be empty", title="Please check the input")
@@ -135,7 +177,7 @@ def render(chat: RagChat, guard: ComputeGuard | None = None) -> None:
         elif command.name == "help":
             reply = HELP
         else:
-            answer = await guard.call(chat.ask, session_memory, command.argument)
+            answer = await guard.call(chat.ask, session_memory, command.argument, session_documents)
             reply = answer_markdown(answer)
             heading = "MOCK web_search results used" if answer.web_search else "Retrieved fragments"
             searched = f"Searched as: _{answer.query}_\n\n" if answer.query != answer.question and not answer.web_search else ""
@@ -144,7 +186,18 @@ def render(chat: RagChat, guard: ComputeGuard | None = None) -> None:
         return "", history, session_memory, shown, memory_markdown(session_memory)
 
     outputs = [message, chatbot, memory, fragments, remembered]
-    gr.on([send.click, message.submit], respond, [message, chatbot, memory], outputs, api_name="chat")
+    gr.on([send.click, message.submit], respond, [message, chatbot, memory, documents], outputs, api_name="chat")
+
+    async def add_uploads(paths: list[str] | None, session_documents):
+        if not paths:
+            raise gr.Error("Documents: choose one or more files first", title="Please check the input")
+        await chat.loaded_value("the RAG agent")
+        files = [(Path(path).name, Path(path)) for path in paths]
+        # a limit refusing the whole batch (a `DocumentError`) becomes the page's error message
+        session_documents, batch = await guard.call(chat.add_documents, session_documents, files)
+        return None, session_documents, documents_markdown(batch, session_documents)
+
+    add.click(add_uploads, [uploads, documents], [uploads, documents, indexed], api_name="add_documents")
 
     def forget(session_memory):
         if session_memory is not None:

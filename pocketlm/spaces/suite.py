@@ -53,9 +53,16 @@ def build_suite(models: ServingModels, backends: QABackends | None, rag: Any = N
 def create_suite_app(models: ServingModels, backends: QABackends | None = None, rag: Any = None,
                      limits: Limits | None = None) -> FastAPI:
     """The REST app with the suite mounted at `/`: the REST app's limits (body size, read timeout) cover the
-    page's routes too, the page's queue is bounded like the REST queue, and uploads are off."""
+    page's routes too, the page's queue is bounded like the REST queue, and uploads are off — except, with the
+    RAG chat, documents up to its per-file cap."""
     limits = limits or Limits()
     app = create_app(models, limits)  # REST routes first: they take precedence over the mount below
     suite = queued(build_suite(models, backends, rag, ComputeGuard(app.state.admission)), limits)
     return gr.mount_gradio_app(app, suite, path=GRADIO_PATH, ssr_mode=False, show_error=True, footer_links=["api"],
-                               max_file_size=MAX_UPLOAD_BYTES)
+                               max_file_size=MAX_UPLOAD_BYTES if rag is None else _rag_upload_bytes())
+
+
+def _rag_upload_bytes() -> int:
+    from pocketlm.spaces.rag_chat import UPLOAD_BYTES
+
+    return UPLOAD_BYTES
