@@ -5,6 +5,9 @@ The generator (pocketlm's tiny LM by default) gets a rank-4 LoRA on its attentio
 (`pocketlm.rag.generator.build_prompt`), and judged by ROUGE-L (`rouge-score`) on pairs from held-out
 articles, before and after.
 
+With `copy_steps`, each seed first fully fine-tunes the base on the copy curriculum
+(`pocketlm.rag.copy_curriculum`) and trains its LoRA on that model instead.
+
 Pairs: questions of SQuAD *train* (never the dev/evaluation questions), each with its top-k fragments
 retrieved by the frozen MiniLM from the paragraphs of the same articles (a flat FAISS index), cropped to
 the generator's context the way the chain crops them. Held-out pairs come from articles kept out of training.
@@ -27,7 +30,7 @@ from pocketlm import TINY_LM, TINY_LM_COPY, TINY_LM_RAG_LORA
 from pocketlm.benchmarking import markdown_table
 from pocketlm.errors import ConfigError
 from pocketlm.hub import ArtifactNotFoundError, ModelCardInfo, publish, resolve
-from pocketlm.io import write_json
+from pocketlm.io import write_dir, write_json
 from pocketlm.rag.corpus import Passage, SquadTrainSet, split_by_title, squad_train_set
 from pocketlm.rag.embeddings import encode, load_encoder
 from pocketlm.rag.evaluation import answer_report
@@ -374,7 +377,7 @@ def train_copy_base(config: LoraExperimentConfig, base_path: str, seed: int, run
         curriculum = CopyCurriculumConfig(steps=config.copy_steps, learning_rate=config.copy_learning_rate,
                                           batch_size=config.copy_batch_size, fragments=config.k, seed=seed)
         model, tokenizer, _ = train_copy_curriculum(base_path, wikitext_distractors(), curriculum, run_dir / "copy")
-        save_model(model, tokenizer, folder)
+        write_dir(folder, lambda staging: save_model(model, tokenizer, staging))  # whole or not at all: resume trusts it
     return str(folder), {"copy_accuracy": copy_accuracy(model.eval(), model.config.vocab_size)}
 
 
