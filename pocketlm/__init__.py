@@ -15,6 +15,8 @@ model and the RAG embeddings. `pocketlm.hub.resolve` maps it — and the short a
 TINY_LM = "pocketlm/tiny-lm"
 TINY_LM_ONNX = "pocketlm/tiny-lm-onnx"
 TINY_LM_RAG_LORA = "pocketlm/tiny-lm-rag-lora"
+TINY_LM_COPY = "pocketlm/tiny-lm-copy"
+"""tiny-lm after the copy curriculum (`pocketlm.rag.copy_curriculum`): the base of the RAG LoRA when it is trained."""
 MINILM_SST2_PEFT = "pocketlm/minilm-sst2-peft"
 MINILM_SQUAD = "pocketlm/minilm-squad"
 MINILM_SQUAD_ONNX = "pocketlm/minilm-squad-onnx"

@@ -5,6 +5,9 @@ The generator (pocketlm's tiny LM by default) gets a rank-4 LoRA on its attentio
 (`pocketlm.rag.generator.build_prompt`), and judged by ROUGE-L (`rouge-score`) on pairs from held-out
 articles, before and after.
 
+With `copy_steps`, each seed first fully fine-tunes the base on the copy curriculum
+(`pocketlm.rag.copy_curriculum`) and trains its LoRA on that model instead.
+
 Pairs: questions of SQuAD *train* (never the dev/evaluation questions), each with its top-k fragments
 retrieved by the frozen MiniLM from the paragraphs of the same articles (a flat FAISS index), cropped to
 the generator's context the way the chain crops them. Held-out pairs come from articles kept out of training.
@@ -23,11 +26,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from pocketlm import TINY_LM, TINY_LM_RAG_LORA
+from pocketlm import TINY_LM, TINY_LM_COPY, TINY_LM_RAG_LORA
 from pocketlm.benchmarking import markdown_table
 from pocketlm.errors import ConfigError
 from pocketlm.hub import ArtifactNotFoundError, ModelCardInfo, publish, resolve
-from pocketlm.io import write_json
+from pocketlm.io import write_dir, write_json
 from pocketlm.rag.corpus import Passage, SquadTrainSet, split_by_title, squad_train_set
 from pocketlm.rag.embeddings import encode, load_encoder
 from pocketlm.rag.evaluation import answer_report
@@ -231,6 +234,11 @@ def rouge_l(predictions: Sequence[str], references: Sequence[str]) -> float:
     return float(np.mean(scores)) if scores else 0.0
 
 
+def copy_token_range(vocab_size: int) -> tuple[int, int]:
+    """The token ids random copy sequences are drawn from: above the special and byte tokens of a BPE vocabulary."""
+    return min(100, vocab_size // 2), vocab_size
+
+
 def copy_accuracy(model, vocab_size: int, length: int = 40, sequences: int = 16, seed: int = 0) -> float:
     """Top-1 accuracy on the second half of random token sequences shown twice (the induction-head test).
 
@@ -240,7 +248,7 @@ def copy_accuracy(model, vocab_size: int, length: int = 40, sequences: int = 16,
     import torch
 
     generator = torch.Generator().manual_seed(seed)
-    first = torch.randint(min(100, vocab_size // 2), vocab_size, (sequences, length), generator=generator)
+    first = torch.randint(*copy_token_range(vocab_size), (sequences, length), generator=generator)
     ids = torch.cat([first, first], dim=1).to(model.device)
     with torch.inference_mode():
         logits = model(input_ids=ids).logits
@@ -268,7 +276,7 @@ def gain_over_seeds(before: float, afters: Sequence[float]) -> dict[str, float |
 
 @dataclass
 class LoraExperimentConfig:
-    model_name_or_path: str = field(default=TINY_LM, metadata={"help": "base causal LM: pocketlm/tiny-lm (default), gpt2, any causal LM id or path"})
+    model_name_or_path: str = field(default=TINY_LM, metadata={"aliases": ["--base"], "help": "base causal LM: pocketlm/tiny-lm (default), gpt2, any causal LM id or path"})
     train_pairs: int = field(default=500, metadata={"help": "training pairs"})
     eval_pairs: int = field(default=300, metadata={"help": "held-out pairs for ROUGE-L before/after (at 100, which pairs are drawn moves a seed's score about as much as the effect)"})
     max_articles: int = field(default=0, metadata={"help": "use only this many SQuAD-train articles (0: all 44)"})
@@ -281,8 +289,17 @@ class LoraExperimentConfig:
     num_train_epochs: float = field(default=5.0)
     learning_rate: float = field(default=2e-3)
     per_device_train_batch_size: int = field(default=8)
+    copy_steps: int = field(default=0, metadata={"help": "steps of the copy curriculum (full fine-tuning, pocketlm.rag.copy_curriculum) before each seed's LoRA; 0: none"})
+    copy_learning_rate: float = field(default=1e-3, metadata={"help": "learning rate of the copy curriculum"})
+    copy_batch_size: int = field(default=16, metadata={"help": "batch size of the copy curriculum"})
     encoder: str = field(default="minilm", metadata={"help": "encoder retrieving the fragments of the pairs"})
     output_dir: str | None = field(default=None, metadata={"help": "runs folder (default: $POCKETLM_RUNS_DIR/rag-lora)"})
+
+    def __post_init__(self):
+        if self.copy_steps < 0:
+            raise ConfigError(f"--copy_steps must be >= 0 (0: no copy curriculum), not {self.copy_steps}")
+        if self.copy_steps and (self.copy_batch_size < 1 or not self.copy_learning_rate > 0):
+            raise ConfigError("--copy_batch_size must be >= 1 and --copy_learning_rate > 0")
 
     def seed_list(self) -> list[int]:
         try:
@@ -342,8 +359,55 @@ def evaluate_answers(model, tokenizer, pairs: list[RagPair]) -> tuple[dict[str, 
     return {**scores, **answer_report(predictions, [[p.answer] for p in pairs])}, predictions
 
 
-def run_experiment(config: LoraExperimentConfig, repo_id: str | None = TINY_LM_RAG_LORA, push_to_hub: bool = False, token: str | None = None) -> dict:
-    """Fine-tune one LoRA per seed, measure ROUGE-L before/after on held-out pairs, publish the first seed's."""
+def train_copy_base(config: LoraExperimentConfig, base_path: str, seed: int, run_dir: Path) -> tuple[str, dict]:
+    """The copy curriculum for one seed (`pocketlm.rag.copy_curriculum`), saved in `run_dir/copy-base`.
+
+    Returns the saved model's folder and its copy accuracy. A folder left by an earlier run is reused, so an
+    interrupted experiment resumes without training it again.
+    """
+    from transformers import AutoModelForCausalLM
+
+    from pocketlm.rag.copy_curriculum import CopyCurriculumConfig, save_model, train_copy_curriculum
+    from pocketlm.rag.corpus import wikitext_distractors
+
+    folder = run_dir / "copy-base"
+    if (folder / "model.safetensors").is_file():
+        model = AutoModelForCausalLM.from_pretrained(folder)
+    else:
+        curriculum = CopyCurriculumConfig(steps=config.copy_steps, learning_rate=config.copy_learning_rate,
+                                          batch_size=config.copy_batch_size, fragments=config.k, seed=seed)
+        model, tokenizer, _ = train_copy_curriculum(base_path, wikitext_distractors(), curriculum, run_dir / "copy")
+        write_dir(folder, lambda staging: save_model(model, tokenizer, staging))  # whole or not at all: resume trusts it
+    return str(folder), {"copy_accuracy": copy_accuracy(model.eval(), model.config.vocab_size)}
+
+
+def train_seed(config: LoraExperimentConfig, base_path: str, train_pairs, eval_pairs, seed: int, run_dir: Path):
+    """One seed: the copy curriculum when `config.copy_steps`, then the LoRA on top, scored on the held-out pairs.
+
+    Each seed's LoRA is also saved in `run_dir/lora` (its base: the seed's copy-trained model, or the base).
+    Returns the scores, the peft model, its tokenizer, its answers and the LoRA's base folder.
+    """
+    lora_base, copy_scores = base_path, None
+    if config.copy_steps:
+        lora_base, copy_scores = train_copy_base(config, base_path, seed, run_dir)
+        print(f"seed {seed}: copy accuracy {copy_scores['copy_accuracy']:.3f} after the copy curriculum", flush=True)
+    training = LoraTrainingConfig(
+        rank=config.rank, alpha=config.alpha, num_train_epochs=config.num_train_epochs,
+        learning_rate=config.learning_rate, per_device_train_batch_size=config.per_device_train_batch_size, seed=seed,
+    )
+    model, tokenizer, history = finetune_lora(lora_base, train_pairs, eval_pairs, training, run_dir)
+    after, predictions = evaluate_answers(model, tokenizer, eval_pairs)
+    save_lora(model, tokenizer, run_dir / "lora", lora_base)
+    print(f"seed {seed}: ROUGE-L {after['rougeL']:.4f}", flush=True)
+    scores = {"seed": seed, **after, "final_eval_loss": next((r["eval_loss"] for r in reversed(history) if "eval_loss" in r), None),
+              "lora_base": lora_base, "copy_base": copy_scores}
+    return scores, model, tokenizer, predictions
+
+
+def run_experiment(config: LoraExperimentConfig, repo_id: str | None = TINY_LM_RAG_LORA, push_to_hub: bool = False,
+                   token: str | None = None, copy_repo_id: str | None = TINY_LM_COPY) -> dict:
+    """Per seed: the copy curriculum (when `config.copy_steps`) and a LoRA; ROUGE-L, EM/F1 and copy accuracy
+    before/after on held-out pairs. Publishes the first seed's LoRA (and its copy-trained base as `copy_repo_id`)."""
     from transformers import AutoModelForCausalLM
 
     seeds = config.seed_list()
@@ -355,22 +419,16 @@ def run_experiment(config: LoraExperimentConfig, repo_id: str | None = TINY_LM_R
     train_pairs, eval_pairs, data_info = make_pairs(config, tokenizer, max_prompt_tokens)
     write_pairs(output_dir / "pairs.json", train_pairs, eval_pairs)
     before, before_predictions = evaluate_answers(base, tokenizer, eval_pairs)
-    print(f"before fine-tuning: ROUGE-L {before['rougeL']:.4f} on {len(eval_pairs)} held-out pairs", flush=True)
+    print(f"before fine-tuning: ROUGE-L {before['rougeL']:.4f}, copy accuracy {before['copy_accuracy']:.3f} "
+          f"on {len(eval_pairs)} held-out pairs", flush=True)
 
     runs, published_model = [], None
     for seed in seeds:
-        training = LoraTrainingConfig(
-            rank=config.rank, alpha=config.alpha, num_train_epochs=config.num_train_epochs,
-            learning_rate=config.learning_rate, per_device_train_batch_size=config.per_device_train_batch_size, seed=seed,
-        )
-        model, tokenizer, history = finetune_lora(base_path, train_pairs, eval_pairs, training, output_dir / f"seed-{seed}")
-        after, predictions = evaluate_answers(model, tokenizer, eval_pairs)
-        print(f"seed {seed}: ROUGE-L {after['rougeL']:.4f}", flush=True)
-        runs.append({"seed": seed, **after, "final_eval_loss": next((r["eval_loss"] for r in reversed(history) if "eval_loss" in r), None),
-                     "examples": [{"question": p.question, "answer": p.answer, "before": b, "after": a}
-                                  for p, b, a in list(zip(eval_pairs, before_predictions, predictions))[:5]]})
-        if published_model is None:
-            published_model = model
+        run, model, tokenizer, predictions = train_seed(config, base_path, train_pairs, eval_pairs, seed, output_dir / f"seed-{seed}")
+        run["examples"] = [{"question": p.question, "answer": p.answer, "before": b, "after": a}
+                           for p, b, a in list(zip(eval_pairs, before_predictions, predictions))[:5]]
+        runs.append(run)
+        published_model = published_model or model
 
     afters = [r["rougeL"] for r in runs]
     summary = {
@@ -384,22 +442,54 @@ def run_experiment(config: LoraExperimentConfig, repo_id: str | None = TINY_LM_R
         "rougeL_after_median": statistics.median(afters),
         **gain_over_seeds(before["rougeL"], afters),
     }
-    table_rows = [{"model": "base (no LoRA)", "seed": "-", **before}] + [{"model": "base + LoRA", **r} for r in runs]
+    tuned = "base + copy curriculum + LoRA" if config.copy_steps else "base + LoRA"
+    table_rows = [{"model": "base (no LoRA)", "seed": "-", **before}] + [{"model": tuned, **r} for r in runs]
     table = markdown_table(table_rows, ["model", "seed", "rougeL", "exact_match", "f1", "copy_accuracy"],
                            {"exact_match": ".1f", "f1": ".1f", "rougeL": ".4f", "copy_accuracy": ".3f"})
     summary["table"] = table
     write_json(output_dir / "results.json", summary)
     (output_dir / "results.md").write_text(table)
     if repo_id:
-        _publish(repo_id, published_model, tokenizer, config, summary, table, push_to_hub, token)
+        lora_base_id = config.model_name_or_path
+        if config.copy_steps:
+            lora_base_id = copy_repo_id or runs[0]["lora_base"]
+            if copy_repo_id:
+                _publish_copy_base(copy_repo_id, runs[0], config, summary, push_to_hub, token)
+        _publish(repo_id, published_model, tokenizer, config, summary, table, push_to_hub, token, lora_base_id)
     return summary
 
 
-def _publish(repo_id, model, tokenizer, config, summary, table, push_to_hub, token) -> Path:
+def _publish_copy_base(repo_id: str, run: dict, config: LoraExperimentConfig, summary: dict, push_to_hub, token) -> Path:
+    """The first seed's copy-trained model, under its own id: the base its published LoRA names."""
+    import shutil
+
+    copy_accuracy_after = run["copy_base"]["copy_accuracy"]
+    card = ModelCardInfo(
+        title=f"{config.model_name_or_path} + copy curriculum",
+        summary=(
+            f"`{config.model_name_or_path}` fully fine-tuned for {config.copy_steps} steps on a copy curriculum "
+            "(random sequences shown twice, and spans copied from WikiText fragments in pocketlm's RAG prompt layout), "
+            f"so that it can quote its context: copy accuracy {summary['before']['copy_accuracy']:.3f} before, "
+            f"{copy_accuracy_after:.3f} after. The base of pocketlm's RAG generator LoRA."
+        ),
+        how_to_load=f"from transformers import AutoModelForCausalLM\n\nmodel = AutoModelForCausalLM.from_pretrained(path_of({repo_id!r}))",
+        pipeline_tag="text-generation",
+        eval_dataset="wikitext",
+        eval_dataset_name="random token sequences shown twice (copy accuracy)",
+        eval_split="synthetic",
+        metrics={"copy_accuracy_before": summary["before"]["copy_accuracy"], "copy_accuracy": copy_accuracy_after},
+        base_model=config.model_name_or_path,
+        tags=["copy-curriculum", "rag"],
+    )
+    source = Path(run["lora_base"])
+    return publish(repo_id, lambda folder: shutil.copytree(source, folder, dirs_exist_ok=True), card, push_to_hub=push_to_hub, token=token)
+
+
+def _publish(repo_id, model, tokenizer, config, summary, table, push_to_hub, token, base_id: str) -> Path:
     seeds = config.seed_list()
 
     def save(folder: Path) -> None:
-        save_lora(model, tokenizer, folder, config.model_name_or_path)
+        save_lora(model, tokenizer, folder, base_id)
         write_json(folder / "lora_results.json", {k: v for k, v in summary.items() if k != "table"})
 
     card = ModelCardInfo(
