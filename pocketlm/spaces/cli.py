@@ -169,18 +169,18 @@ def models_or_page(space: str, args: argparse.Namespace):
         return None, missing_models_page(SPACE_TITLES.get(space, "Spaces suite"), err.missing)
 
 
-def launch(blocks, args: argparse.Namespace) -> None:
+def launch(blocks, args: argparse.Namespace, max_file_size: int | None = None) -> None:
+    """Serve `blocks` with Gradio's server; uploads are refused unless `max_file_size` (bytes per file) allows them."""
     from pocketlm.spaces.common import MAX_UPLOAD_BYTES, queued
 
-    if space == "rag_chat":  # the one Space that takes files: users' documents, up to its per-file cap
-        from pocketlm.spaces.rag_chat import UPLOAD_BYTES as MAX_UPLOAD_BYTES
     queued(blocks).launch(server_name=args.host, server_port=args.port, ssr_mode=False, show_error=True,
-                          footer_links=["api"], max_file_size=MAX_UPLOAD_BYTES)
+                          footer_links=["api"], max_file_size=MAX_UPLOAD_BYTES if max_file_size is None else max_file_size)
 
 
-def space_main(space: str, build: Callable[[argparse.Namespace, dict], object], argv: list[str] | None = None) -> int:
+def space_main(space: str, build: Callable[[argparse.Namespace, dict], object], argv: list[str] | None = None, *,
+               max_file_size: int | None = None) -> int:
     """`spaces/<space>/app.py`: fetch that Space's models, `build(args, folders)` its Blocks, launch them with
-    Gradio's server (or the missing-models page)."""
+    Gradio's server (or the missing-models page). Only a Space that takes files gives `max_file_size`."""
     if space not in SPACE_NAMES:
         raise ValueError(f"unknown Space {space!r}")
     args = parse_args(space, argv)
@@ -188,5 +188,5 @@ def space_main(space: str, build: Callable[[argparse.Namespace, dict], object], 
     if folders is not None:
         print(f"loading the models of {space}…", flush=True)
         blocks = build(args, folders)
-    launch(blocks, args)
+    launch(blocks, args, max_file_size)
     return 0

@@ -5,6 +5,7 @@ from the flags, else the environment (`POCKETLM_NAMESPACE`, one variable per mod
 """
 
 from pocketlm.cli import run
+from pocketlm.rag.documents import DocumentLimits
 from pocketlm.spaces.cli import space_main
 
 
@@ -15,4 +16,4 @@ def build(args, folders):
 
 
 if __name__ == "__main__":
-    run(lambda: space_main("rag_chat", build))
+    run(lambda: space_main("rag_chat", build, max_file_size=DocumentLimits().max_file_bytes))
