@@ -7,7 +7,7 @@ import pytest
 
 from pocketlm.benchmarking import write_results
 from pocketlm.hub import ModelCardInfo, publish
-from pocketlm.report import main, missing_figures, readme_figures, render_report, unreported_measurements
+from pocketlm.report import docs_pages, main, missing_figures, readme_figures, render_report, unreported_measurements
 from pocketlm.settings import REPO_ROOT, hub_dir
 
 
@@ -118,3 +118,10 @@ def test_measured_figures_of_a_docs_page_must_be_in_the_report():
     assert unreported_measurements(page, report) == []
     assert unreported_measurements(page.replace("2.21×", "2.31×").replace("F1 66.92", "F1 67"), report) == ["2.31", "67"]
     assert unreported_measurements("recall@1/5/10 0.797/0.963 and PPL 129.5", "0.797 129.5") == []
+
+
+@pytest.mark.parametrize("page", docs_pages(), ids=lambda path: path.name)
+def test_measured_figures_of_each_docs_page_come_from_the_report(page):
+    """A docs page quotes no measurement (ms, tokens/s, ×, F1 …) that the generated docs/results.md lacks."""
+    report = (REPO_ROOT / "docs" / "results.md").read_text()
+    assert unreported_measurements(page.read_text(), report) == []
