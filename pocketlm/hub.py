@@ -7,12 +7,12 @@ Every training script ends with `publish(...)`; every Space, the REST API and th
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from pocketlm import BASE_ENCODER
-from pocketlm.benchmarking import machine_description, provenance
 from pocketlm.errors import ConfigError, PocketLMError
 from pocketlm.io import REDACTED, recover_dir, retired_path, write_dir, write_json
 from pocketlm.settings import REPO_ROOT, hub_dir, hub_offline
@@ -40,6 +40,8 @@ def validate_repo_id(repo_id: str, flag: str | None = None, *, owner_required: b
     regex uses `\\w`, which Python also matches on other scripts' letters). So a repo id can never be `..`,
     an absolute path or anything else that would lead outside the hub folder.
     """
+    if _plainly_valid(repo_id):
+        return repo_id
     from huggingface_hub.utils import HFValidationError
     from huggingface_hub.utils import validate_repo_id as hub_validate_repo_id
 
@@ -54,6 +56,22 @@ def validate_repo_id(repo_id: str, flag: str | None = None, *, owner_required: b
         shown = repr(repo_id) if len(str(repo_id)) <= 120 else repr(str(repo_id)[:120]) + "…"
         raise InvalidRepoIdError(f"{where}{shown} is not a repo id: use {REPO_ID_RULES}")
     return repo_id
+
+
+_PLAIN_PART = r"[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,94}[A-Za-z0-9_])?"
+_PLAIN_REPO_ID = re.compile(rf"{_PLAIN_PART}/{_PLAIN_PART}")
+
+
+def _plainly_valid(repo_id: str) -> bool:
+    """Whether `repo_id` is an ordinary `owner/name` that the Hub's rules accept, decided with the standard library.
+
+    Written by hand because importing `huggingface_hub` for its validator pulls httpx (and, with it, rich and
+    click): a quarter of a second of the REST server's one-second start-up, spent resolving ids of folders that
+    are right here. It accepts a subset of what the Hub accepts (ASCII word characters, '-' and '.' inside, word
+    characters at both ends, no '--' or '..', no '.git' suffix); anything else goes to the Hub's own check.
+    """
+    return (isinstance(repo_id, str) and _PLAIN_REPO_ID.fullmatch(repo_id) is not None and "--" not in repo_id
+            and ".." not in repo_id and not repo_id.endswith(".git"))
 
 
 def local_repo_path(repo_id: str, flag: str | None = None) -> Path:
@@ -179,6 +197,8 @@ def render_model_card(info: ModelCardInfo):
     """Build a `huggingface_hub.ModelCard` whose metadata carries the metrics as `model-index` results."""
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+    from pocketlm.benchmarking import machine_description  # numpy: not on the serving path, which only resolves
+
     task_type = info.pipeline_tag
     card_data = ModelCardData(
         model_name=info.title,
@@ -226,6 +246,8 @@ def publish(
     is assembled aside and swapped in whole, so an interrupted publish never leaves a broken artifact.
     With `push_to_hub` the same folder is uploaded with `HfApi` (needs a token and the network).
     """
+    from pocketlm.benchmarking import provenance
+
     target = local_repo_path(repo_id)
 
     def build(folder: Path) -> None:

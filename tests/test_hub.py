@@ -79,6 +79,30 @@ def test_publish_refuses_what_is_not_a_repo_id_and_touches_nothing(repo_id, tmp_
     assert sorted(p.name for p in hub_dir().parent.iterdir()) == before
 
 
+REPO_ID_CANDIDATES = ["pocketlm/tiny-lm", "a/b", "_a/b_", "x/y_z.1", "Owner-1/name.v2", "a/" + "b" * 96, "a/" + "b" * 97,
+                      "a./b", "a/b.", "a-/b", "a/-b", "a/b.git", "a/..", "a..b/c", "a--b/c", "../x", "a/b/c", "ä/b", "a b/c",
+                      "a/b\n", "", "/", "a/"]
+
+
+@pytest.mark.parametrize("repo_id", REPO_ID_CANDIDATES)
+def test_the_quick_repo_id_check_accepts_only_what_the_hub_accepts(repo_id):
+    """`_plainly_valid` spares the server's start-up the import of huggingface_hub: it may send an id on to the
+    Hub's own check, never accept one that check refuses."""
+    from huggingface_hub.utils import HFValidationError
+    from huggingface_hub.utils import validate_repo_id as hub_validate_repo_id
+
+    from pocketlm.hub import _plainly_valid
+
+    try:
+        hub_validate_repo_id(repo_id)
+        hub_accepts = repo_id.count("/") == 1
+    except HFValidationError:
+        hub_accepts = False
+    assert not _plainly_valid(repo_id) or hub_accepts
+    if repo_id in ("pocketlm/tiny-lm", "a/b", "Owner-1/name.v2"):
+        assert _plainly_valid(repo_id)  # the ordinary ids take the quick path
+
+
 def test_resolve_does_not_walk_out_of_the_hub_folder():
     with pytest.raises(ArtifactNotFoundError, match="neither an existing path nor a valid repo id: 'no-such-owner/..'"):
         resolve("no-such-owner/..")  # once: the hub folder itself

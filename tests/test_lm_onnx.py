@@ -147,7 +147,9 @@ def test_prompt_longer_than_the_context_is_refused(lm):
 
 
 def test_serving_path_never_imports_torch_or_transformers(tiny_lm_onnx_repo, tiny_qa_onnx_repo):
-    """Start the real server in a fresh interpreter, call every endpoint, then look at sys.modules."""
+    """Start the real server in a fresh interpreter, call every endpoint, then look at sys.modules: no torch or
+    transformers, and no huggingface_hub (with httpx, rich and click: a quarter of the start-up budget) to
+    resolve models that are in the local hub folder."""
     script = r"""
 import json, sys, threading, time, urllib.request
 import uvicorn
@@ -173,7 +175,7 @@ statuses = [call("/health")[0], call("/docs")[0], call("/openapi.json")[0],
             call("/generate/batch", {"prompts": ["The city", "A"], "max_new_tokens": 4})[0],
             call("/qa", {"question": "Where?", "context": "In the city."})[0]]
 server.should_exit = True
-print(json.dumps({"statuses": statuses, "heavy": sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "transformers"))}))
+print(json.dumps({"statuses": statuses, "heavy": sorted(m for m in sys.modules if m.split(".")[0] in ("torch", "transformers", "huggingface_hub", "httpx"))}))
 """
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
     assert done.returncode == 0, done.stderr[-3000:]

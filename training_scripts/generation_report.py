@@ -47,7 +47,8 @@ def main() -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from pocketlm.data.corpus import default_prepared_dir, read_chunks_jsonl
-    from pocketlm.hub import machine_description, resolve
+    from pocketlm.benchmarking import machine_description
+    from pocketlm.hub import resolve
     from pocketlm.io import atomic_write_text, write_json
     from pocketlm.settings import runs_dir
     from pocketlm.training.generation_analysis import generate_paragraphs, human_paragraphs, overall, render_report, sweep

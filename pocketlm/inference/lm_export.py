@@ -199,7 +199,8 @@ def publish_lm_onnx(
     """Export, check against PyTorch, time, and publish the LM's ONNX export with a model card."""
     import tempfile
 
-    from pocketlm.hub import ModelCardInfo, machine_description, publish
+    from pocketlm.benchmarking import machine_description
+    from pocketlm.hub import ModelCardInfo, publish
     from pocketlm.inference.batching import corpus_texts
 
     with tempfile.TemporaryDirectory(prefix="lm-onnx-") as scratch:

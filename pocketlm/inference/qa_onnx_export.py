@@ -234,7 +234,8 @@ def publish_question_answering_onnx(model: str, repo_id: str, records: list[dict
     """Export `model` (fp32 + int8), score all three backends on `records`, publish the export with a model card."""
     import shutil
 
-    from pocketlm.hub import ModelCardInfo, machine_description, publish
+    from pocketlm.benchmarking import machine_description
+    from pocketlm.hub import ModelCardInfo, publish
 
     work_dir = Path(work_dir)
     shutil.rmtree(work_dir, ignore_errors=True)

@@ -124,6 +124,13 @@ def memory_markdown(memory) -> str:
     return "\n".join(lines)
 
 
+def answer_sources_markdown(chat: RagChat, answer) -> str:
+    """The side panel after an answer: which agent answered, what was searched, the fragments it read."""
+    heading = "MOCK web_search results used" if answer.web_search else "Retrieved fragments"
+    searched = f"Searched as: _{answer.query}_\n\n" if answer.query != answer.question and not answer.web_search else ""
+    return f"Answered by `{chat.load().description}`.\n\n{searched}" + fragments_markdown(answer.fragments, answer.cited, heading)
+
+
 def render(chat: RagChat, guard: ComputeGuard | None = None) -> None:
     """Lay the Space out in the current Blocks context; its event is the API endpoint `/chat`."""
     guard = guard or ComputeGuard()
@@ -178,10 +185,7 @@ def render(chat: RagChat, guard: ComputeGuard | None = None) -> None:
             reply = HELP
         else:
             answer = await guard.call(chat.ask, session_memory, command.argument, session_documents)
-            reply = answer_markdown(answer)
-            heading = "MOCK web_search results used" if answer.web_search else "Retrieved fragments"
-            searched = f"Searched as: _{answer.query}_\n\n" if answer.query != answer.question and not answer.web_search else ""
-            shown = f"Answered by `{chat.load().description}`.\n\n{searched}" + fragments_markdown(answer.fragments, answer.cited, heading)
+            reply, shown = answer_markdown(answer), answer_sources_markdown(chat, answer)
         history = [*(history or []), {"role": "user", "content": text}, {"role": "assistant", "content": reply}]
         return "", history, session_memory, shown, memory_markdown(session_memory)
 

@@ -16,10 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pocketlm import BASE_ENCODER, MINILM_SQUAD
+from pocketlm.benchmarking import machine_description
 from pocketlm.data import load_squad
 from pocketlm.data.qa import qa_tokenizer, training_features
 from pocketlm.errors import ConfigError
-from pocketlm.hub import ModelCardInfo, machine_description, publish, publish_repo_id, resolve, validate_repo_id
+from pocketlm.hub import ModelCardInfo, publish, publish_repo_id, resolve, validate_repo_id
 from pocketlm.settings import runs_dir
 
 
