@@ -153,7 +153,7 @@ def call_every_endpoint(space: str, base_url: str) -> dict:
 
     client = Client(base_url + "/", verbose=False)
     calls = {"/generate_text": _generate, "/answer_question": _answer, "/compare_runtimes": _compare, "/chat": _chat,
-             "/reset_chat": _reset}
+             "/reset_chat": _reset, "/add_documents": _add_documents}
     named = set(client.view_api(print_info=False, return_format="dict")["named_endpoints"])
     if named - set(calls):
         raise SystemExit(f"error: {space}: no call for the endpoints {sorted(named - set(calls))}")
@@ -185,9 +185,24 @@ def _compare(client) -> bool:
 def _chat(client) -> bool:
     _, history, _, _ = client.predict("Which NFL team won Super Bowl 50?", [], api_name="/chat")
     reply = str(history[-1]["content"])
-    _check("[sources:" in reply or "[not found verbatim" in reply, "a cited answer")
+    _check("source: **[" in reply or "Not found in the fragments" in reply, "an answer with its source, or an abstention")
     _, history, _, _ = client.predict("!search Olmec colossal heads", history, api_name="/chat")
     return _check("[web-1] Olmec colossal heads" in str(history[-1]["content"]), "the staged mock web_search pages")
+
+
+def _add_documents(client) -> bool:
+    """Upload one small Markdown file, then ask about it: the session's answer comes from the upload."""
+    import tempfile
+
+    from gradio_client import handle_file
+
+    with tempfile.TemporaryDirectory() as folder:
+        note = Path(folder) / "keeper.md"
+        note.write_text("# Lighthouse\n\nThe Kestrel Point lighthouse was kept by Elsa Brandt from 1887.\n")
+        _, status = client.predict([handle_file(str(note))], api_name="/add_documents")
+    _check("✅ **keeper.md**" in str(status), "the upload indexed")
+    _, _, fragments, _ = client.predict("Who kept the Kestrel Point lighthouse?", [], api_name="/chat")
+    return _check("[keeper.md#1]" in str(fragments), "the uploaded document retrieved")
 
 
 def _reset(client) -> bool:

@@ -26,7 +26,7 @@ import numpy as np
 from pocketlm.inference.squad_metrics import f1_score
 from pocketlm.rag.prompt import Fragment
 
-ABSTAIN_BELOW = 0.119
+ABSTAIN_BELOW = 0.027
 """Reader score under which the agent abstains: chosen by `benchmarks/rag_answers.py` on half of the dev
 questions (`choose_threshold`, abstention precision >= 0.8), for the `make demo` reader `pocketlm/minilm-squad`
 (demo preset); rerun the benchmark for another reader and put its choice here."""

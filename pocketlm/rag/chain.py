@@ -108,9 +108,9 @@ class AgentAnswer:
         """One line: the answer with its source and score, or the abstention with the reader's best guess."""
         if not self.abstained:
             source = self.span.fragment
-            return f"{self.answer} [source: {source.id} ({source.title}), score {self.score:.2f}]"
+            return f"{self.answer} [source: {source.id} ({source.title}), score {self.score:.3f}]"
         retrieved = ", ".join(f.id for f in self.fragments) or "none"
-        guess = (f'; best guess "{self.span.text}" from {self.span.fragment.id}, score {self.score:.2f} < {self.threshold:.2f}'
+        guess = (f'; best guess "{self.span.text}" from {self.span.fragment.id}, score {self.score:.3f} < {self.threshold:.3f}'
                  if self.span.fragment is not None else "")
         return f"Not found in the fragments{guess} [retrieved: {retrieved}]"
 

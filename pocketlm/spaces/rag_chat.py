@@ -90,7 +90,7 @@ def answer_markdown(answer) -> str:
     if answer.abstained:
         head = f"🤷 {answer.to_text()}"
     else:
-        head = f"**{answer.answer}**  \nsource: **[{answer.source.id}]** *{answer.source.title}* · reader score {answer.score:.2f}"
+        head = f"**{answer.answer}**  \nsource: **[{answer.source.id}]** *{answer.source.title}* · reader score {answer.score:.3f}"
     return f"{head}  \n_generator:_ {answer.generated_text()}"
 
 

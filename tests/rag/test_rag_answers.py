@@ -36,7 +36,7 @@ def test_the_answer_is_the_readers_best_span_with_its_source_and_score(agent):
     source = result.source
     assert source in result.fragments and result.cited[0] == source.id
     assert source.text[result.span.start : result.span.end] == result.answer  # a span of the fragment, verbatim
-    assert f"[source: {source.id} ({source.title}), score {result.score:.2f}]" in result.to_text()
+    assert f"[source: {source.id} ({source.title}), score {result.score:.3f}]" in result.to_text()
     record = result.to_dict()
     assert record["source"] == {"id": source.id, "title": source.title} and record["abstained"] is False
     assert [f["id"] for f in record["fragments"]] == [f.id for f in result.fragments]
