@@ -16,9 +16,6 @@ import argparse
 import statistics
 import sys
 import time
-from pathlib import Path
-
-import numpy as np
 
 from pocketlm.benchmarking import markdown_table, write_results
 from pocketlm.errors import PocketLMError

@@ -18,8 +18,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+from fixture_models import publish_random_qa_model, qa_fixture_card
 
-from pocketlm.hub import ModelCardInfo, publish, resolve
+from pocketlm.hub import publish, resolve
 from pocketlm.inference.onnx_lm import OnnxCausalLM, SamplingParams
 from pocketlm.inference.qa_engine import OnnxQuestionAnswerer
 from pocketlm.serving.schemas import MAX_CONTEXT_CHARS
@@ -75,24 +76,10 @@ NETWORK_GUARD = textwrap.dedent('''
 def qa_pair(tmp_path_factory) -> tuple[str, str]:
     """A 2-layer BERT QA model (random weights, MiniLM's tokenizer) published as a PyTorch checkpoint and as its
     ONNX export (fp32 + int8): the benchmark tab compares these two forms of one model."""
-    import torch
-    from transformers import AutoTokenizer, BertConfig, BertForQuestionAnswering
-
     from pocketlm.inference.qa_onnx_export import export_question_answering
 
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=30522, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=128, max_position_embeddings=512)
-    model, tokenizer = BertForQuestionAnswering(config), AutoTokenizer.from_pretrained(resolve("minilm"))
-    card = ModelCardInfo(title="tiny QA (test fixture)", summary="Random weights, for tests.", how_to_load="",
-                         pipeline_tag="question-answering", eval_dataset="squad", eval_dataset_name="SQuAD",
-                         eval_split="validation", metrics={})
-
-    def save(folder: Path) -> None:
-        model.save_pretrained(folder)
-        tokenizer.save_pretrained(folder)
-
-    publish(QA_REPO, save, card)
+    publish_random_qa_model(QA_REPO, "tiny QA (test fixture)")
+    card = qa_fixture_card("tiny QA (test fixture)")
     publish(QA_ONNX_REPO, lambda folder: export_question_answering(resolve(QA_REPO), folder), card)
     return QA_REPO, QA_ONNX_REPO
 

@@ -107,7 +107,7 @@ def requirements_text(folder: Path) -> str:
     from pocketlm.spaces.requirements import distributions, imports_of_folder
 
     pins = distributions(imports_of_folder(folder))
-    lines = [f"# Derived from the imports of this folder's code by `python -m pocketlm.spaces.stage`; pins from "
+    lines = ["# Derived from the imports of this folder's code by `python -m pocketlm.spaces.stage`; pins from "
              "pocketlm's requirements-lock.txt.", *([TORCH_INDEX] if "torch" in pins else [])]
     return "\n".join([*lines, *(f"{name}=={pin}" for name, pin in sorted(pins.items(), key=lambda p: p[0].lower()))]) + "\n"
 

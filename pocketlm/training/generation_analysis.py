@@ -125,7 +125,7 @@ def render_report(
     lines = [
         f"# Generation report: `{model_id}`",
         "",
-        f"Five paragraphs sampled with top-k 50, temperature 1.0 (50–100 new tokens each, fixed prompts and seed). "
+        "Five paragraphs sampled with top-k 50, temperature 1.0 (50–100 new tokens each, fixed prompts and seed). "
         "PPL is the model's perplexity of its own continuation given the prompt; distinct-2 is unique word "
         "bigrams / all word bigrams.",
         "",

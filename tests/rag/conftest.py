@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from fixture_models import publish_random_qa_model
 
 from pocketlm import RAG_INDEX
 
@@ -53,22 +54,4 @@ def rag_reader_repo() -> str:
     """An extractive reader for the agent: a 2-layer BERT QA model (random weights, seeded) with MiniLM's real
     tokenizer, published in the test hub. Its spans are arbitrary but real: tests check where they come from,
     their scores and the abstention, not whether they are right."""
-    import torch
-    from transformers import AutoTokenizer, BertConfig, BertForQuestionAnswering
-
-    from pocketlm.hub import ModelCardInfo, publish, resolve
-
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=30522, hidden_size=64, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=128, max_position_embeddings=512)
-    model, tokenizer = BertForQuestionAnswering(config), AutoTokenizer.from_pretrained(resolve("minilm"))
-    card = ModelCardInfo(title="tiny reader (test fixture)", summary="Random weights, for tests.", how_to_load="",
-                         pipeline_tag="question-answering", eval_dataset="squad", eval_dataset_name="SQuAD",
-                         eval_split="validation", metrics={})
-
-    def save(folder: Path) -> None:
-        model.save_pretrained(folder)
-        tokenizer.save_pretrained(folder)
-
-    publish(RAG_READER, save, card)
-    return RAG_READER
+    return publish_random_qa_model(RAG_READER, "tiny reader (test fixture)")

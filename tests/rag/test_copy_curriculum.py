@@ -7,6 +7,7 @@ import json
 import random
 
 import pytest
+from fixture_models import run_training_script
 
 from pocketlm.rag.copy_curriculum import (
     CopyCurriculumConfig,
@@ -18,7 +19,7 @@ from pocketlm.rag.copy_curriculum import (
 )
 from pocketlm.rag.corpus import wikitext_distractors
 from pocketlm.rag.generator import load_base
-from pocketlm.rag.lora_finetune import copy_accuracy, copy_token_range
+from pocketlm.rag.lora_finetune import copy_token_range
 
 
 @pytest.fixture(scope="module")
@@ -104,19 +105,7 @@ def test_curriculum_training_lowers_the_answer_loss_on_unseen_span_copies(paragr
 
 
 def _run_script(argv, capsys):
-    import runpy
-    import sys
-
-    from pocketlm.settings import REPO_ROOT
-
-    saved_argv, sys.argv = sys.argv, ["run_lora_finetune.py", *argv]
-    try:
-        runpy.run_path(str(REPO_ROOT / "training_scripts" / "run_lora_finetune.py"), run_name="__main__")
-    except SystemExit as exit_:
-        assert exit_.code in (0, None), capsys.readouterr().err
-    finally:
-        sys.argv = saved_argv
-    return capsys.readouterr().out
+    return run_training_script("run_lora_finetune.py", argv, capsys)
 
 
 def test_lora_script_with_copy_curriculum_publishes_the_copy_base_the_lora_names(tiny_lm_repo, tmp_path, capsys):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from fixture_models import run_training_script
 
 from pocketlm.rag.corpus import squad_train_set
 from pocketlm.rag.generator import build_prompt, generate_answers, load_base, load_generator
@@ -162,22 +163,11 @@ def test_lora_sweep_reports_gain_and_seed_spread_per_config(squad_pairs, tiny_lm
 
 def test_run_lora_finetune_script_measures_before_and_after_and_publishes_the_lora(tiny_lm_repo, tmp_path, capsys):
     """training_scripts/run_lora_finetune.py --preset smoke: pairs → ROUGE-L before → LoRA → after → published."""
-    import runpy
-    import sys
-
     from pocketlm.hub import hub_dir
-    from pocketlm.settings import REPO_ROOT
 
     repo_id = "pocketlm/test-rag-lora"
-    argv = ["run_lora_finetune.py", "--preset", "smoke", "--output_dir", str(tmp_path / "run"), "--repo_id", repo_id]
-    saved_argv, sys.argv = sys.argv, argv
-    try:
-        runpy.run_path(str(REPO_ROOT / "training_scripts" / "run_lora_finetune.py"), run_name="__main__")
-    except SystemExit as exit_:
-        assert exit_.code in (0, None), capsys.readouterr().err
-    finally:
-        sys.argv = saved_argv
-    printed = capsys.readouterr().out
+    printed = run_training_script("run_lora_finetune.py", ["--preset", "smoke", "--output_dir", str(tmp_path / "run"),
+                                                            "--repo_id", repo_id], capsys)
 
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert results["pairs"] == {"train": 4, "held_out": 4} and [r["seed"] for r in results["after"]] == [0]
