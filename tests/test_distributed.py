@@ -5,7 +5,8 @@ What runs where (the whole file is CPU-only; FSDP is refused on the CPU, see `te
 * pretraining (`pocketlm.training.pretrain`, the hand-written accelerate loop) in full: DDP 2 × batch b against
   1 × batch 2b, evaluation gathered across processes, resume from a DDP checkpoint, the published artifact
   loaded with plain transformers, and which process writes;
-* the Trainer-based QA script, one 2-process run;
+* the Trainer-based QA and classifier scripts, one 2-process run each (the classifier's published adapter
+  reproduces the run's test accuracy);
 * the launch checks: launches that would not distribute as asked are refused, and one output folder
   cannot hold two runs.
 """
@@ -266,3 +267,43 @@ def test_qa_trainer_script_runs_on_two_processes(tmp_path):
     assert state["global_step"] == 2 and state["epoch"] == 0.5
     model = AutoModelForQuestionAnswering.from_pretrained(tmp_path / "hub" / "pocketlm" / "qa-2proc")
     assert model.config.qa_max_length == 128
+
+
+@pytest.mark.slow
+def test_classifier_script_runs_on_two_processes(tmp_path):
+    """finetune_classifier.py (Trainer + LoRA, adapters, AWP, mixout) under the CPU multi-process config: 32 sentences
+    in batches of 8 per process are 2 steps an epoch, not 4; the 25 validation and test sentences (uneven over 2
+    processes) are each scored once; one process publishes, and the published adapter, loaded again in this
+    process, predicts the test split exactly as the run reported."""
+    from transformers import AutoModel, AutoTokenizer
+
+    from pocketlm import BASE_ENCODER
+    from pocketlm.hub import resolve
+    from pocketlm.models.peft_classifier import load_classifier
+
+    encoder = tmp_path / "minilm-1layer"
+    AutoModel.from_pretrained(resolve(BASE_ENCODER), num_hidden_layers=1).save_pretrained(encoder)
+    AutoTokenizer.from_pretrained(resolve(BASE_ENCODER)).save_pretrained(encoder)
+    out = tmp_path / "classifier"
+    result = _launch(["training_scripts/finetune_classifier.py", "--model_name_or_path", str(encoder), "--dataset", "sst2",
+                      "--max_train_samples", "32", "--max_eval_samples", "25", "--num_train_epochs", "1",
+                      "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "4", "--output_dir", str(out),
+                      "--repo_id", "pocketlm/sst2-2proc", "--disable_tqdm", "true"], _env(tmp_path))
+    assert result.stdout.count("published pocketlm/sst2-2proc") == 1, result.stdout
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["global_steps"] == 2 and summary["awp_steps"] > 0
+    for split in ("validation", "test"):
+        assert json.loads((out / f"classification_report_{split}.json").read_text())["examples"] == 25
+
+    import torch
+
+    from pocketlm.data.classification import ClassificationDataArguments, load_tokenized_splits, padding_collator
+
+    model, tokenizer, _ = load_classifier(str(tmp_path / "hub" / "pocketlm" / "sst2-2proc"))
+    splits, _ = load_tokenized_splits(ClassificationDataArguments(max_train_samples=32, max_eval_samples=25), tokenizer,
+                                      ("test",), seed=42)  # the run's seed: the same 25 sentences
+    batch = padding_collator(tokenizer)(list(splits["test"]))
+    labels = batch.pop("labels")
+    with torch.no_grad():
+        predictions = model(**batch).logits.argmax(-1)
+    assert (predictions == labels).float().mean().item() == pytest.approx(summary["test"]["accuracy"])
