@@ -116,7 +116,26 @@ def model_section(repo_id: str, folder: Path) -> str:
     if not provenance:
         lines += ["Published before pocketlm recorded provenance: republish it to record its command, machine and date.", ""]
     lines.append(figures_table({name: metric_text(value) for name, value in sorted(metrics.items())}, "metric"))
+    history_file, summary_file = folder / "training_metrics.json", folder / "summary.json"
+    if history_file.is_file() and summary_file.is_file():
+        curve = learning_curve(json.loads(history_file.read_text()), json.loads(summary_file.read_text()))
+        if curve:
+            lines += ["", "Learning curve (every validation of the run):", "", curve]
     return "\n".join(lines)
+
+
+def learning_curve(history: list[dict], summary: dict) -> str | None:
+    """A pretraining run's validations as a table — tokens seen, hours, perplexity, bits per byte — or None when it
+    validated fewer than three times (a curve needs points). Every step of the loop trains on the same number of
+    tokens (full chunks, full batches), so a step's tokens are `step × train_tokens / steps` of its `summary.json`."""
+    evaluations = [r for r in history if "eval_ppl" in r]
+    if len(evaluations) < 3 or not summary.get("steps"):
+        return None
+    tokens_per_step = summary["train_tokens"] / summary["steps"]
+    rows = ["| step | tokens | hours | validation PPL | bits per byte |", "| --- | --- | --- | --- | --- |"]
+    rows += [f"| {r['step']:,} | {r['step'] * tokens_per_step / 1e6:.1f}M | {r['elapsed_s'] / 3600:.2f} | "
+             f"{r['eval_ppl']:.1f} | {r.get('eval_bits_per_byte', float('nan')):.3f} |" for r in evaluations]
+    return "\n".join(rows)
 
 
 def render_report(results_dir: Path = RESULTS_DIR, hub: Path | None = None, benchmarks_dir: Path = BENCHMARKS_DIR,

@@ -37,6 +37,25 @@ def test_distinct_n_and_perplexity():
     assert perplexity(2 * 10, 10) == pytest.approx(torch.e**2)
 
 
+def test_bits_per_byte_count_the_utf8_bytes_of_the_predicted_text(prepared_corpus):
+    """Byte-level BPE: a text's token byte lengths add up to its UTF-8 length (accents, dashes and quotes included),
+    so total NLL / (ln 2 × bytes) is the tokenizer-independent bits per byte of exactly the predicted text."""
+    from transformers import AutoTokenizer
+
+    from pocketlm.training.lm_metrics import bits_per_byte, token_byte_lengths
+    from pocketlm.training.pretrain import target_bytes
+
+    tokenizer = AutoTokenizer.from_pretrained(prepared_corpus / "tokenizer")
+    lengths = token_byte_lengths(tokenizer)
+    text = "The café in Zürich — opened in 1998 — is “naïve”."
+    ids = tokenizer(text)["input_ids"]
+    assert int(lengths[ids].sum()) == len(text.encode("utf-8")) and len(ids) < len(text.encode("utf-8"))
+    assert lengths[tokenizer.eos_token_id] == 0
+    labels = torch.tensor([ids, ids[:4] + [-100] * (len(ids) - 4)])  # the second row padded after 4 tokens
+    assert target_bytes({"labels": labels}, lengths).tolist() == [int(lengths[ids[1:]].sum()), int(lengths[ids[1:4]].sum())]
+    assert bits_per_byte(8 * math.log(2), 4) == pytest.approx(2.0)  # 8 bits of loss over 4 bytes
+
+
 def test_learning_rate_warms_up_then_decays_by_steps_or_time():
     args = PretrainArguments(learning_rate=1e-3, warmup_steps=10, min_lr_ratio=0.1)
     assert learning_rate_at(args, 0, 0.0) == pytest.approx(1e-4)
@@ -108,7 +127,7 @@ def _env() -> dict:
 @pytest.mark.slow
 def test_killed_run_resumes_from_its_checkpoint_and_matches_an_uninterrupted_one(prepared_corpus, tmp_path):
     """Kill -9 mid-run, start again: it continues from the last checkpoint and ends where a clean run ends."""
-    steps = ["--max_steps", "30", "--save_steps", "5", "--logging_steps", "5", "--generation_prompts", "1"]
+    steps = ["--max_steps", "30", "--save_steps", "5", "--logging_steps", "5", "--eval_steps", "10", "--generation_prompts", "1"]
     interrupted = tmp_path / "interrupted"
     process = subprocess.Popen(_pretrain_command(prepared_corpus, interrupted, *steps), env=_env(),
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -138,6 +157,9 @@ def test_killed_run_resumes_from_its_checkpoint_and_matches_an_uninterrupted_one
     assert logged and logged == pytest.approx(expected, rel=1e-4)  # same data order, masks and updates after the resume
     final, final_reference = history[-1], reference[-1]
     assert final["step"] == 30 and final["eval_ppl"] == pytest.approx(final_reference["eval_ppl"], rel=1e-4)
+    assert [r["step"] for r in history if "eval_ppl" in r] == [10, 20, 30]  # --eval_steps: a curve within the epoch
+    bits_per_byte = [r["eval_bits_per_byte"] for r in history if "eval_ppl" in r]
+    assert bits_per_byte == pytest.approx([r["eval_bits_per_byte"] for r in reference if "eval_ppl" in r], rel=1e-4)
 
     # The best checkpoint (chosen by the callback) is a loadable Llama model, and the run wrote its curves.
     best = json.loads((interrupted / "best" / "best_metrics.json").read_text())

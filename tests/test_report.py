@@ -37,6 +37,11 @@ def hub():
     old = hub_dir() / "pocketlm" / "report-old"
     old.mkdir(parents=True, exist_ok=True)
     (old / "metrics.json").write_text(json.dumps({"perplexity": 129.4567, "train_tokens": 918857}))
+    history = [{"step": 250, "loss": 6.1}] + [
+        {"step": step, "elapsed_s": step * 1.08, "eval_ppl": ppl, "eval_bits_per_byte": bpb}
+        for step, ppl, bpb in [(250, 351.42, 2.279), (500, 218.0, 2.093), (750, 171.96, 1.998)]]
+    (old / "training_metrics.json").write_text(json.dumps(history))
+    (old / "summary.json").write_text(json.dumps({"steps": 800, "train_tokens": 800 * 4096}))
     return hub_dir()
 
 
@@ -70,6 +75,11 @@ def test_report_lists_each_benchmark_and_published_model_with_command_machine_an
     old_card = models.split("### pocketlm/report-old\n")[1].split("### ")[0]
     assert "- **Machine**: not recorded" in old_card and "republish" in old_card
     assert "| perplexity | 129.5 |" in old_card and "| train_tokens | 918,857 |" in old_card
+    curve = old_card.split("Learning curve (every validation of the run):\n\n")[1].strip().splitlines()
+    assert curve[0] == "| step | tokens | hours | validation PPL | bits per byte |"
+    assert curve[2:] == ["| 250 | 1.0M | 0.07 | 351.4 | 2.279 |", "| 500 | 2.0M | 0.15 | 218.0 | 2.093 |",
+                         "| 750 | 3.1M | 0.23 | 172.0 | 1.998 |"]
+    assert "Learning curve" not in qa_card  # no training history, no curve
 
     assert render_report(results_dir, hub, date="2025-01-02") == page  # the same records, the same page
 

@@ -38,6 +38,38 @@ def perplexity(nll_sum: float, n_tokens: int) -> float:
     return math.exp(min(nll_sum / n_tokens, 700.0))
 
 
+def bits_per_byte(nll_sum: float, n_bytes: float) -> float:
+    """Bits per UTF-8 byte of the predicted text: total NLL (nats) / (ln 2 × bytes).
+
+    Unlike perplexity it does not depend on the tokenizer: a model with a larger vocabulary has fewer, harder tokens
+    to predict over the same bytes, so runs with different tokenizers compare in bits per byte, never in perplexity.
+    """
+    return nll_sum / (math.log(2) * n_bytes) if n_bytes > 0 else float("inf")
+
+
+def token_byte_lengths(tokenizer):
+    """A tensor: for each token id, how many UTF-8 bytes of text it stands for (0 for special tokens).
+
+    For a byte-level BPE tokenizer (GPT-2's, pocketlm's) each character of a token's string is one byte, so the
+    lengths are exact and a sequence's bytes are the sum over its tokens. Other tokenizers are measured by decoding
+    each token alone, which can miscount a token that is part of a multi-byte character.
+    """
+    import torch
+
+    special = set(tokenizer.all_special_ids)
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    byte_level = backend is not None and type(backend.decoder).__name__ == "ByteLevel"
+    lengths = []
+    for token_id, token in enumerate(tokenizer.convert_ids_to_tokens(list(range(len(tokenizer))))):
+        if token_id in special or token is None:
+            lengths.append(0)
+        elif byte_level:
+            lengths.append(len(token))
+        else:
+            lengths.append(len(tokenizer.decode([token_id]).encode("utf-8")))
+    return torch.tensor(lengths, dtype=torch.long)
+
+
 def token_nll(model, input_ids, attention_mask=None, labels=None):
     """Per-sequence summed next-token NLL and token counts: `(nll (B,), count (B,))` as float tensors.
 

@@ -32,11 +32,15 @@ def save_training_curves(
     )
     fig, axes = plt.subplots(1, 2 if metrics else 1, figsize=(11 if metrics else 6, 4), squeeze=False)
     for ax, keys in zip(axes[0], (losses, metrics)):
+        plotted = []
         for key in keys:
             points = [(rec[x], rec[key]) for rec in history if key in rec and x in rec]
             if points:
                 xs, ys = zip(*points)
                 ax.plot(xs, ys, marker="o" if len(points) < 30 else None, label=key)
+                plotted += [y for y in ys if y == y]  # not NaN
+        if plotted and min(plotted) > 0 and max(plotted) / min(plotted) > 30:
+            ax.set_yscale("log")  # perplexity in the hundreds beside bits per byte near 2: both stay readable
         ax.set_xlabel(x)
         ax.grid(alpha=0.3)
         ax.legend()

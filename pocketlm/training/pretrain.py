@@ -42,7 +42,9 @@ from pocketlm.io import without_secrets, write_json
 from pocketlm.settings import runs_dir
 from pocketlm.training.checkpoints import pretrain_resume_point
 from pocketlm.training.distributed import mean_over_processes
-from pocketlm.training.lm_metrics import GENERATION_PROMPTS, distinct_n, perplexity, token_nll
+from pocketlm.training.lm_metrics import (
+    GENERATION_PROMPTS, bits_per_byte, distinct_n, perplexity, token_byte_lengths, token_nll,
+)
 
 LAST_CHECKPOINT = "last"
 BEST_CHECKPOINT = "best"
@@ -89,6 +91,9 @@ class PretrainArguments:
     logging_steps: int = 20
     save_steps: int = 100
     eval_max_chunks: int = field(default=0, metadata={"help": "evaluate on at most this many validation chunks; 0 = all"})
+    eval_steps: int = field(
+        default=0, metadata={"help": "also evaluate every this many steps (a learning curve within an epoch); 0 = per epoch"}
+    )
     generation_tokens: int = field(default=48, metadata={"help": "tokens generated per prompt after each epoch"})
     generation_prompts: int = field(default=3, metadata={"help": "how many of the fixed prompts to sample after each epoch"})
     resume: bool = field(default=True, metadata={"help": "continue from <output_dir>/last when it exists"})
@@ -107,6 +112,8 @@ class PretrainArguments:
                      "logging_steps", "save_steps"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name} must be at least 1, got {getattr(self, name)}")
+        if self.eval_steps < 0:
+            raise ConfigError(f"--eval_steps must be 0 (evaluate per epoch) or positive, got {self.eval_steps}")
         if self.max_steps <= 0 and self.num_train_epochs <= 0:
             raise ConfigError("set --num_train_epochs or --max_steps to a positive value")
         validate_repo_id(self.repo_id, "--repo_id")
@@ -116,6 +123,7 @@ class PretrainArguments:
     def training_fields(self) -> dict:
         """The arguments that shape the trained model; a checkpoint resumes only under the same ones."""
         ignored = {"resume", "publish", "repo_id", "push_to_hub", "hub_model_id", "hub_token", "logging_steps", "save_steps",
+                   "eval_steps",
                    "generation_tokens", "generation_prompts", "output_dir"}
         fields = {k: v for k, v in asdict(self).items() if k not in ignored}
         return {**fields, "data_dir": str(self.data_path.resolve())}
@@ -220,20 +228,35 @@ def without_full_attention_mask(batch: dict) -> dict:
 
 
 @torch.no_grad()
-def evaluate(model, dataloader, accelerator) -> dict:
-    """Token-weighted validation loss and perplexity over the whole loader (exact under data parallelism)."""
+def evaluate(model, dataloader, accelerator, token_bytes: torch.Tensor | None = None) -> dict:
+    """Token-weighted validation loss and perplexity over the whole loader (exact under data parallelism), and
+    bits per byte when `token_bytes` (each token id's UTF-8 length, `lm_metrics.token_byte_lengths`) is given."""
     model.eval()
-    nll_total, token_total = 0.0, 0.0
+    nll_total, token_total, byte_total = 0.0, 0.0, 0.0
     for batch in dataloader:
         batch = without_full_attention_mask(batch)
         with accelerator.autocast():
             nll, count = token_nll(model, batch["input_ids"], batch.get("attention_mask"), batch["labels"])
-        nll, count = accelerator.gather_for_metrics((nll, count))
+        text_bytes = target_bytes(batch, token_bytes) if token_bytes is not None else torch.zeros_like(count)
+        nll, count, text_bytes = accelerator.gather_for_metrics((nll, count, text_bytes))
         nll_total += nll.sum().item()
         token_total += count.sum().item()
+        byte_total += text_bytes.sum().item()
     model.train()
     loss = nll_total / token_total if token_total else float("nan")
-    return {"eval_loss": loss, "eval_ppl": perplexity(nll_total, int(token_total)), "validation_tokens": int(token_total)}
+    metrics = {"eval_loss": loss, "eval_ppl": perplexity(nll_total, int(token_total)), "validation_tokens": int(token_total)}
+    if byte_total:
+        metrics["eval_bits_per_byte"] = bits_per_byte(nll_total, byte_total)
+    return metrics
+
+
+def target_bytes(batch: dict, token_bytes: torch.Tensor) -> torch.Tensor:
+    """Per sequence, the UTF-8 bytes of the tokens `token_nll` predicts (the labels after the first, unpadded)."""
+    targets = batch["labels"][:, 1:]
+    keep = targets != -100
+    if batch.get("attention_mask") is not None:
+        keep &= batch["attention_mask"][:, 1:] != 0
+    return (token_bytes.to(targets.device)[targets.clamp(min=0)] * keep).sum(dim=1).float()
 
 
 @torch.no_grad()
@@ -411,6 +434,7 @@ class PretrainRun:
         self.step_model = torch.compile(self.model) if args.torch_compile else self.model
         self.unwrapped = accelerator.unwrap_model(self.model)
 
+        self.token_bytes = token_byte_lengths(tokenizer)
         self.chunk_length = len(train_rows[0]["input_ids"])
         self.train_chunks = len(train_rows)
         self.batches_per_epoch = len(self.train_loader)
@@ -528,6 +552,10 @@ class PretrainRun:
             self.bar.set_postfix(loss=f"{mean_loss:.3f}", lr=f"{lr:.2e}")
         self.control = self.callbacks.on_step_end(self.args, state, self.control)
         finished = self.schedule_progress() >= 1.0
+        if not finished and self.args.eval_steps > 0 and state.global_step % self.args.eval_steps == 0:
+            self.close_window()
+            self.evaluate_and_sample()  # a point of the learning curve; the epoch's end evaluates as always
+            self.epoch_losses = []
         if finished or state.global_step % self.args.save_steps == 0:
             save_checkpoint(self.accelerator, self.output_dir, state, progress)
             self.tick()
@@ -549,7 +577,8 @@ class PretrainRun:
         """Validation perplexity, generated samples and their distinct-n: one log record, then `on_evaluate`."""
         args, state = self.args, self.state
         # The uncompiled model evaluates: a compiled one would recompile for no_grad and for the short last batch.
-        eval_metrics = evaluate(self.model, self.eval_loader, self.accelerator) if len(self.eval_loader) else {}
+        eval_metrics = (evaluate(self.model, self.eval_loader, self.accelerator, self.token_bytes)
+                        if len(self.eval_loader) else {})
         prompts = GENERATION_PROMPTS[: args.generation_prompts]
         samples = sample_texts(self.unwrapped, self.tokenizer, prompts, args.generation_tokens, seed=args.seed) if prompts else []
         record = {
@@ -641,12 +670,15 @@ def publish_best(args: PretrainArguments, result: PretrainResult) -> Path:
         "distinct_1": best_metrics["gen_distinct_1"],
         "distinct_2": best_metrics["gen_distinct_2"],
     }
-    epochs = [r for r in result.history if "eval_ppl" in r]
+    if "eval_bits_per_byte" in best_metrics:
+        metrics["bits_per_byte"] = best_metrics["eval_bits_per_byte"]
+    evaluations = [r for r in result.history if "eval_ppl" in r]
     table = "\n".join(
-        ["| epoch | step | train loss | validation loss | validation PPL | distinct-1 | distinct-2 |",
-         "| --- | --- | --- | --- | --- | --- | --- |"]
+        ["| epoch | step | train loss | validation loss | validation PPL | bits per byte | distinct-1 | distinct-2 |",
+         "| --- | --- | --- | --- | --- | --- | --- | --- |"]
         + [f"| {r['epoch']:.2f} | {r['step']} | {r['train_loss']:.3f} | {r['eval_loss']:.3f} | {r['eval_ppl']:.1f} | "
-           f"{r['gen_distinct_1']:.3f} | {r['gen_distinct_2']:.3f} |" for r in epochs]
+           f"{r.get('eval_bits_per_byte', float('nan')):.3f} | {r['gen_distinct_1']:.3f} | {r['gen_distinct_2']:.3f} |"
+           for r in evaluations]
     )
     setup = (
         f"{summary['parameters']:,} parameters ({args.n_layers} layers, d_model {args.d_model}, {args.n_heads} heads, "
@@ -683,7 +715,7 @@ def publish_best(args: PretrainArguments, result: PretrainResult) -> Path:
         license="cc-by-sa-4.0",
         tags=["llama", "pretraining", "cpu"],
         template="tiny-lm.md",
-        sections={"Training run": setup, "Per epoch": table, "Curves": "![loss and perplexity](curves.png)"},
+        sections={"Training run": setup, "Evaluations": table, "Curves": "![loss and perplexity](curves.png)"},
     )
 
     def save(folder: Path) -> None:
