@@ -258,6 +258,8 @@ def test_extra_corpus_adds_training_text_and_keeps_the_validation_set(tmp_path, 
     assert (tmp_path / "more" / "validation.jsonl").read_bytes() == (tmp_path / "base" / "validation.jsonl").read_bytes()
     assert more.documents["validation"] == base.documents["validation"]
     assert base.words + 20_000 <= more.words < base.words + 25_000 and more.documents["train"] > base.documents["train"] + 5
+    assert (base.extra_words, more.extra_words) == (0, more.words - base.words)
+    assert json.loads((tmp_path / "more" / "stats.json").read_text())["extra_words"] == more.extra_words
     assert more.train.tokens > base.train.tokens + 20_000 and more.vocab_size == base.vocab_size
     # The base documents come first in the stream, so every base chunk is also a chunk of the larger corpus.
     assert (tmp_path / "more" / "train.jsonl").read_text().startswith((tmp_path / "base" / "train.jsonl").read_text())

@@ -56,6 +56,14 @@ def test_bits_per_byte_count_the_utf8_bytes_of_the_predicted_text(prepared_corpu
     assert bits_per_byte(8 * math.log(2), 4) == pytest.approx(2.0)  # 8 bits of loss over 4 bytes
 
 
+def test_the_card_says_which_text_the_model_read():
+    from pocketlm.training.pretrain import corpus_description
+
+    assert corpus_description({"words": 636186, "extra_words": 0}) == "WikiText-2 articles and SQuAD paragraphs (636,186 words)"
+    both = corpus_description({"words": 20051354, "extra_words": 19415168})
+    assert both.startswith("WikiText-2 articles and SQuAD paragraphs (636,186 words) and 19,415,168 words of English Wikipedia")
+
+
 def test_learning_rate_warms_up_then_decays_by_steps_or_time():
     args = PretrainArguments(learning_rate=1e-3, warmup_steps=10, min_lr_ratio=0.1)
     assert learning_rate_at(args, 0, 0.0) == pytest.approx(1e-4)

@@ -313,6 +313,8 @@ class PreparedCorpus:
     vocab_size: int
     words: int = 0
     """Words (whitespace-separated, raw text) of every document read, extra text included."""
+    extra_words: int = 0
+    """Of those, the words of the `--extra_corpus` documents (training text only)."""
     seconds: float = 0.0
 
     def as_dict(self) -> dict:
@@ -323,6 +325,7 @@ class PreparedCorpus:
             "documents": self.documents,
             "vocab_size": self.vocab_size,
             "words": self.words,
+            "extra_words": self.extra_words,
             "seconds": round(self.seconds, 2),
         }
 
@@ -491,11 +494,12 @@ def _prepare(source: CorpusSource, output_dir: Path, folder: Path, pipeline: _Pi
     from pocketlm.data.tokenizer import train_bpe_tokenizer
     from pocketlm.io import write_json
 
-    lengths, extra_documents, words = [], 0, 0
+    lengths, extra_documents, words, extra_words = [], 0, 0, 0
     for row in pipeline.rows(pipeline.documents, ["name", "chars", "extra", "words"]):  # names and sizes only
         words += row["words"]
         if row["extra"]:
             extra_documents += 1
+            extra_words += row["words"]
         else:
             lengths.append((row["name"], row["chars"]))
     if not lengths:
@@ -535,7 +539,7 @@ def _prepare(source: CorpusSource, output_dir: Path, folder: Path, pipeline: _Pi
     prepared = PreparedCorpus(
         output_dir, stats["train"], stats["validation"],
         {"train": len(lengths) - len(held_out) + extra_documents, "validation": len(held_out)}, len(tokenizer),
-        words=words, seconds=time.perf_counter() - started,
+        words=words, extra_words=extra_words, seconds=time.perf_counter() - started,
     )
     log(f"tokenized and wrote {stats['train'].chunks + stats['validation'].chunks:,} chunks [{prepared.seconds:.0f} s]")
     write_json(folder / "stats.json", prepared.as_dict())

@@ -653,6 +653,18 @@ class PretrainRun:
 TRAINING_FILES = ("metrics.json", "metrics.csv", "curves.png", "samples.jsonl", "summary.json", "pretrain_args.json")
 
 
+def corpus_description(corpus_stats: dict) -> str:
+    """What the model read, from the prepared corpus's `stats.json`: the default corpus, plus the extra one's words."""
+    base = "WikiText-2 articles and SQuAD paragraphs"
+    if not corpus_stats.get("words"):
+        return base
+    extra = corpus_stats.get("extra_words", 0)
+    if not extra:
+        return f"{base} ({corpus_stats['words']:,} words)"
+    return (f"{base} ({corpus_stats['words'] - extra:,} words) and {extra:,} words of English Wikipedia articles "
+            "(`prepare_corpus.py --extra_corpus wikipedia-en-2014`; validation stays on held-out WikiText-2 documents)")
+
+
 def publish_best(args: PretrainArguments, result: PretrainResult) -> Path:
     """Publish the best checkpoint (weights + tokenizer) as `args.repo_id` with a model card of measured metrics.
 
@@ -694,8 +706,8 @@ def publish_best(args: PretrainArguments, result: PretrainResult) -> Path:
         title="pocketlm tiny-lm",
         summary=(
             f"A {args.n_layers}-layer Llama-architecture causal language model pretrained from scratch by pocketlm on "
-            "WikiText-2 articles and SQuAD paragraphs (the device and command are under Training run). A teaching and prototyping model: it writes "
-            "fluent-looking English fragments, not facts."
+            f"{corpus_description(corpus_stats)} (the device and command are under Training run). A teaching and "
+            "prototyping model: it writes fluent-looking English fragments, not facts."
         ),
         how_to_load=(
             "from transformers import AutoModelForCausalLM, AutoTokenizer\n"
