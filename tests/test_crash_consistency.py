@@ -511,3 +511,20 @@ def test_write_dir_keeps_the_old_folder_when_the_writer_fails(tmp_path):
     with pytest.raises(OSError):
         write_dir(target, broken)
     assert (target / "v").read_text() == "1" and no_leftovers(tmp_path) == []
+
+
+def test_a_run_folder_refuses_a_run_on_other_base_weights(tmp_path):
+    """The same base id retrained (other weights): the old run's checkpoints must not resume into the new one."""
+    from safetensors.torch import save_file
+
+    from pocketlm.training.checkpoints import ResumeError, claim_run_dir, weights_fingerprint
+
+    base = tmp_path / "base"
+    base.mkdir()
+    save_file({"w": torch.zeros(4)}, base / "model.safetensors")
+    identity = {"base model weights": weights_fingerprint(base), "settings": {"rank": 4}}
+    claim_run_dir(tmp_path / "run", identity)
+    claim_run_dir(tmp_path / "run", identity)  # the same run again: resumes
+    save_file({"w": torch.ones(4)}, base / "model.safetensors")
+    with pytest.raises(ResumeError, match=r"run holds a run whose base model weights differ from this one's"):
+        claim_run_dir(tmp_path / "run", {**identity, "base model weights": weights_fingerprint(base)})

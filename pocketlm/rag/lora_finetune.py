@@ -410,10 +410,14 @@ def run_experiment(config: LoraExperimentConfig, repo_id: str | None = TINY_LM_R
     before/after on held-out pairs. Publishes the first seed's LoRA (and its copy-trained base as `copy_repo_id`)."""
     from transformers import AutoModelForCausalLM
 
+    from pocketlm.training.checkpoints import claim_run_dir, weights_fingerprint
+
     seeds = config.seed_list()
     output_dir = Path(config.output_dir or runs_dir() / "rag-lora")
     base_path = resolve(config.model_name_or_path)
     tokenizer = load_tokenizer(base_path)
+    settings = {k: v for k, v in asdict(config).items() if k not in ("seeds", "output_dir")}  # seeds may be added
+    claim_run_dir(output_dir, {"base model weights": weights_fingerprint(base_path), "settings": settings})
     base = AutoModelForCausalLM.from_pretrained(base_path)
     max_prompt_tokens = context_length(base) - ANSWER_TOKENS
     train_pairs, eval_pairs, data_info = make_pairs(config, tokenizer, max_prompt_tokens)

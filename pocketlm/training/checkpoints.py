@@ -136,3 +136,37 @@ def pretrain_resume_point(output_dir: str | Path, accelerator=None, log: Callabl
         raise ResumeError(f"{output_dir} holds a previous run ({', '.join(evidence)}) but no checkpoint to resume from: "
                           "delete it to start over, pass --resume false to overwrite it, or choose another --output_dir")
     return None
+
+
+RUN_IDENTITY = "run_identity.json"
+
+
+def weights_fingerprint(folder: str | Path) -> str:
+    """SHA-256 over a model folder's safetensors files: the same id or path may hold other weights after a
+    retraining, and a run resumed on them would continue from checkpoints of another base."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for path in sorted(Path(folder).glob("*.safetensors")):
+        with path.open("rb") as f:
+            while block := f.read(1 << 20):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def claim_run_dir(output_dir: str | Path, identity: dict, flag: str = "--output_dir") -> None:
+    """Record what a run in `output_dir` is (`identity`: readable names → values, e.g. its settings and base
+    weights), or refuse when the folder holds another run:
+    its checkpoints would otherwise be resumed into this one (a LoRA of the old base "trained" in no steps)."""
+    from pocketlm.io import write_json
+
+    path = Path(output_dir) / RUN_IDENTITY
+    if path.is_file():
+        recorded = json.loads(path.read_text())
+        changed = sorted(key for key in identity.keys() | recorded.keys() if identity.get(key) != recorded.get(key))
+        if changed:
+            raise ResumeError(f"{output_dir} holds a run whose {' and '.join(changed)} differ from this one's: its "
+                              f"checkpoints cannot continue this run; delete the folder or pass another {flag}")
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(path, identity)

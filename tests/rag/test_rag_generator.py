@@ -193,3 +193,23 @@ def test_run_lora_finetune_script_measures_before_and_after_and_publishes_the_lo
     held_out = read_pairs(tmp_path / "run" / "pairs.json")[1]
     answers = generate_answers(model, tokenizer, [p.prompt for p in held_out])
     assert rouge_l(answers, [p.answer for p in held_out]) == pytest.approx(after)  # the published LoRA scores "after"
+
+    # The same folder with other settings (or a retrained base) would resume the old checkpoints: refused, kept.
+    import runpy
+    import sys
+
+    from pocketlm.settings import REPO_ROOT
+
+    capsys.readouterr()
+    argv, sys.argv = sys.argv, ["run_lora_finetune.py", "--preset", "smoke", "--output_dir", str(tmp_path / "run"),
+                                "--repo_id", repo_id, "--learning_rate", "0.01"]
+    try:
+        with pytest.raises(SystemExit) as exit_:
+            runpy.run_path(str(REPO_ROOT / "training_scripts" / "run_lora_finetune.py"), run_name="__main__")
+    finally:
+        sys.argv = argv
+    assert exit_.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"error: {tmp_path / 'run'} holds a run whose settings differ from this one's: its checkpoints cannot continue "
+        "this run; delete the folder or pass another --output_dir")
+    assert json.loads((tmp_path / "run" / "results.json").read_text()) == results
