@@ -120,7 +120,7 @@ def model_section(repo_id: str, folder: Path) -> str:
     if history_file.is_file() and summary_file.is_file():
         curve = learning_curve(json.loads(history_file.read_text()), json.loads(summary_file.read_text()))
         if curve:
-            lines += ["", "Learning curve (every validation of the run):", "", curve]
+            lines += ["Learning curve (every validation of the run):", "", curve + "\n"]  # the table ends with \n
     return "\n".join(lines)
 
 

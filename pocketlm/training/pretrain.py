@@ -662,7 +662,8 @@ def corpus_description(corpus_stats: dict) -> str:
     if not extra:
         return f"{base} ({corpus_stats['words']:,} words)"
     return (f"{base} ({corpus_stats['words'] - extra:,} words) and {extra:,} words of English Wikipedia articles "
-            "(`prepare_corpus.py --extra_corpus wikipedia-en-2014`; validation stays on held-out WikiText-2 documents)")
+            "added by `prepare_corpus.py --extra_corpus wikipedia-en-2014` (validation stays on held-out WikiText-2 "
+            "documents)")
 
 
 def publish_best(args: PretrainArguments, result: PretrainResult) -> Path:
@@ -706,7 +707,7 @@ def publish_best(args: PretrainArguments, result: PretrainResult) -> Path:
         title="pocketlm tiny-lm",
         summary=(
             f"A {args.n_layers}-layer Llama-architecture causal language model pretrained from scratch by pocketlm on "
-            f"{corpus_description(corpus_stats)} (the device and command are under Training run). A teaching and "
+            f"{corpus_description(corpus_stats)}. The device and command are under Training run. A teaching and "
             "prototyping model: it writes fluent-looking English fragments, not facts."
         ),
         how_to_load=(
