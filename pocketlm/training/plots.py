@@ -43,7 +43,8 @@ def save_training_curves(
             ax.set_yscale("log")  # perplexity in the hundreds beside bits per byte near 2: both stay readable
         ax.set_xlabel(x)
         ax.grid(alpha=0.3)
-        ax.legend()
+        if ax.get_legend_handles_labels()[0]:  # a run stopped before its first log has nothing to label
+            ax.legend()
     axes[0][0].set_title(f"{title}: loss")
     if metrics:
         axes[0][1].set_title(f"{title}: evaluation")
