@@ -176,6 +176,39 @@ def test_killed_run_resumes_from_its_checkpoint_and_matches_an_uninterrupted_one
     assert {"gen_distinct_1", "gen_distinct_2", "eval_ppl", "train_loss"} <= set(final)
 
 
+def test_eval_steps_add_points_within_an_epoch_and_never_evaluate_a_step_twice(prepared_corpus, tmp_path):
+    """Two epochs with --eval_steps half an epoch: a validation mid-epoch and one at each epoch's end (where the
+    periodic point falls on it, the epoch's end evaluates once); callbacks hear of an epoch end only at one."""
+    from transformers import TrainerCallback
+
+    from pocketlm.training.pretrain import train
+
+    class Events(TrainerCallback):
+        def __init__(self):
+            self.evaluated, self.epoch_ends = [], []
+
+        def on_evaluate(self, args, state, control, **kwargs):
+            self.evaluated.append(state.global_step)
+
+        def on_epoch_end(self, args, state, control, **kwargs):
+            self.epoch_ends.append(state.global_step)
+
+    chunks = sum(1 for _ in (prepared_corpus / "train.jsonl").open())
+    batch = next(b for b in range(16, 64) if (chunks // b) % 2 == 0)  # an even epoch: its end is a periodic point
+    steps_per_epoch = chunks // batch
+    half = steps_per_epoch // 2
+    events = Events()
+    args = PretrainArguments(
+        data_dir=str(prepared_corpus), output_dir=str(tmp_path / "run"), d_model=32, n_layers=2, n_heads=2, d_ff=64,
+        num_train_epochs=2, per_device_train_batch_size=batch, eval_steps=half, eval_max_chunks=8, logging_steps=1,
+        save_steps=1000, warmup_steps=2, mixed_precision="no", generation_prompts=0, publish=False,
+    )
+    result = train(args, callbacks=[events], log=lambda message: None)
+    expected = [half, steps_per_epoch, steps_per_epoch + half, 2 * steps_per_epoch]
+    assert events.evaluated == [r["step"] for r in result.history if "eval_ppl" in r] == expected
+    assert events.epoch_ends == [steps_per_epoch, 2 * steps_per_epoch]
+
+
 def test_best_checkpoint_keeps_the_better_model_when_a_later_evaluation_is_worse(tiny_lm_config, tiny_tokenizer, tmp_path):
     """Three evaluations through the loop's CallbackHandler: better, worse, better again."""
     from safetensors.torch import load_file

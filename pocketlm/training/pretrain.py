@@ -451,7 +451,7 @@ class PretrainRun:
         )
         self.budget_s = args.time_budget_minutes * 60
         self.window_losses: list[float] = []  # losses of the batches since the last log record
-        self.epoch_losses: list[float] = []  # the log records' mean losses since the last evaluation
+        self.losses_since_evaluation: list[float] = []  # the log records' mean losses since the last evaluation
 
     def _start_or_resume(self, steps_per_epoch: int, run_info: dict):
         """A fresh `TrainerState` and progress dict, or those of `<output_dir>/last` when resuming."""
@@ -552,10 +552,9 @@ class PretrainRun:
             self.bar.set_postfix(loss=f"{mean_loss:.3f}", lr=f"{lr:.2e}")
         self.control = self.callbacks.on_step_end(self.args, state, self.control)
         finished = self.schedule_progress() >= 1.0
-        if not finished and self.args.eval_steps > 0 and state.global_step % self.args.eval_steps == 0:
-            self.close_window()
-            self.evaluate_and_sample()  # a point of the learning curve; the epoch's end evaluates as always
-            self.epoch_losses = []
+        mid_epoch = progress["batches_done"] < self.batches_per_epoch  # the epoch's end evaluates in `end_epoch`
+        if not finished and mid_epoch and self.args.eval_steps > 0 and state.global_step % self.args.eval_steps == 0:
+            self.evaluate_and_sample()  # a point of the learning curve
         if finished or state.global_step % self.args.save_steps == 0:
             save_checkpoint(self.accelerator, self.output_dir, state, progress)
             self.tick()
@@ -564,18 +563,19 @@ class PretrainRun:
     def end_epoch(self, ran_out: bool) -> None:
         """Evaluate, sample and checkpoint at an epoch's end (`ran_out`) or where the schedule stopped it (the run's
         last evaluation)."""
-        self.close_window()
         if ran_out:
             self.progress["epoch"], self.progress["batches_done"] = self.progress["epoch"] + 1, 0
         self.evaluate_and_sample()
-        self.epoch_losses = []
+        self.control = self.callbacks.on_epoch_end(self.args, self.state, self.control)
         self.tick()
         self.progress["done"] = not ran_out or self.schedule_progress() >= 1.0
         save_checkpoint(self.accelerator, self.output_dir, self.state, self.progress)
 
     def evaluate_and_sample(self) -> None:
-        """Validation perplexity, generated samples and their distinct-n: one log record, then `on_evaluate`."""
+        """Validation perplexity, generated samples and their distinct-n, and the mean training loss since the last
+        evaluation: one log record, then `on_evaluate`."""
         args, state = self.args, self.state
+        self.close_window()
         # The uncompiled model evaluates: a compiled one would recompile for no_grad and for the short last batch.
         eval_metrics = (evaluate(self.model, self.eval_loader, self.accelerator, self.token_bytes)
                         if len(self.eval_loader) else {})
@@ -583,7 +583,8 @@ class PretrainRun:
         samples = sample_texts(self.unwrapped, self.tokenizer, prompts, args.generation_tokens, seed=args.seed) if prompts else []
         record = {
             "step": state.global_step, "epoch": round(state.epoch, 4),
-            "train_loss": sum(self.epoch_losses) / len(self.epoch_losses) if self.epoch_losses else float("nan"),
+            "train_loss": (sum(self.losses_since_evaluation) / len(self.losses_since_evaluation)
+                           if self.losses_since_evaluation else float("nan")),
             **eval_metrics,
             "gen_distinct_1": distinct_n(samples, 1), "gen_distinct_2": distinct_n(samples, 2),
             "elapsed_s": round(self.progress["elapsed_s"], 1),
@@ -596,8 +597,8 @@ class PretrainRun:
                      f"{record['gen_distinct_2']:.2f}{sample}")
             with (self.output_dir / "samples.jsonl").open("a") as f:
                 f.write(json.dumps({"step": state.global_step, "epoch": state.epoch, "samples": dict(zip(prompts, samples))}) + "\n")
+        self.losses_since_evaluation = []
         self.control = self.callbacks.on_evaluate(args, state, self.control, metrics=record)
-        self.control = self.callbacks.on_epoch_end(args, state, self.control)
 
     def result(self) -> PretrainResult:
         """Write `summary.json` (the headline numbers of the run) and return the result."""
@@ -639,7 +640,7 @@ class PretrainRun:
         if not self.window_losses:
             return None
         mean_loss = sum(self.window_losses) / len(self.window_losses)
-        self.epoch_losses.append(mean_loss)
+        self.losses_since_evaluation.append(mean_loss)
         self.window_losses = []
         return mean_loss
 
