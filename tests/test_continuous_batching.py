@@ -113,6 +113,19 @@ def test_staggered_requests_get_the_greedy_tokens_they_get_alone(served):
         _check_staggered_requests(served, base_url, app)
 
 
+def test_the_static_int8_graph_is_batched_by_default_and_gives_the_tokens_it_gives_alone(tiny_lm_onnx_repo):
+    """`--lm-precision int8-static` gets the continuous scheduler (its activation scales are fixed, unlike the
+    dynamic int8 graph's), and the staggered requests still get exactly their single-request tokens."""
+    from pocketlm.hub import resolve
+    from pocketlm.serving.models import load_lm
+
+    static = load_lm(resolve(tiny_lm_onnx_repo), "int8-static")
+    assert static.file.name == "model_static_quantized.onnx"
+    with serving(slowed(static, 0.005), scheduler=None) as (base_url, app):
+        assert app.state.scheduler_kind == "continuous"
+        _check_staggered_requests(static, base_url, app)
+
+
 def _check_staggered_requests(served, base_url, app):
     lm = served.runtime
     texts = [lm.decode(ids) for ids in corpus_prompts(lm, 14, [3 + 4 * i for i in range(14)])]
@@ -274,11 +287,13 @@ def test_the_command_line_picks_the_scheduler_and_refuses_a_batch_unstable_graph
 
     assert parse_args([]).scheduler is None  # the app picks by the LM's graph:
     assert default_scheduler("fp32") == "continuous" and default_scheduler("int8") == "serial"
+    assert default_scheduler("int8-static") == "continuous"  # batch-stable
+    assert parse_args(["--lm-precision", "int8-static", "--scheduler", "continuous"]).lm_precision == "int8-static"
     assert parse_args(["--scheduler", "continuous"]).scheduler == "continuous"
     assert parse_args(["--scheduler", "serial"]).scheduler == "serial"
     with pytest.raises(SystemExit):
         parse_args(["--lm-precision", "int8", "--scheduler", "continuous"])
-    assert "--scheduler continuous needs --lm-precision fp32" in capsys.readouterr().err
+    assert "--scheduler continuous needs --lm-precision fp32 or int8-static" in capsys.readouterr().err
 
 
 def test_load_benchmark_writes_its_record(tiny_lm_onnx_repo, tiny_qa_onnx_repo, tmp_path):

@@ -39,6 +39,47 @@ def test_export_is_published_with_kv_cache_and_checked_against_pytorch(tiny_lm_o
     assert "model-index" in card and "OnnxCausalLM" in card
 
 
+def test_the_static_int8_graph_is_batch_stable_and_keeps_the_sensitive_matmuls_in_fp32(tiny_lm_onnx_repo, prompts):
+    """The export's static int8 graph: the card measures that batching changes none of its greedy tokens (the
+    dynamic graph's scales depend on the batch), and so does this test, on prompts of 3–60 tokens in one batch;
+    its weight matmuls are int8 except the MLP output projections and the output layer."""
+    import onnx
+
+    folder = Path(resolve(tiny_lm_onnx_repo))
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert metrics["batched_token_match_fp32"] == 1.0 and metrics["batched_token_match_int8_static"] == 1.0
+    assert {"greedy_token_match_int8_static", "latency_ms_p50_int8_static", "size_mb_int8_static"} <= set(metrics)
+
+    static = OnnxCausalLM(folder, precision="int8-static")
+    greedy = SamplingParams(max_new_tokens=12, stop_at_eos=False)
+    alone = [static.generate_ids([p], greedy)[0] for p in prompts]
+    assert static.generate_ids(prompts, greedy) == alone
+    assert len({t for out in alone for t in out}) > 20, "outputs too uniform to reveal a batching difference"
+
+    graph = onnx.load(str(folder / "model_static_quantized.onnx")).graph
+    dequantized = {node.output[0] for node in graph.node if node.op_type == "DequantizeLinear"}
+    weight_matmuls = [node for node in graph.node if node.op_type == "MatMul"
+                      and not node.name.endswith(("self_attn/MatMul", "self_attn/MatMul_1"))]
+    int8 = {node.name for node in weight_matmuls if dequantized.intersection(node.input)}
+    assert int8 and all("down_proj" not in name for name in int8)
+    assert weight_matmuls[-1].name not in int8  # the output layer
+    assert any("q_proj" in name for name in int8) and any("gate_proj" in name for name in int8)
+
+
+def test_an_unknown_or_missing_lm_graph_is_refused_by_name(tiny_lm_onnx_repo, tmp_path):
+    import shutil
+
+    from pocketlm.errors import ConfigError
+    from pocketlm.hub import ArtifactNotFoundError
+
+    folder = Path(shutil.copytree(resolve(tiny_lm_onnx_repo), tmp_path / "lm"))
+    with pytest.raises(ConfigError, match="unknown LM precision 'int4'"):
+        OnnxCausalLM(folder, precision="int4")
+    (folder / "model_static_quantized.onnx").unlink()
+    with pytest.raises(ArtifactNotFoundError, match="no model_static_quantized.onnx .*export_lm_onnx.py"):
+        OnnxCausalLM(folder, precision="int8-static")
+
+
 def test_optimised_graph_cache_is_written_once_and_gives_the_same_tokens(tiny_lm_onnx_repo, prompts, tmp_path, monkeypatch):
     """The second load of a graph reads the optimised copy cached on the first (the server's start-up path) and
     computes exactly what the uncached session computes."""
@@ -62,7 +103,7 @@ def test_a_changed_graph_replaces_its_cached_copy(tiny_lm_onnx_repo, tmp_path, m
     monkeypatch.setenv("POCKETLM_RUNS_DIR", str(tmp_path / "runs"))
     folder = Path(shutil.copytree(resolve(tiny_lm_onnx_repo), tmp_path / "lm"))
     OnnxCausalLM(folder)
-    OnnxCausalLM(folder, quantized=True)
+    OnnxCausalLM(folder, precision="int8")
     cache = tmp_path / "runs" / "ort-cache"
     before = {p.name for p in cache.glob("*.onnx")}
     assert len(before) == 2
@@ -192,6 +233,7 @@ def test_batching_benchmark_writes_its_results(tiny_lm_onnx_repo, tmp_path):
                  "--output_dir", str(tmp_path)]) == 0
     results = json.loads((tmp_path / "batching.json").read_text())
     assert results["greedy_outputs_identical"]["fp32"] is True
+    assert results["greedy_outputs_identical"]["int8-static"] is True  # the benchmark stops if batching changed them
     assert {r["scheme"] for r in results["runs"]} == {"token_by_token", "token_by_token_no_cache", "full_batch", "full_batch_sorted"}
     assert results["headline"]["fp32, 4 new tokens"]["speedup_full_batch_vs_token_by_token"] > 0 and results["machine"]
     assert (tmp_path / "batching.png").stat().st_size > 10_000

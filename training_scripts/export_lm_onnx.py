@@ -1,4 +1,4 @@
-"""Export the tiny LM to ONNX with its KV cache (fp32 + int8), check it against PyTorch, publish `pocketlm/tiny-lm-onnx`.
+"""Export the tiny LM to ONNX with its KV cache (fp32 + two int8 graphs), check it against PyTorch, publish `pocketlm/tiny-lm-onnx`.
 
     python training_scripts/export_lm_onnx.py                       # pocketlm/tiny-lm → pocketlm/tiny-lm-onnx
     python training_scripts/export_lm_onnx.py --model_name_or_path gpt2 --repo_id me/gpt2-onnx   # Hub reachable
@@ -20,7 +20,7 @@ from pocketlm.hub import HubArguments, validate_repo_id
 class ExportArguments:
     model_name_or_path: str = field(default=TINY_LM, metadata={"help": "Hub id or folder of a causal LM"})
     repo_id: str = field(default=TINY_LM_ONNX, metadata={"help": "where to publish the export"})
-    quantize: bool = field(default=True, metadata={"help": "also write the dynamic int8 graph"})
+    quantize: bool = field(default=True, metadata={"help": "also write the int8 graphs (dynamic, and static: batch-stable)"})
     check_prompts: int = field(default=8, metadata={"help": "WikiText-2 prompts to compare with PyTorch on"})
     latency_runs: int = field(default=20, metadata={"help": "timed generations per graph for the card (0: skip)"})
 

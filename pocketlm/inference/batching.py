@@ -19,11 +19,13 @@ from dataclasses import asdict, dataclass, field
 from pocketlm.inference.onnx_lm import OnnxCausalLM, SamplingParams
 
 
-def corpus_texts(count: int, max_chars: int = 2000) -> list[str]:
-    """Openings of the last `count` WikiText-2 articles of the data mirror: real text to prompt with."""
+def corpus_texts(count: int, max_chars: int = 2000, first: bool = False) -> list[str]:
+    """Openings of the last (`first`: the first) `count` WikiText-2 articles of the data mirror: real text to
+    prompt with."""
     from pocketlm.data import corpus_folder
 
-    articles = sorted(corpus_folder().glob("*.txt"))[-count:]
+    articles = sorted(corpus_folder().glob("*.txt"))
+    articles = articles[:count] if first else articles[-count:]
     return [path.read_text(encoding="utf-8")[:max_chars] for path in articles]
 
 

@@ -26,6 +26,30 @@ from pocketlm.errors import ConfigError
 from pocketlm.io import fsync_path
 from pocketlm.inference.qa_engine import pick_onnx_file
 
+LM_PRECISIONS = ("fp32", "int8", "int8-static")
+"""The LM graphs an export may hold: fp32 (`model.onnx`), dynamic int8 (`model_quantized.onnx`: activation scales
+measured per call, so a row's tokens depend on the rows batched with it) and static int8
+(`model_static_quantized.onnx`: scales fixed at export, so batching changes nothing; see
+`pocketlm.inference.lm_export.quantize_static_int8`)."""
+STATIC_INT8_FILE = "model_static_quantized.onnx"
+BATCH_STABLE_PRECISIONS = ("fp32", "int8-static")
+"""Precisions whose greedy tokens are the same whether a prompt is decoded alone or in a batch."""
+
+
+def lm_graph_file(folder: Path, precision: str) -> Path:
+    """The graph of an LM export folder for `precision` (one of `LM_PRECISIONS`), with an error that says what to
+    do when the export has no such graph."""
+    from pocketlm.hub import ArtifactNotFoundError
+
+    if precision not in LM_PRECISIONS:
+        raise ConfigError(f"unknown LM precision {precision!r}: choose one of {', '.join(LM_PRECISIONS)}")
+    if precision != "int8-static":
+        return pick_onnx_file(folder, quantized=precision == "int8")
+    if not (folder / STATIC_INT8_FILE).is_file():
+        raise ArtifactNotFoundError(f"no {STATIC_INT8_FILE} in {folder}: export it again with "
+                                    "training_scripts/export_lm_onnx.py (it writes the static int8 graph)")
+    return folder / STATIC_INT8_FILE
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -126,12 +150,13 @@ class OnnxCausalLM:
     only the new token and the cache of everything before it, so a step costs O(1) in the sequence length.
     """
 
-    def __init__(self, folder: str | Path, *, quantized: bool = False, intra_op_num_threads: int | None = None,
+    def __init__(self, folder: str | Path, *, precision: str = "fp32", intra_op_num_threads: int | None = None,
                  prepend_bos: bool = True, spinning: bool = True):
         from tokenizers import Tokenizer
 
         self.folder = Path(folder)
-        self.onnx_path = pick_onnx_file(self.folder, quantized)
+        self.precision = precision
+        self.onnx_path = lm_graph_file(self.folder, precision)
         config = json.loads((self.folder / "config.json").read_text())
         self.num_layers = config["num_hidden_layers"]
         self.max_positions = config.get("max_position_embeddings", 2048)

@@ -36,9 +36,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         f"${ARTIFACTS[MINILM_SQUAD].env_var}, else {artifact_id(MINILM_SQUAD)})")
     parser.add_argument("--rag-documents", default=None, metavar="DIR",
                         help="a folder of your own documents (.txt, .md, .html, .pdf) added to the RAG index")
-    parser.add_argument("--lm-precision", choices=["fp32", "int8"], default="fp32",
+    # (pocketlm.inference.onnx_lm.LM_PRECISIONS, not imported here for the same reason as the schedulers below)
+    parser.add_argument("--lm-precision", choices=["fp32", "int8", "int8-static"], default="fp32",
                         help="which LM graph to serve (default fp32: token for token what PyTorch generates, and the "
-                        "same batched or not; dynamic int8 changes some greedy tokens, see the export's model card)")
+                        "same batched or not; int8-static: the same batched or not, some greedy tokens differ from "
+                        "fp32; int8: dynamic, decoded one request at a time; see the export's model card)")
     parser.add_argument("--qa-precision", choices=["fp32", "int8"], default="int8")
     # the choices are pocketlm.serving.scheduler.SCHEDULERS, not imported here: that would import numpy before
     # the models start loading in parallel with the web stack (see main)
@@ -78,8 +80,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         if getattr(args, flag) <= 0:
             parser.error(f"--{flag.replace('_', '-')} must be positive, got {getattr(args, flag)}")
     if args.scheduler == "continuous" and args.lm_precision == "int8":
-        parser.error("--scheduler continuous needs --lm-precision fp32: the dynamic int8 graph scales its activations "
-                     "per batch, so a request's tokens would depend on who shares its batch (use --scheduler serial)")
+        parser.error("--scheduler continuous needs --lm-precision fp32 or int8-static: the dynamic int8 graph scales "
+                     "its activations per batch, so a request's tokens would depend on who shares its batch (use "
+                     "--scheduler serial)")
     if args.rag == "none" and (args.rag_lora or args.rag_documents):
         parser.error("--rag-lora and --rag-documents need --rag INDEX")
     if args.lm == "none" and args.qa == "none" and args.rag == "none":

@@ -81,8 +81,8 @@ best span over all windows wins. `/health` names the exact graph and precision e
   times the tokens per second (see the README's batching benchmark).
 
 `POST /generate` is one prompt, answered whole. With greedy decoding (`do_sample: false`, the default) and
-the fp32 graph (the default) all three return the same tokens for the same prompt; the int8 graph scales its
-activations per batch (dynamic quantisation), so there batching can change a token.
+the fp32 graph (the default) or the static int8 graph all three return the same tokens for the same prompt;
+the dynamic int8 graph scales its activations per batch, so there batching can change a token.
 
 ### Limits and overload
 Bad input gets **422** naming the field (long inputs are not echoed back whole). A request body over the

@@ -16,7 +16,8 @@ from pocketlm.hub import resolve
 from pocketlm.inference.onnx_lm import OnnxCausalLM, SamplingParams
 from pocketlm.inference.qa_engine import OnnxQuestionAnswerer
 
-Precision = Literal["fp32", "int8"]
+Precision = Literal["fp32", "int8", "int8-static"]
+"""A served graph's precision: the LM has all three (`pocketlm.inference.onnx_lm.LM_PRECISIONS`), QA fp32 and int8."""
 
 
 @dataclass
@@ -48,7 +49,7 @@ def load_lm(repo_id: str = TINY_LM_ONNX, precision: Precision = "fp32", threads:
             spinning: bool = False) -> ServedModel:
     """The LM's ONNX session for serving: its threads sleep between operators (`spinning`: see
     `pocketlm.inference.onnx_lm.session_options`)."""
-    lm = OnnxCausalLM(resolve(repo_id), quantized=precision == "int8", intra_op_num_threads=threads, spinning=spinning)
+    lm = OnnxCausalLM(resolve(repo_id), precision=precision, intra_op_num_threads=threads, spinning=spinning)
     lm.generate_ids([lm.encode("Warm up")], SamplingParams(max_new_tokens=2))  # first-call allocations, not at request time
     return ServedModel(repo_id, precision, lm, lm.onnx_path)
 

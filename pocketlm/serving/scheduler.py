@@ -321,8 +321,9 @@ Scheduler = SerialScheduler | ContinuousScheduler
 
 
 def default_scheduler(lm_precision: str) -> SchedulerKind:
-    """Continuous batching for the fp32 graph; one request at a time for dynamic int8, whose activation scales
-    are computed over the batch (a request's tokens would depend on who shares its batch)."""
+    """Continuous batching for the batch-stable graphs (fp32, static int8); one request at a time for dynamic
+    int8, whose activation scales are computed over the batch (a request's tokens would depend on who shares its
+    batch)."""
     return "serial" if lm_precision == "int8" else "continuous"
 
 

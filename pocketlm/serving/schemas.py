@@ -186,7 +186,8 @@ class QAResponse(BaseModel):
 class ModelInfo(BaseModel):
     id: str = Field(description="Hub id or path the export was resolved from.")
     file: str = Field(description="The ONNX graph served.")
-    precision: Literal["fp32", "int8"]
+    precision: Literal["fp32", "int8", "int8-static"] = Field(
+        description="fp32, dynamic int8, or static int8 (fixed activation scales: the same tokens batched or not; LM only).")
 
 
 class HealthResponse(BaseModel):
