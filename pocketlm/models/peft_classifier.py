@@ -210,7 +210,7 @@ def load_classifier(id_or_path: str, merge_lora: bool = False):
     spec.mixout_p = 0.0  # inference: plain linear layers, same keys
     if spec.method == "full":
         return AutoModelForSequenceClassification.from_pretrained(folder).eval(), tokenizer, label_names
-    from peft import PeftModel
+    from pocketlm.models import load_peft_model
 
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # the base's fresh head is replaced from the artifact just below
@@ -224,7 +224,7 @@ def load_classifier(id_or_path: str, merge_lora: bool = False):
     arch = spec.architecture(model.config.model_type)
     if spec.uses_adapters:
         add_bottleneck_adapters(model, spec.adapter_size, arch.ffn_output)
-    model = PeftModel.from_pretrained(model, folder, is_trainable=False)
+    model = load_peft_model(model, folder, is_trainable=False)
     if merge_lora:
         model = model.merge_and_unload()
     return model.eval(), tokenizer, label_names

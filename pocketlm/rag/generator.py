@@ -86,7 +86,9 @@ def load_generator(lora: str | None = TINY_LM_RAG_LORA, base: str | None = None)
     Returns (model, tokenizer, description). `base` defaults to the model the LoRA was trained from;
     `lora=None` or `"none"` gives the base LM alone.
     """
-    from peft import PeftConfig, PeftModel
+    from peft import PeftConfig
+
+    from pocketlm.models import load_peft_model
 
     if lora and lora.lower() == "none":
         lora = None
@@ -102,7 +104,7 @@ def load_generator(lora: str | None = TINY_LM_RAG_LORA, base: str | None = None)
         return model.eval(), tokenizer, f"{base or TINY_LM} (no LoRA)"
     base = base or PeftConfig.from_pretrained(lora_path).base_model_name_or_path
     model, tokenizer = load_base(base)
-    model = PeftModel.from_pretrained(model, lora_path).merge_and_unload()
+    model = load_peft_model(model, lora_path).merge_and_unload()
     return model.eval(), tokenizer, f"{base} + LoRA {lora}"
 
 
