@@ -9,8 +9,8 @@
    coverage, the precision of the abstentions; the generator's own EM/F1 beside.
 2. Follow-ups: the follow-up set (`pocketlm.rag.followups`: a second question on the same passage, rewritten
    to lean on the first) is retrieved after the first exchange (the first question and the agent's answer
-   to it), recall@5 of the gold passage for: the question as typed, the conversation-aware query the agent
-   uses (`pocketlm.rag.conversation`), and the question with the whole last exchange appended. The same for
+   to it), recall@5 of the gold passage for: the question as typed, the agent's conversation-aware retrieval
+   (`RagAgent.retrieve`: `pocketlm.rag.conversation`), and the question with the whole last exchange appended. The same for
    self-contained questions asked after an unrelated exchange (each dev question after the one before it),
    which must not get worse. Then the follow-ups' answers, with and without the conversation.
 """
@@ -85,16 +85,17 @@ def answers_section(agent: RagAgent, questions) -> tuple[dict, list]:
         [s.text if s.score >= threshold else NOT_FOUND for s in spans]
 
 
-def recall(agent: RagAgent, queries: list[str], gold: list[str]) -> float:
-    ranked = agent.retriever.ranked_ids(queries, K)
+def recall(agent: RagAgent, queries: list[str] | list[list[str]], gold: list[str]) -> float:
+    """Share of gold passages among the top K of each query (or among each list of ids already retrieved)."""
+    ranked = queries if queries and isinstance(queries[0], list) else agent.retriever.ranked_ids(queries, K)
     return float(np.mean([g in ids for g, ids in zip(gold, ranked)]))
 
 
-def strategies(agent: RagAgent, questions: list[str], histories: list[list[tuple[str, str]]]) -> dict[str, list[str]]:
-    """The retrieval query of each question under each strategy compared."""
+def strategies(agent: RagAgent, questions: list[str], histories: list[list[tuple[str, str]]]) -> dict[str, list]:
+    """What each compared strategy searches for each question: a query, or (the agent's) the top-K ids it retrieves."""
     return {
         "question as typed": questions,
-        "conversation-aware (the agent's)": [agent.retrieval_query(q, h) for q, h in zip(questions, histories)],
+        "conversation-aware (the agent's)": [[f.id for f in agent.retrieve(q, h, K)[1]] for q, h in zip(questions, histories)],
         "last exchange appended": [f"{q} {h[-1][0]} {h[-1][1]}" if h else q for q, h in zip(questions, histories)],
     }
 

@@ -33,7 +33,7 @@ from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 
 from pocketlm import MINILM_SQUAD, RAG_INDEX, TINY_LM_RAG_LORA
 from pocketlm.rag.answer import ABSTAIN_BELOW, NO_SPAN, RETRIEVAL_WEIGHT, ReaderSpan, read_fragments, select_span
-from pocketlm.rag.conversation import contextual_query
+from pocketlm.rag.conversation import contextual_query, merge_retrievals
 from pocketlm.rag.generator import ANSWER_TOKENS, build_prompt, clean_answer, context_length
 from pocketlm.rag.lexical import HYBRID_WEIGHT
 from pocketlm.rag.prompt import Fragment, format_fragments, format_history, prompt_template
@@ -224,6 +224,16 @@ class RagAgent:
         """What the retriever is asked for `question` after `history`."""
         return contextual_query(question, history) if self.conversation_aware else question
 
+    def retrieve(self, question: str, history: Sequence[tuple[str, str]] = (), k: int | None = None) -> tuple[str, list[Fragment]]:
+        """The query searched for `question` after `history`, and the top k fragments (default `self.k`): for a
+        question that leans on the conversation, `merge_retrievals` of that query's and the question's own."""
+        k = k or self.k
+        query = self.retrieval_query(question, history)
+        fragments = self.retriever.retrieve(query, k)
+        if query != question:
+            fragments = merge_retrievals(fragments, self.retriever.retrieve(question, k), k)
+        return query, fragments
+
     def answer(self, question: str, history: Sequence[tuple[str, str]] = ()) -> AgentAnswer:
         """Answer `question` after `history` ((question, answer) pairs, oldest first; at most the last 3 are
         used) without touching the agent's memory: retrieve the top k, read them, generate beside."""
@@ -231,8 +241,7 @@ class RagAgent:
         history = list(history)[-MAX_EXCHANGES:]
         term = web_query(question)
         response = self.search(term) if term else None
-        query = term or self.retrieval_query(question, history)
-        fragments = response.fragments() if response else self.retriever.retrieve(query, self.k)
+        query, fragments = (term, response.fragments()) if response else self.retrieve(question, history)
         candidates = read_fragments(self.reader, question, fragments)
         span = select_span(candidates, self.retrieval_weight)
         answer = span.text if span.fragment is not None and span.score >= self.abstain_below else ""

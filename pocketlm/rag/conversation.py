@@ -11,7 +11,9 @@ the words that make it findable ("Super Bowl 50") are in the previous exchange. 
   any: its names and numbers (capitalised words, figures) from the question and the answer, up to
   `MAX_TERMS`; older exchanges only when the latest names nothing.
 
-A self-contained question ("Who founded Warsaw University?") is searched as typed. The alternative of always
+A self-contained question ("Who founded Warsaw University?") is searched as typed. A dependent one keeps some
+of its own matches too (`merge_retrievals`): a short question naming nothing ("Where was the war fought?") can
+also be about something other than the last exchange. The alternative of always
 searching with the history appended is measured against this rule by `benchmarks/rag_answers.py`: appended
 history drags unrelated questions towards the previous topic.
 """
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from typing import Protocol, TypeVar
 
 from pocketlm.rag.prompt import STOPWORDS
 
@@ -91,3 +94,26 @@ def contextual_query(question: str, history: Sequence[tuple[str, str]], max_term
         if terms:
             return f"{question} {' '.join(terms[:max_terms])}"
     return question
+
+
+class _HasId(Protocol):
+    id: str
+
+
+Retrieved = TypeVar("Retrieved", bound=_HasId)
+
+
+def merge_retrievals(contextual: Sequence[Retrieved], as_typed: Sequence[Retrieved], k: int) -> list[Retrieved]:
+    """The k fragments of a question searched with the conversation's terms: the best ceil(k/2) of that search,
+    then the best of the question as typed, then the rest of the first search, each fragment once (by `id`).
+
+    `benchmarks/rag_answers.py` measures it against the contextual search alone: follow-ups are found as often,
+    and a self-contained question that only looks dependent is found as often as when searched as typed.
+    """
+    merged: list[Retrieved] = []
+    seen: set[str] = set()
+    for fragment in [*contextual[: -(-k // 2)], *as_typed, *contextual]:
+        if fragment.id not in seen and len(merged) < k:
+            seen.add(fragment.id)
+            merged.append(fragment)
+    return merged

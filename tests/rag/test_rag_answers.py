@@ -8,7 +8,7 @@ import pytest
 from pocketlm.rag.answer import ReaderSpan, abstention_report, choose_threshold, read_fragments, select_span
 from pocketlm.rag.prompt import Fragment
 from pocketlm.rag.chain import NOT_FOUND, RagAgent
-from pocketlm.rag.conversation import contextual_query, needs_context, salient_terms
+from pocketlm.rag.conversation import contextual_query, merge_retrievals, needs_context, salient_terms
 from pocketlm.rag.followups import follow_up_set, lean_on
 from pocketlm.rag.retriever import RagRetriever
 
@@ -67,7 +67,7 @@ def test_a_follow_up_is_searched_with_the_conversation(agent):
     agent.ask(FIRST)
     follow_up = agent.ask(FOLLOW_UP)
     assert follow_up.query.startswith(FOLLOW_UP) and "Super Bowl 50" in follow_up.query
-    assert [f.id for f in follow_up.fragments] == [f.id for f in agent.retriever.retrieve(follow_up.query, 3)]
+    assert [f.id for f in follow_up.fragments] == [f.id for f in agent.retrieve(FOLLOW_UP, agent.history[:1])[1]]
     assert all(f.id.startswith("val-00-") for f in follow_up.fragments)  # the Super Bowl article
     # The same question without the conversation is searched as typed.
     assert agent.answer(FOLLOW_UP).query == FOLLOW_UP
@@ -97,6 +97,16 @@ def test_dependent_questions_and_their_salient_terms():
     assert contextual_query(FOLLOW_UP, history) == f"{FOLLOW_UP} NFL Super Bowl 50 Denver Broncos"
     assert contextual_query(FOLLOW_UP, []) == FOLLOW_UP
     assert contextual_query("Where did the Denver Broncos play?", history) == "Where did the Denver Broncos play?"
+
+
+def test_a_dependent_question_keeps_its_own_best_matches_beside_the_conversations():
+    def fragments(*ids):
+        return [Fragment(i, "title", "text", 1.0) for i in ids]
+
+    contextual, as_typed = fragments("a", "b", "c", "d", "e"), fragments("x", "a", "y", "z", "w")
+    assert [f.id for f in merge_retrievals(contextual, as_typed, 5)] == ["a", "b", "c", "x", "y"]
+    assert [f.id for f in merge_retrievals(contextual, as_typed, 3)] == ["a", "b", "x"]
+    assert [f.id for f in merge_retrievals(contextual, fragments("b", "a"), 4)] == ["a", "b", "c", "d"]  # no repeats
 
 
 def test_follow_up_set_leans_on_the_first_question():
