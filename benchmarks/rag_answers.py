@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     figures = {
         f"RAG answer F1, held-out dev (k={args.k}, reader + abstention)": f"{held_out['f1']:.1f}",
         "RAG answer F1, all 300 dev questions": f"{answers['rows'][2]['f1']:.1f}",
-        "abstention precision (held-out dev)": f"{held_out['abstention_precision']:.2f} ({held_out['abstentions']} abstentions)",
+        "abstention precision (held-out dev)": f"{held_out['abstention_precision']:.2f} ({held_out['abstentions']} abstention{'' if held_out['abstentions'] == 1 else 's'})",
         "generator F1 (same prompts)": f"{answers['generator']['f1']:.1f}",
         f"follow-up recall@{K}: as typed → conversation-aware": (
             f"{rec[('follow-ups', 'question as typed')]:.3f} → {rec[('follow-ups', 'conversation-aware (the agent' + chr(39) + 's)')]:.3f}"),
