@@ -25,9 +25,9 @@ from pocketlm.benchmarking import markdown_table, write_results
 from pocketlm.cli import parse_args_with_presets, run
 from pocketlm.rag.evaluate_loop import LoopEvalConfig, evaluate_loop
 from pocketlm.rag.lora_finetune import LoraExperimentConfig, run_experiment
-from pocketlm.settings import REPO_ROOT, runs_dir
+from pocketlm.settings import REPO_ROOT, data_dir, runs_dir
 
-DEV = REPO_ROOT.parent / "shared" / "data" / "squad-rag-dev"
+DEV = data_dir() / "squad-rag-dev"  # $POCKETLM_DATA_DIR, else the data mirror beside the repository
 PRESETS = {
     "quick": {"train_pairs": 200, "eval_pairs": 50, "max_articles": 12, "held_out_fraction": 0.25, "num_train_epochs": 2.0,
               "copy_steps": 200},

@@ -1,13 +1,15 @@
 """Serve an ASGI app on a free loopback port from a thread of the test process, with the command line's uvicorn
-settings (`server_config`): tests can then read the app's state and swap its model for a test double. Also the one
-reader of a server-sent-event stream the serving tests share."""
+settings (`server_config`): tests can then read the app's state and swap its model for a test double (`slowed`).
+Also the one reader of a server-sent-event stream the serving tests share."""
 
 from __future__ import annotations
 
+import copy
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 
 from pocketlm.serving.admission import Limits
 from pocketlm.serving.launch import free_port
@@ -44,3 +46,26 @@ def server_sent_events(response) -> Iterator[tuple[str, str, float]]:
         elif line.startswith("data: "):
             yield name, line[len("data: "):], time.perf_counter()
             name = "message"
+
+
+class SlowSession:
+    """Test double for the LM's ONNX Runtime session: each graph call first sleeps `delay_s`, so a generation
+    lasts long enough for a test to act on it midway."""
+
+    def __init__(self, real, delay_s: float, log: list | None = None):
+        self._real, self.delay_s, self.log = real, delay_s, log
+
+    def __getattr__(self, name):
+        return getattr(self._real, name)
+
+    def run(self, output_names, feed):
+        if self.log is not None:
+            self.log.append("step")
+        time.sleep(self.delay_s)
+        return self._real.run(output_names, feed)
+
+
+def slowed(served, delay_s: float, log: list | None = None):
+    runtime = copy.copy(served.runtime)
+    runtime.session = SlowSession(served.runtime.session, delay_s, log)
+    return replace(served, runtime=runtime)

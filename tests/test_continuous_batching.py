@@ -7,7 +7,6 @@ scheduler's counters and slow the model down with a test double; the model is th
 
 from __future__ import annotations
 
-import copy
 import json
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -22,7 +21,7 @@ from pocketlm.inference.batching import corpus_prompts
 from pocketlm.inference.onnx_lm import KVState, SamplingParams
 from pocketlm.serving.admission import Limits
 
-from loopback_server import server_sent_events
+from loopback_server import server_sent_events, slowed
 from loopback_server import serving as serve_on_loopback
 
 
@@ -35,29 +34,6 @@ def serving(served_lm, limits: Limits = Limits(), scheduler: str = "continuous",
     app = create_app(ServingModels(lm=served_lm, qa=served_qa), limits, scheduler)
     with serve_on_loopback(app, limits) as url:
         yield url, app
-
-
-class SlowSession:
-    """Test double for the LM's ONNX Runtime session: each graph call first sleeps `delay_s`, so a generation
-    lasts long enough for a test to act on it midway."""
-
-    def __init__(self, real, delay_s: float, log: list | None = None):
-        self._real, self.delay_s, self.log = real, delay_s, log
-
-    def __getattr__(self, name):
-        return getattr(self._real, name)
-
-    def run(self, output_names, feed):
-        if self.log is not None:
-            self.log.append("step")
-        time.sleep(self.delay_s)
-        return self._real.run(output_names, feed)
-
-
-def slowed(served, delay_s: float, log: list | None = None):
-    runtime = copy.copy(served.runtime)
-    runtime.session = SlowSession(served.runtime.session, delay_s, log)
-    return replace(served, runtime=runtime)
 
 
 class SlowAnswers:

@@ -436,6 +436,11 @@ def test_finetune_script_trains_evaluates_and_publishes(tiny_encoder, tmp_path, 
     assert report["examples"] == 1821  # the whole test split
     assert "| negative |" in (tmp_path / "eval" / "classification_report_test.md").read_text()
 
+    # the run folder is claimed: another method in it would resume these checkpoints, so it is refused in one line
+    code, err = run_script("finetune_classifier.py", [*argv, "--method", "lora"], capsys)
+    last_line = err.strip().splitlines()[-1]  # (after the data's progress bars)
+    assert code == 2 and last_line.startswith("error: ") and "holds a run whose model settings differ from this one" in last_line
+
 
 # ---------------------------------------------------------------- memory estimate behind the 4 GB batch × accumulation
 

@@ -57,6 +57,17 @@ def test_finetune_resumes_from_its_last_checkpoint(smoke_qa, capsys):
     assert state["global_step"] == 3 and [r["step"] for r in state["log_history"] if "loss" in r] == [1, 2, 3]
 
 
+def test_a_run_folder_of_other_windows_is_refused_not_resumed(smoke_qa, capsys):
+    """The folder records its base weights and windows: a run with other windows would otherwise resume the
+    smoke run's checkpoints as if they were its own."""
+    main = _script("finetune_qa.py")
+    with pytest.raises(SystemExit) as exit_:
+        run(lambda: main(["--preset", "smoke", "--output_dir", str(smoke_qa), "--max_length", "192", "--max_steps", "4"]))
+    err = capsys.readouterr().err
+    assert exit_.value.code != 0 and "holds a run whose windows differ from this one's" in err and "\n" not in err.strip()
+    assert not (smoke_qa / "checkpoint-4").exists()
+
+
 def test_finetune_rejects_bad_arguments_in_one_line(capsys):
     main = _script("finetune_qa.py")
     with pytest.raises(SystemExit) as exit_:

@@ -64,7 +64,9 @@ def finetune_and_publish(
 ) -> dict:
     """Train on the train split (early stopping on validation macro-F1), report validation and test, publish `repo_id`."""
     from transformers import AutoTokenizer, set_seed
-    from pocketlm.training.checkpoints import check_resume_from, newest_complete_checkpoint
+    from pocketlm.training.checkpoints import (
+        RUN_IDENTITY, check_resume_from, claim_run_dir, newest_complete_checkpoint, weights_fingerprint,
+    )
 
     if training_args.resume_from_checkpoint:
         # checked before the data and the model load, and as one line (the Trainer raises a bare ValueError)
@@ -85,6 +87,12 @@ def finetune_and_publish(
     title = f"{Path(spec.model_name_or_path).name} on {data_args.dataset} ({spec.method})"
     trainer = build_trainer(model, tokenizer, training_args, splits["train"], splits["validation"], label_names,
                             regularisation, callbacks=[MetricsWriterCallback(output_dir, title)])
+    # an --output_dir holding checkpoints of another base, method or data set is refused, not resumed into this
+    # run (claimed once the data and the model have loaded: a mistyped flag claims nothing)
+    if overwrite_output_dir:
+        (output_dir / RUN_IDENTITY).unlink(missing_ok=True)
+    claim_run_dir(output_dir, {"base model weights": weights_fingerprint(resolve(spec.model_name_or_path)),
+                               "model settings": asdict(spec), "training data": data_args.dataset})
     resume = training_args.resume_from_checkpoint or (
         newest_complete_checkpoint(output_dir) if not overwrite_output_dir else None)
     if resume:

@@ -79,6 +79,7 @@ def finetune_question_answering(args: QAArguments, training_args, preset: str | 
         raise ConfigError(f"{args.model_name_or_path}: QA preprocessing needs a fast tokenizer (offsets)")
     data = _qa_data(args, tokenizer)
     output_dir = Path(training_args.output_dir)
+    _claim_output_dir(args, output_dir, source)  # once the inputs are known to be good: a typo claims nothing
     trainer = _qa_trainer(args, training_args, source, tokenizer, data)
     train_output, train_seconds, train_cpu_seconds = _train(trainer, output_dir)
     if not trainer.is_world_process_zero():  # under DDP one process scores the whole validation set and publishes
@@ -111,6 +112,16 @@ def finetune_question_answering(args: QAArguments, training_args, preset: str | 
     published = publish(args.output_repo, save, card, push_to_hub=push, token=token)
     print(f"published {args.output_repo} -> {published}", flush=True)
     return metrics
+
+
+def _claim_output_dir(args: QAArguments, output_dir: Path, source) -> None:
+    """Refuse an `--output_dir` that holds checkpoints of another base model or other windows (`claim_run_dir`):
+    the Trainer would resume them into this run. A longer or differently scheduled run of the same may resume."""
+    from pocketlm.training.checkpoints import claim_run_dir, weights_fingerprint
+
+    claim_run_dir(output_dir, {"base model weights": weights_fingerprint(source),
+                               "windows": {"max_length": args.max_length, "doc_stride": args.doc_stride},
+                               "training questions": args.max_train_samples})
 
 
 def _qa_data(args: QAArguments, tokenizer) -> QAData:

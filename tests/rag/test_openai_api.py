@@ -8,7 +8,7 @@ import re
 
 import openai
 import pytest
-from loopback_server import serving
+from loopback_server import serving, slowed
 
 from pocketlm.rag.corpus import Passage
 from pocketlm.serving.admission import Limits
@@ -246,7 +246,8 @@ def test_completions_run_on_either_scheduler_and_a_client_that_leaves_frees_its_
     from pocketlm.serving.app import create_app
     from pocketlm.serving.models import ServingModels
 
-    app = create_app(ServingModels(lm=lm), LIMITS, scheduler)
+    # each graph call 5 ms slower: the long stream below is still running when its client hangs up, on any host
+    app = create_app(ServingModels(lm=slowed(lm, 0.005)), LIMITS, scheduler)
     expected, finish = greedy(lm, PROMPT, 16)
     stop = expected[8:11]
     with serving(app, LIMITS) as url:
