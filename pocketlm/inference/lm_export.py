@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pocketlm.inference.onnx_lm import LM_PRECISIONS, STATIC_INT8_FILE, OnnxCausalLM, SamplingParams
+from pocketlm.inference.onnx_lm import LM_PRECISIONS, STATIC_INT8_FILE, OnnxCausalLM, SamplingParams, lm_graph_file
 from pocketlm.inference.qa_engine import FP32_FILE, INT8_FILE
 
 TASK = "text-generation-with-past"
@@ -212,7 +212,8 @@ def check_lm_export(
     model = AutoModelForCausalLM.from_pretrained(resolve(model_name_or_path)).eval()
     metrics: dict[str, float] = {}
     params = SamplingParams(max_new_tokens=max_new_tokens, stop_at_eos=False)
-    references: dict[str, list[int]] = {}
+    references: dict[str, tuple] = {}
+    """Per prompt, PyTorch's last-position logits and greedy tokens: the same for every graph, computed once."""
     for precision in LM_PRECISIONS:
         try:
             lm = OnnxCausalLM(onnx_dir, precision=precision)
@@ -225,30 +226,19 @@ def check_lm_export(
             if text not in references:
                 with torch.no_grad():
                     input_ids = torch.tensor([ids])
-                    references[text] = model.generate(
+                    references[text] = (model(input_ids).logits[0, -1].numpy(), model.generate(
                         input_ids, attention_mask=torch.ones_like(input_ids), do_sample=False,
                         max_new_tokens=max_new_tokens, min_new_tokens=max_new_tokens, pad_token_id=lm.pad_token_id,
-                    )[0, len(ids):].tolist()
-            with torch.no_grad():
-                torch_logits = model(torch.tensor([ids])).logits[0, -1].numpy()
-            max_diff = max(max_diff, float(abs(_prefill_logits(lm, ids) - torch_logits).max()))
+                    )[0, len(ids):].tolist())
+            torch_logits, reference = references[text]
+            max_diff = max(max_diff, float(abs(lm.prefill([ids])[0][0] - torch_logits).max()))
             ours = lm.generate_ids([ids], params)[0]
-            matched += sum(a == b for a, b in zip(ours, references[text]))
-            total += len(references[text])
+            matched += sum(a == b for a, b in zip(ours, reference))
+            total += len(reference)
         metrics[f"max_abs_logit_diff_{label}"] = max_diff
         metrics[f"greedy_token_match_{label}"] = matched / max(total, 1)
         metrics[f"batched_token_match_{label}"] = batched_token_match(lm, prompts, params)
     return metrics
-
-
-def _prefill_logits(lm: OnnxCausalLM, ids: list[int]):
-    """The graph's next-token logits after one unpadded prompt."""
-    import numpy as np
-
-    feed = {"input_ids": np.array([ids]), "attention_mask": np.ones((1, len(ids)), np.int64), **lm._empty_cache(1)}
-    if lm.uses_position_ids:
-        feed["position_ids"] = np.arange(len(ids))[None]
-    return lm.session.run(["logits"], feed)[0][0, -1]
 
 
 def batched_token_match(lm: OnnxCausalLM, texts: list[str], params: SamplingParams) -> float:
@@ -259,6 +249,14 @@ def batched_token_match(lm: OnnxCausalLM, texts: list[str], params: SamplingPara
     together = lm.generate_ids(prompts, params)
     pairs = [(a, b) for one, batched in zip(alone, together, strict=True) for a, b in zip(one, batched, strict=True)]
     return sum(a == b for a, b in pairs) / max(len(pairs), 1)
+
+
+def _graph_file(export_dir: Path, precision: str) -> Path | None:
+    """The export's graph for `precision` (`lm_graph_file`), or None when it has none (`--quantize false`)."""
+    try:
+        return lm_graph_file(export_dir, precision)
+    except FileNotFoundError:
+        return None
 
 
 def file_size_mb(path: str | Path) -> float:
@@ -308,8 +306,8 @@ def publish_lm_onnx(
         export_dir = export_causal_lm(model_name_or_path, Path(scratch) / "onnx", quantize=quantize)
         texts = corpus_texts(check_prompts, max_chars=300)
         metrics = check_lm_export(model_name_or_path, export_dir, texts)
-        graphs = {precision: export_dir / file for precision, file in
-                  (("fp32", FP32_FILE), ("int8", INT8_FILE), ("int8-static", STATIC_INT8_FILE)) if (export_dir / file).is_file()}
+        graphs = {precision: _graph_file(export_dir, precision) for precision in LM_PRECISIONS}
+        graphs = {precision: file for precision, file in graphs.items() if file is not None}
         for precision, file in graphs.items():
             metrics[f"size_mb_{precision.replace('-', '_')}"] = file_size_mb(file)
         if latency_runs:
