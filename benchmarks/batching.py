@@ -22,14 +22,14 @@ from pocketlm.benchmarking import markdown_table, write_results
 from pocketlm.cli import run
 from pocketlm.hub import resolve
 from pocketlm.inference.batching import SchemeRun, corpus_prompts, full_batch, token_by_token
-from pocketlm.inference.onnx_lm import BATCH_STABLE_PRECISIONS, OnnxCausalLM, SamplingParams
+from pocketlm.inference.onnx_lm import BATCH_STABLE_PRECISIONS, LM_PRECISIONS, OnnxCausalLM, SamplingParams
 from pocketlm.settings import REPO_ROOT
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default=TINY_LM_ONNX, help="Hub id or folder of the LM's ONNX export")
-    parser.add_argument("--precisions", default="fp32,int8,int8-static", help="comma-separated: fp32, int8, int8-static")
+    parser.add_argument("--precisions", default=",".join(LM_PRECISIONS), help=f"comma-separated: {', '.join(LM_PRECISIONS)}")
     parser.add_argument("--prompts", type=int, default=20)
     parser.add_argument("--new_tokens", default="32,128", help="comma-separated: tokens generated per prompt")
     parser.add_argument("--batch_sizes", default="1,2,4,8,16,20")
@@ -43,8 +43,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         except ValueError:
             parser.error(f"--{name} must be comma-separated integers, got {getattr(args, name)!r}")
     args.precisions = args.precisions.split(",")
-    if not set(args.precisions) <= {"fp32", "int8", "int8-static"}:
-        parser.error(f"--precisions takes fp32, int8 and/or int8-static, got {','.join(args.precisions)}")
+    if not set(args.precisions) <= set(LM_PRECISIONS):
+        parser.error(f"--precisions takes {', '.join(LM_PRECISIONS)}, got {','.join(args.precisions)}")
     if min(args.batch_sizes + args.new_tokens) < 1 or args.prompts < 1 or args.repeats < 1:
         parser.error("--batch_sizes, --prompts, --new_tokens and --repeats must be positive")
     return args

@@ -33,6 +33,7 @@ from pocketlm.data import read_squad_json, squad_json_path
 from pocketlm.errors import PocketLMError
 from pocketlm.hub import resolve
 from pocketlm.inference.batching import corpus_texts
+from pocketlm.inference.onnx_lm import LM_PRECISIONS
 from pocketlm.serving.launch import running_server
 from pocketlm.settings import REPO_ROOT
 
@@ -44,7 +45,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lm", default=TINY_LM_ONNX)
     parser.add_argument("--qa", default=MINILM_SQUAD_ONNX)
-    parser.add_argument("--lm-precision", default="fp32", choices=["fp32", "int8", "int8-static"])
+    parser.add_argument("--lm-precision", default="fp32", choices=LM_PRECISIONS)
     parser.add_argument("--qa-precision", default="int8", choices=["fp32", "int8"])
     parser.add_argument("--threads", type=int, default=None, help="server's ONNX Runtime threads (default: its own)")
     parser.add_argument("--starts", type=int, default=5)

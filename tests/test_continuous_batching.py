@@ -272,6 +272,27 @@ def test_the_command_line_picks_the_scheduler_and_refuses_a_batch_unstable_graph
     assert "--scheduler continuous needs --lm-precision fp32 or int8-static" in capsys.readouterr().err
 
 
+def test_the_servers_spelled_out_precisions_are_the_librarys(capsys):
+    """`python -m pocketlm.serving` names the LM precisions and the batch-stable ones without importing them
+    (that import would cost start-up time): every precision the library has is accepted, nothing else, and
+    continuous batching is allowed exactly for `BATCH_STABLE_PRECISIONS`, as the app's default says."""
+    from pocketlm.inference.onnx_lm import BATCH_STABLE_PRECISIONS, LM_PRECISIONS
+    from pocketlm.serving.__main__ import parse_args
+    from pocketlm.serving.scheduler import default_scheduler
+
+    with pytest.raises(SystemExit):
+        parse_args(["--lm-precision", "fp16"])
+    assert f"choose from {', '.join(map(repr, LM_PRECISIONS))})" in capsys.readouterr().err
+    for precision in LM_PRECISIONS:
+        stable = precision in BATCH_STABLE_PRECISIONS
+        assert default_scheduler(precision) == ("continuous" if stable else "serial")
+        if stable:
+            assert parse_args(["--lm-precision", precision, "--scheduler", "continuous"]).lm_precision == precision
+        else:
+            with pytest.raises(SystemExit):
+                parse_args(["--lm-precision", precision, "--scheduler", "continuous"])
+
+
 def test_load_benchmark_writes_its_record(tiny_lm_onnx_repo, tiny_qa_onnx_repo, tmp_path):
     import runpy
 

@@ -79,7 +79,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for flag in ("max_compute_s", "max_body_bytes", "read_timeout_s"):
         if getattr(args, flag) <= 0:
             parser.error(f"--{flag.replace('_', '-')} must be positive, got {getattr(args, flag)}")
-    if args.scheduler == "continuous" and args.lm_precision == "int8":
+    if args.scheduler == "continuous" and args.lm_precision not in ("fp32", "int8-static"):  # BATCH_STABLE_PRECISIONS
         parser.error("--scheduler continuous needs --lm-precision fp32 or int8-static: the dynamic int8 graph scales "
                      "its activations per batch, so a request's tokens would depend on who shares its batch (use "
                      "--scheduler serial)")

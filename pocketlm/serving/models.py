@@ -13,11 +13,11 @@ from typing import Any, Literal
 
 from pocketlm import MINILM_SQUAD_ONNX, TINY_LM_ONNX
 from pocketlm.hub import resolve
-from pocketlm.inference.onnx_lm import OnnxCausalLM, SamplingParams
+from pocketlm.inference.onnx_lm import LM_PRECISIONS, OnnxCausalLM, SamplingParams
 from pocketlm.inference.qa_engine import OnnxQuestionAnswerer
 
-Precision = Literal["fp32", "int8", "int8-static"]
-"""A served graph's precision: the LM has all three (`pocketlm.inference.onnx_lm.LM_PRECISIONS`), QA fp32 and int8."""
+Precision = Literal[LM_PRECISIONS]
+"""A served graph's precision: the LM has all three, QA fp32 and int8."""
 
 
 @dataclass

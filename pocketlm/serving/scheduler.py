@@ -29,7 +29,7 @@ from typing import Literal, Protocol
 import numpy as np
 from starlette.concurrency import run_in_threadpool
 
-from pocketlm.inference.onnx_lm import KVState, OnnxCausalLM, SamplingParams, choose_next_tokens
+from pocketlm.inference.onnx_lm import BATCH_STABLE_PRECISIONS, KVState, OnnxCausalLM, SamplingParams, choose_next_tokens
 from pocketlm.serving.admission import Admission, Overloaded, Ticket
 
 SchedulerKind = Literal["continuous", "serial"]
@@ -324,7 +324,7 @@ def default_scheduler(lm_precision: str) -> SchedulerKind:
     """Continuous batching for the batch-stable graphs (fp32, static int8); one request at a time for dynamic
     int8, whose activation scales are computed over the batch (a request's tokens would depend on who shares its
     batch)."""
-    return "serial" if lm_precision == "int8" else "continuous"
+    return "continuous" if lm_precision in BATCH_STABLE_PRECISIONS else "serial"
 
 
 def make_scheduler(kind: SchedulerKind, lm: OnnxCausalLM, admission: Admission) -> Scheduler:

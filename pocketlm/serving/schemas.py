@@ -11,6 +11,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+from pocketlm.inference.onnx_lm import LM_PRECISIONS
+
 MAX_PROMPT_CHARS = 4000
 MAX_NEW_TOKENS = 256
 MAX_BATCH_PROMPTS = 32
@@ -186,7 +188,7 @@ class QAResponse(BaseModel):
 class ModelInfo(BaseModel):
     id: str = Field(description="Hub id or path the export was resolved from.")
     file: str = Field(description="The ONNX graph served.")
-    precision: Literal["fp32", "int8", "int8-static"] = Field(
+    precision: Literal[LM_PRECISIONS] = Field(
         description="fp32, dynamic int8, or static int8 (fixed activation scales: the same tokens batched or not; LM only).")
 
 

@@ -85,7 +85,9 @@ def parse_args(space: str, argv: list[str] | None = None) -> argparse.Namespace:
                             help="the RAG reader's score under which the chat says 'not found in the fragments' "
                             "(default %(default)s)")
     if space in (SUITE, "text_generation"):
-        parser.add_argument("--lm-precision", choices=["fp32", "int8", "int8-static"], default="fp32")
+        from pocketlm.inference.onnx_lm import LM_PRECISIONS
+
+        parser.add_argument("--lm-precision", choices=LM_PRECISIONS, default="fp32")
     if space in (SUITE, "question_answering"):
         parser.add_argument("--qa-precision", choices=["fp32", "int8"], default="int8")
     parser.add_argument("--threads", type=int, default=None, help="ONNX Runtime / torch intra-op threads (default: CPUs, at most 4)")
