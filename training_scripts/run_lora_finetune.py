@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pocketlm import TINY_LM_COPY, TINY_LM_RAG_LORA
 from pocketlm.cli import parse_args_with_presets, run
 from pocketlm.hub import HubArguments, validate_repo_id
-from pocketlm.training.distributed import check_launch
+from pocketlm.training.distributed import check_launch, process_state
 from pocketlm.rag.lora_finetune import LoraExperimentConfig, run_experiment
 
 PRESETS = {
@@ -43,13 +43,14 @@ class ScriptArguments:
 
 
 def main(args: list[str] | None = None) -> int:
-    # One process: each seed's run and its ROUGE-L measurement are not split across processes.
-    check_launch(supports_processes=False)
+    check_launch()  # under accelerate launch: the Trainer runs split their batches, the main process publishes
     config, script, hub = parse_args_with_presets((LoraExperimentConfig, ScriptArguments, HubArguments), PRESETS, "full", args,
                                                   description=__doc__)
     repo_id = hub.target(script.repo_id) if script.repo_id or hub.hub_model_id else None
     summary = run_experiment(config, repo_id, push_to_hub=hub.push_to_hub, token=hub.hub_token,
                              copy_repo_id=script.copy_repo_id)
+    if not process_state().is_main_process:
+        return 0
     print(summary["table"])
     print(
         f"ROUGE-L {summary['rougeL_before']:.4f} -> {summary['rougeL_after_mean']:.4f} (gain {summary['rougeL_gain']:.4f}, "

@@ -12,7 +12,7 @@ held-out SQuAD-train articles and on the 300 dev questions, stock vs adapter) to
 from __future__ import annotations
 
 from pocketlm.cli import parse_args_with_presets, run
-from pocketlm.training.distributed import check_launch
+from pocketlm.training.distributed import check_launch, process_state
 from pocketlm.rag.adapter_training import AdapterExperimentConfig, train_and_save_adapter
 
 PRESETS = {
@@ -22,10 +22,11 @@ PRESETS = {
 
 
 def main(args: list[str] | None = None) -> int:
-    # One process: a small adapter on cached embeddings, trained by a plain torch loop (seconds per epoch).
-    check_launch(supports_processes=False)
+    check_launch()  # under accelerate launch: the processes split every batch, the main one writes
     (config,) = parse_args_with_presets((AdapterExperimentConfig,), PRESETS, "full", args, description=__doc__)
     results = train_and_save_adapter(config)
+    if not process_state().is_main_process:
+        return 0
     print(results["table"])
     print(f"best held-out epoch: {results['held_out']['best_epoch']}")
     return 0

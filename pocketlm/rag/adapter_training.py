@@ -21,6 +21,7 @@ from pocketlm.rag.embeddings import encode, encoder_id, load_encoder
 from pocketlm.rag.query_adapter import SELECT_BY, AdapterTrainingConfig, retrieval_recall, train_query_adapter
 from pocketlm.settings import runs_dir
 from pocketlm.training.callbacks import write_history
+from pocketlm.training.distributed import process_state
 
 
 @dataclass
@@ -83,11 +84,12 @@ def train_and_save_adapter(config: AdapterExperimentConfig) -> dict:
         gold = np.array([row_of[q.passage_id] for q in dev_questions])
         results["dev"] = {"stock": retrieval_recall(dev_q, dev_p, gold), "adapter": retrieval_recall(adapter.transform(dev_q), dev_p, gold)}
 
-    adapter.save(output_dir, encoder=encoder_id(config.encoder), training=asdict(config.training()))
-    write_history(history, output_dir, title="query adapter (held-out SQuAD-train articles)")
     rows_md = [{"questions": f"{split} / {name}", **values}
                for split in ("held_out", "dev") if split in results
                for name, values in results[split].items() if isinstance(values, dict)]
     results["table"] = markdown_table(rows_md, ["questions", "recall@1", "recall@5", "recall@10", "mrr@10"], ".3f")
-    write_json(output_dir / "results.json", results)
+    if process_state().is_main_process:  # (under accelerate launch every process holds the same adapter)
+        adapter.save(output_dir, encoder=encoder_id(config.encoder), training=asdict(config.training()))
+        write_history(history, output_dir, title="query adapter (held-out SQuAD-train articles)")
+        write_json(output_dir / "results.json", results)
     return results

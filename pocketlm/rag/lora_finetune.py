@@ -38,6 +38,7 @@ from pocketlm.rag.generator import ANSWER_TOKENS, build_prompt, context_length, 
 from pocketlm.rag.index import IndexSpec, PassageIndex
 from pocketlm.rag.prompt import Fragment
 from pocketlm.settings import runs_dir
+from pocketlm.training.distributed import process_state
 
 if TYPE_CHECKING:
     import torch
@@ -363,7 +364,8 @@ def train_copy_base(config: LoraExperimentConfig, base_path: str, seed: int, run
     """The copy curriculum for one seed (`pocketlm.rag.copy_curriculum`), saved in `run_dir/copy-base`.
 
     Returns the saved model's folder and its copy accuracy. A folder left by an earlier run is reused, so an
-    interrupted experiment resumes without training it again.
+    interrupted experiment resumes without training it again. Under `accelerate launch` every process trains
+    (the `Trainer` splits the batches), the main one saves, and the others wait for the folder their LoRA loads.
     """
     from transformers import AutoModelForCausalLM
 
@@ -377,7 +379,9 @@ def train_copy_base(config: LoraExperimentConfig, base_path: str, seed: int, run
         curriculum = CopyCurriculumConfig(steps=config.copy_steps, learning_rate=config.copy_learning_rate,
                                           batch_size=config.copy_batch_size, fragments=config.k, seed=seed)
         model, tokenizer, _ = train_copy_curriculum(base_path, wikitext_distractors(), curriculum, run_dir / "copy")
-        write_dir(folder, lambda staging: save_model(model, tokenizer, staging))  # whole or not at all: resume trusts it
+        if process_state().is_main_process:
+            write_dir(folder, lambda staging: save_model(model, tokenizer, staging))  # whole or not at all: resume trusts it
+        process_state().wait_for_everyone()
     return str(folder), {"copy_accuracy": copy_accuracy(model.eval(), model.config.vocab_size)}
 
 
@@ -387,18 +391,20 @@ def train_seed(config: LoraExperimentConfig, base_path: str, train_pairs, eval_p
     Each seed's LoRA is also saved in `run_dir/lora` (its base: the seed's copy-trained model, or the base).
     Returns the scores, the peft model, its tokenizer, its answers and the LoRA's base folder.
     """
+    state = process_state()
     lora_base, copy_scores = base_path, None
     if config.copy_steps:
         lora_base, copy_scores = train_copy_base(config, base_path, seed, run_dir)
-        print(f"seed {seed}: copy accuracy {copy_scores['copy_accuracy']:.3f} after the copy curriculum", flush=True)
+        state.print(f"seed {seed}: copy accuracy {copy_scores['copy_accuracy']:.3f} after the copy curriculum", flush=True)
     training = LoraTrainingConfig(
         rank=config.rank, alpha=config.alpha, num_train_epochs=config.num_train_epochs,
         learning_rate=config.learning_rate, per_device_train_batch_size=config.per_device_train_batch_size, seed=seed,
     )
     model, tokenizer, history = finetune_lora(lora_base, train_pairs, eval_pairs, training, run_dir)
     after, predictions = evaluate_answers(model, tokenizer, eval_pairs)
-    save_lora(model, tokenizer, run_dir / "lora", lora_base)
-    print(f"seed {seed}: ROUGE-L {after['rougeL']:.4f}", flush=True)
+    if state.is_main_process:
+        save_lora(model, tokenizer, run_dir / "lora", lora_base)
+    state.print(f"seed {seed}: ROUGE-L {after['rougeL']:.4f}", flush=True)
     scores = {"seed": seed, **after, "final_eval_loss": next((r["eval_loss"] for r in reversed(history) if "eval_loss" in r), None),
               "lora_base": lora_base, "copy_base": copy_scores}
     return scores, model, tokenizer, predictions
@@ -407,7 +413,12 @@ def train_seed(config: LoraExperimentConfig, base_path: str, train_pairs, eval_p
 def run_experiment(config: LoraExperimentConfig, repo_id: str | None = TINY_LM_RAG_LORA, push_to_hub: bool = False,
                    token: str | None = None, copy_repo_id: str | None = TINY_LM_COPY) -> dict:
     """Per seed: the copy curriculum (when `config.copy_steps`) and a LoRA; ROUGE-L, EM/F1 and copy accuracy
-    before/after on held-out pairs. Publishes the first seed's LoRA (and its copy-trained base as `copy_repo_id`)."""
+    before/after on held-out pairs. Publishes the first seed's LoRA (and its copy-trained base as `copy_repo_id`).
+
+    Under `accelerate launch` (several processes) the `Trainer` runs split the batches across the processes;
+    every process builds the same pairs and scores the held-out ones itself (greedy decoding: the same answers,
+    and no process waits on another's), and only the main one writes results, checkpoints' LoRAs and artifacts.
+    """
     from transformers import AutoModelForCausalLM
 
     from pocketlm.training.checkpoints import claim_run_dir, weights_fingerprint
@@ -417,13 +428,15 @@ def run_experiment(config: LoraExperimentConfig, repo_id: str | None = TINY_LM_R
     base_path = resolve(config.model_name_or_path)
     tokenizer = load_tokenizer(base_path)
     settings = {k: v for k, v in asdict(config).items() if k not in ("seeds", "output_dir")}  # seeds may be added
+    state = process_state()  # this process's place in an `accelerate launch` (one process when run by python)
     claim_run_dir(output_dir, {"base model weights": weights_fingerprint(base_path), "settings": settings})
     base = AutoModelForCausalLM.from_pretrained(base_path)
     max_prompt_tokens = context_length(base) - ANSWER_TOKENS
     train_pairs, eval_pairs, data_info = make_pairs(config, tokenizer, max_prompt_tokens)
-    write_pairs(output_dir / "pairs.json", train_pairs, eval_pairs)
+    if state.is_main_process:
+        write_pairs(output_dir / "pairs.json", train_pairs, eval_pairs)
     before, before_predictions = evaluate_answers(base, tokenizer, eval_pairs)
-    print(f"before fine-tuning: ROUGE-L {before['rougeL']:.4f}, copy accuracy {before['copy_accuracy']:.3f} "
+    state.print(f"before fine-tuning: ROUGE-L {before['rougeL']:.4f}, copy accuracy {before['copy_accuracy']:.3f} "
           f"on {len(eval_pairs)} held-out pairs", flush=True)
 
     runs, published_model = [], None
@@ -451,6 +464,8 @@ def run_experiment(config: LoraExperimentConfig, repo_id: str | None = TINY_LM_R
     table = markdown_table(table_rows, ["model", "seed", "rougeL", "exact_match", "f1", "copy_accuracy"],
                            {"exact_match": ".1f", "f1": ".1f", "rougeL": ".4f", "copy_accuracy": ".3f"})
     summary["table"] = table
+    if not state.is_main_process:
+        return summary
     write_json(output_dir / "results.json", summary)
     (output_dir / "results.md").write_text(table)
     if repo_id:

@@ -118,10 +118,19 @@ def train_query_adapter(
 
     `passages` is every candidate passage (rows); `*_positives` the row of each query's gold passage.
     Returns the adapter and the history (one record per epoch: loss, held-out recall@1/5/10).
+
+    Under `accelerate launch` the processes split every batch (data parallel, torch's DDP): each draws the same
+    order from the same seed, takes every `world`-th query of the batch, and the averaged gradients are those of
+    the whole batch, so 2 processes follow one process's trajectory. Each evaluates the held-out queries itself.
     """
+    from pocketlm.training.distributed import process_state
+
+    state = process_state()
+    rank, world = state.process_index, state.num_processes
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     adapter = QueryAdapter(passages.shape[1], config.bottleneck)
+    model = adapter if world == 1 else nn.parallel.DistributedDataParallel(adapter)
     optimizer = torch.optim.AdamW(adapter.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     q = torch.from_numpy(np.ascontiguousarray(train_queries, dtype=np.float32))
     pos = torch.from_numpy(np.asarray(train_positives, dtype=np.int64))
@@ -143,13 +152,21 @@ def train_query_adapter(
         total = 0.0
         for start in range(0, len(q), config.batch_size):
             batch = order[start : start + config.batch_size]
-            logits = adapter(q[batch]) @ p.T / config.temperature
-            loss = F.cross_entropy(logits, pos[batch])
+            mine = batch[rank::world]  # this process's share (all of it in one process)
+            logits = model(q[mine]) @ p.T / config.temperature
+            summed = F.cross_entropy(logits, pos[mine], reduction="sum")
+            # DDP averages the processes' gradients: scaled by world / batch, that average is the gradient of
+            # the whole batch's mean loss (the shares may differ by one query)
+            loss = summed * world / len(batch)
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
             scheduler.step()
-            total += float(loss.detach()) * len(batch)
+            total += float(summed.detach())
+        if world > 1:
+            from accelerate.utils import reduce
+
+            total = float(reduce(torch.tensor(total, dtype=torch.float64), reduction="sum"))
         record = {"step": epoch, "loss": total / len(q), **{f"eval_{k}": v for k, v in evaluate().items()}}
         history.append(record)
         if not has_eval or record[SELECT_BY] > best_score:

@@ -115,21 +115,18 @@ def _has_gpu() -> bool:
     return torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available())
 
 
-def check_launch(request: LaunchRequest | None = None, environ=None, has_gpu: bool | None = None,
-                 supports_processes: bool = True, script: str | None = None) -> int:
+def check_launch(request: LaunchRequest | None = None, environ=None, has_gpu: bool | None = None) -> int:
     """Refuse a launch that would not distribute as asked; returns the number of processes that will train.
 
     Call it first thing in a training script, before any `Accelerator`, `PartialState` or
     `TrainingArguments` device setup. `request` defaults to the launching `accelerate launch` command
-    (None when started otherwise, e.g. by `python` or `torchrun`); `supports_processes=False` is for
-    scripts whose training is not data-parallel, which then refuse to run in more than one process.
+    (None when started otherwise, e.g. by `python` or `torchrun`).
     """
     environ = os.environ if environ is None else environ
     if request is None:
         request = parse_launch_command(launching_command())
     world = int(environ.get("WORLD_SIZE", "1"))
     asked = request.num_processes if request else world
-    script = script or Path(sys.argv[0]).name
     if asked > 1 and world == 1:
         raise LaunchError(
             f"accelerate launch was asked for {asked} processes but started one: on the CPU it starts several "
@@ -138,11 +135,6 @@ def check_launch(request: LaunchRequest | None = None, environ=None, has_gpu: bo
         )
     if world == 1:
         return 1
-    if not supports_processes:
-        raise LaunchError(
-            f"{script} trains in one process (its loop is not data-parallel), but {world} were started; "
-            f"run it with `python {script}` or `accelerate launch --num_processes 1`"
-        )
     has_gpu = _has_gpu() if has_gpu is None else has_gpu
     fsdp = environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" or bool(request and request.use_fsdp)
     cpu = environ.get("ACCELERATE_USE_CPU", "false").lower() in ("1", "true", "yes") or bool(request and request.use_cpu)
@@ -169,6 +161,16 @@ def is_main_launch_process(environ=None) -> bool:
     """Rank 0 of the launch (torchrun's global RANK), or a process started without a launcher."""
     environ = os.environ if environ is None else environ
     return int(environ.get("RANK", "0")) == 0
+
+
+def process_state():
+    """This process's accelerate `PartialState`: its rank in an `accelerate launch` group (over gloo with the
+    CPU config: `check_launch` sets `ACCELERATE_USE_CPU`, which a bare `PartialState()` ignores and would leave
+    every process believing it is alone), or a one-process state when started by `python`."""
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    return PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
 
 
 class OutputDirLock:
@@ -241,7 +243,7 @@ def main() -> int:
     import torch
     from accelerate import Accelerator
 
-    check_launch(script="-m pocketlm.training.distributed")
+    check_launch()
     accelerator = Accelerator()
     total = accelerator.reduce(torch.ones(1, device=accelerator.device), reduction="sum").item()
     line = (f"process {accelerator.process_index}/{accelerator.num_processes}: {accelerator.distributed_type.value} "
