@@ -1,12 +1,14 @@
 """Pretraining throughput: pocketlm's loop against transformers' `Trainer`, side by side, with MFU.
 
     python benchmarks/pretrain_throughput.py     # writes benchmarks/results/pretrain_throughput/pretrain_throughput.{json,md,png}
+    python benchmarks/pretrain_throughput.py --profile ours_bf16   # where one variant's step goes → profile-ours_bf16.md
 
 Same Llama config (4 layers, d256, vocab of the prepared corpus, 512-token chunks), same initial weights,
 same chunks, same number of steps and learning-rate schedule for every variant, each in its own process;
 tokens/s after `--warmup_steps`, the final loss (mean of the last 5 steps), and MFU against the fp32/bf16
 matmul peaks measured at the start of the same run. Variants toggle one optimisation at a time (fused
-SDPA, fused AdamW, bf16 autocast, torch.compile, batch size) to record what each gives. Rounds interleave
+SDPA, fused AdamW, bf16 autocast, torch.compile, batch size) to record what each gives; the `Trainer` runs in
+fp32, under bf16 autocast and compiled, and the target compares the loop with the fastest of them. Rounds interleave
 the variants and each reports its median round; results are rewritten after every round, and no round
 starts that would overrun `--time_budget_s` (the defaults fit about 10 minutes on the 2-core CPU).
 """
@@ -42,9 +44,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variants", default=",".join(v.name for v in VARIANTS if v.default),
                         help=f"comma-separated subset of {', '.join(VARIANTS_BY_NAME)} (default: %(default)s)")
     parser.add_argument("--output_dir", type=Path, default=RESULTS)
+    parser.add_argument("--profile", default=None, metavar="VARIANT",
+                        help="instead of the comparison, profile one variant's run: its top operators by self time")
     parser.add_argument("--run_one", default=None, help=argparse.SUPPRESS)  # internal: one variant, JSON to stdout
     args = parser.parse_args(argv)
-    names = [n for n in args.variants.split(",") if n]
+    names = [n for n in args.variants.split(",") if n] if args.profile is None else [args.profile]
     unknown = [n for n in names if n not in VARIANTS_BY_NAME]
     if unknown:
         parser.error(f"unknown variant(s) {', '.join(unknown)}; known: {', '.join(VARIANTS_BY_NAME)}")
@@ -63,7 +67,30 @@ def main(argv: list[str] | None = None) -> int:
     if args.run_one:
         print("RESULT " + json.dumps(run_variant(VARIANTS_BY_NAME[args.run_one], settings)))
         return 0
+    if args.profile:
+        return write_profile(args, VARIANTS_BY_NAME[args.profile], settings)
     return orchestrate(args, names, settings)
+
+
+def write_profile(args, variant, settings) -> int:
+    """`--profile VARIANT`: the variant's top operators by self time, as profile-VARIANT.{json,md}."""
+    import torch
+
+    from pocketlm.benchmarking import command_line, machine_description, markdown_table
+    from pocketlm.io import atomic_write_text, write_json
+    from pocketlm.training.throughput import profile_variant
+
+    torch.set_num_threads(args.threads)
+    rows = profile_variant(variant, settings)
+    table = markdown_table(rows, ["operator", "calls", ("self_ms", "self ms"), "share"], {"self_ms": ",.0f", "share": ".1%"})
+    markdown = (f"# Where the time goes: {variant.label}\n\n{settings.steps} steps of batch {variant.batch_size} under "
+                f"`torch.profiler` ({args.threads} threads), the top operators by self time:\n\n{table}\n\n"
+                f"Machine: {machine_description()}. Command: `{command_line()}`.\n")
+    args.output_dir.mkdir(parents=True, exist_ok=True)
+    write_json(args.output_dir / f"profile-{variant.name}.json", {"variant": variant.name, "steps": settings.steps, "rows": rows})
+    atomic_write_text(args.output_dir / f"profile-{variant.name}.md", markdown)
+    print(markdown)
+    return 0
 
 
 def orchestrate(args, names, settings) -> int:
@@ -111,9 +138,9 @@ def write_results(args, rows, peaks, rounds_done) -> Path:
         ("label", "variant"), ("batch_size", "batch"), ("tokens_per_second", "tokens/s (median round)"),
         ("per_round", "rounds' tokens/s"), ("seconds_per_step", "s/step"), ("final_loss", "final loss"),
         ("model_gflops", "model GFLOP/s"), ("mfu", "MFU"), ("speedup_vs_trainer_fp32", "× Trainer fp32"),
-        ("speedup_vs_trainer_bf16", "× Trainer bf16"),
+        ("speedup_vs_trainer_bf16", "× Trainer bf16"), ("speedup_vs_trainer_best", "× fastest Trainer"),
     ], {"tokens_per_second": ",.0f", "seconds_per_step": ".2f", "final_loss": ".3f", "model_gflops": ".0f", "mfu": ".1%",
-        "speedup_vs_trainer_fp32": ".2f", "speedup_vs_trainer_bf16": ".2f"})
+        "speedup_vs_trainer_fp32": ".2f", "speedup_vs_trainer_bf16": ".2f", "speedup_vs_trainer_best": ".2f"})
     markdown = "\n".join([
         "# Pretraining throughput: pocketlm loop vs transformers Trainer", "",
         f"{rounds_done} of {args.rounds} round(s) done.", "", table,
@@ -126,24 +153,25 @@ def write_results(args, rows, peaks, rounds_done) -> Path:
                             + "".join(f", {r[f'speedup_vs_{ref}']:.2f}× Trainer {ref.split('_')[1]}"
                                       for ref in ("trainer_fp32", "trainer_bf16") if f"speedup_vs_{ref}" in r))
                for r in rows}
-    figures["target: best loop variant ≥ 1.5× Trainer bf16"] = verdict
+    figures["target: best loop variant ≥ 1.5× the fastest Trainer variant"] = verdict
     return write_record("pretrain_throughput", {"settings": settings, "peaks": peaks, "rows": rows, "verdict": verdict},
                         markdown, figures=figures, plot=lambda figure: plot(rows, figure, peaks["threads"]),
                         output_dir=args.output_dir)
 
 
 def target_verdict(rows: list[dict]) -> str:
-    """The target: the best pocketlm variant at ≥ 1.5× the Trainer-with-bf16 tokens/s."""
+    """The target: the best pocketlm variant at ≥ 1.5× the tokens/s of the fastest `Trainer` variant measured
+    (the `Trainer` at its best: fp32, bf16 autocast or compiled, whichever this host runs fastest)."""
     ours = [r for r in rows if r["loop"] == "pocketlm"]
-    if not ours or not any(r["name"] == "trainer_bf16" for r in rows):
-        return "target not evaluated (needs trainer_bf16 and a pocketlm variant)"
-    best = max(ours, key=lambda r: r["tokens_per_second"])
-    ratio = best["speedup_vs_trainer_bf16"]
+    trainers = [r for r in rows if r["loop"] == "trainer"]
+    if not ours or not trainers:
+        return "target not evaluated (needs a Trainer and a pocketlm variant)"
+    best, reference = (max(group, key=lambda r: r["tokens_per_second"]) for group in (ours, trainers))
+    ratio = best["speedup_vs_trainer_best"]
     verdict = "met" if ratio >= 1.5 else "NOT met"
-    vs_fp32 = best.get("speedup_vs_trainer_fp32")
-    return (f"Target (≥ 1.5× Trainer bf16): {verdict} — best loop variant '{best['label']}' at "
-            f"{best['tokens_per_second']:,.0f} tokens/s = {ratio:.2f}× Trainer bf16"
-            + (f", {vs_fp32:.2f}× Trainer fp32." if vs_fp32 else "."))
+    return (f"Target (≥ 1.5× the fastest Trainer variant): {verdict} — best loop variant '{best['label']}' at "
+            f"{best['tokens_per_second']:,.0f} tokens/s = {ratio:.2f}× '{reference['label']}' "
+            f"({reference['tokens_per_second']:,.0f} tokens/s).")
 
 
 def plot(rows: list[dict], figure, threads: int) -> None:
@@ -156,9 +184,9 @@ def plot(rows: list[dict], figure, threads: int) -> None:
     ax.barh(labels, values, color=colors)
     for y, (value, row) in enumerate(zip(values, rows)):
         ax.text(value, y, f" {value:,.0f}  (MFU {row['mfu']:.0%})", va="center", fontsize=8)
-    trainer_bf16 = next((r["tokens_per_second"] for r in rows if r["name"] == "trainer_bf16"), None)
-    if trainer_bf16:
-        ax.axvline(1.5 * trainer_bf16, color="#c0392b", linestyle="--", label="target: 1.5 × Trainer bf16")
+    trainer_best = max((r["tokens_per_second"] for r in rows if r["loop"] == "trainer"), default=None)
+    if trainer_best:
+        ax.axvline(1.5 * trainer_best, color="#c0392b", linestyle="--", label="target: 1.5 × the fastest Trainer")
         ax.legend(loc="lower right")
     ax.invert_yaxis()
     ax.set_xlabel("training tokens / s (higher is better)")

@@ -42,14 +42,18 @@ class Variant:
 VARIANTS = [
     Variant("trainer_fp32", "trainer", "Trainer fp32"),
     Variant("trainer_bf16", "trainer", "Trainer bf16 autocast", bf16=True),
-    Variant("ours_sdpa_math", "pocketlm", "ours, math attention (no fused SDPA)", sdpa_math=True),
+    Variant("trainer_bf16_compile", "trainer", "Trainer bf16 autocast + torch.compile", bf16=True, torch_compile=True),
+    Variant("ours_sdpa_math", "pocketlm", "ours, math attention (no fused SDPA)", sdpa_math=True, default=False),
     Variant("ours_base", "pocketlm", "ours fp32"),
     Variant("ours_fused", "pocketlm", "ours fp32 + fused AdamW", fused_optimizer=True),
     Variant("ours_bf16", "pocketlm", "ours bf16 autocast + fused AdamW", bf16=True, fused_optimizer=True),
     Variant("ours_compile", "pocketlm", "ours fp32 + fused AdamW + torch.compile", fused_optimizer=True, torch_compile=True),
-    # Batch 16 costs the most per step of the fp32 variants and was slower per token than batch 8: opt-in.
+    Variant("ours_bf16_compile", "pocketlm", "ours bf16 autocast + fused AdamW + torch.compile", bf16=True,
+            fused_optimizer=True, torch_compile=True),
+    # Opt-in, to keep the default run near 10 minutes: batch 16 cost the most per step of the fp32 variants and
+    # was slower per token than batch 8; batch 4 and math attention were slower than the defaults too.
     Variant("ours_batch16", "pocketlm", "ours fp32 + fused AdamW, batch 16", batch_size=16, fused_optimizer=True, default=False),
-    Variant("ours_batch4", "pocketlm", "ours fp32 + fused AdamW, batch 4", batch_size=4, fused_optimizer=True),
+    Variant("ours_batch4", "pocketlm", "ours fp32 + fused AdamW, batch 4", batch_size=4, fused_optimizer=True, default=False),
 ]
 VARIANTS_BY_NAME = {v.name: v for v in VARIANTS}
 
@@ -204,6 +208,7 @@ def _train_with_trainer(variant, settings, data, init, tokenizer, timer) -> None
         lr_scheduler_type="cosine", weight_decay=0.1, adam_beta2=0.95, max_grad_norm=1.0,
         bf16=variant.bf16, use_cpu=True, logging_steps=1, save_strategy="no", report_to=[], seed=settings.seed,
         dataloader_num_workers=0, disable_tqdm=True, optim="adamw_torch_fused" if variant.fused_optimizer else "adamw_torch",
+        torch_compile=variant.torch_compile,
     )
     collator = DataCollatorForLanguageModeling(tokenizer, mlm=False)
     Trainer(model=model, args=args, train_dataset=chunks, data_collator=collator, callbacks=[timer]).train()
@@ -225,6 +230,7 @@ def _train_with_pocketlm(variant, settings, data, init, timer) -> None:
 def add_derived(rows: list[dict], peaks: dict) -> None:
     """Model FLOP/s, MFU against the measured peak of each row's precision, and speed-ups against the Trainer."""
     by_name = {r["name"]: r for r in rows}
+    trainer_best = max((r["tokens_per_second"] for r in rows if r["loop"] == "trainer"), default=None)
     for row in rows:
         row["model_gflops"] = row["tokens_per_second"] * row["flops_per_token"] / 1e9
         row["peak_gflops"] = peaks["bf16_gflops"] if row["bf16"] else peaks["fp32_gflops"]
@@ -232,3 +238,20 @@ def add_derived(rows: list[dict], peaks: dict) -> None:
         for ref in ("trainer_fp32", "trainer_bf16"):
             if ref in by_name:
                 row[f"speedup_vs_{ref}"] = row["tokens_per_second"] / by_name[ref]["tokens_per_second"]
+        if trainer_best:
+            row["speedup_vs_trainer_best"] = row["tokens_per_second"] / trainer_best
+
+
+def profile_variant(variant: Variant, settings: BenchSettings, top: int = 15) -> list[dict]:
+    """Where one variant's time goes: train it under `torch.profiler` (CPU) and return the `top` operators by
+    self time over the whole run (warm-up steps included: the same operators, a little longer), each with its
+    calls, milliseconds and share of all operators' self time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as profiler:
+        run_variant(variant, settings)
+    events = [e for e in profiler.key_averages() if e.self_cpu_time_total > 0]
+    total = sum(e.self_cpu_time_total for e in events)
+    ranked = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:top]
+    return [{"operator": e.key, "calls": e.count, "self_ms": e.self_cpu_time_total / 1000,
+             "share": e.self_cpu_time_total / total} for e in ranked]
