@@ -130,7 +130,14 @@ def train_query_adapter(
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     adapter = QueryAdapter(passages.shape[1], config.bottleneck)
-    model = adapter if world == 1 else nn.parallel.DistributedDataParallel(adapter)
+    model, group = adapter, None
+    if world > 1:
+        import torch.distributed as dist
+
+        # The adapter trains on the CPU (its inputs are cached numpy embeddings) whatever devices the launch has:
+        # on GPUs its group is NCCL, which carries no CPU tensors, so the gradients go through a gloo group.
+        group = dist.new_group(backend="gloo") if dist.get_backend() != "gloo" else None
+        model = nn.parallel.DistributedDataParallel(adapter, process_group=group)
     optimizer = torch.optim.AdamW(adapter.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
     q = torch.from_numpy(np.ascontiguousarray(train_queries, dtype=np.float32))
     pos = torch.from_numpy(np.asarray(train_positives, dtype=np.int64))
@@ -164,9 +171,9 @@ def train_query_adapter(
             scheduler.step()
             total += float(summed.detach())
         if world > 1:
-            from accelerate.utils import reduce
-
-            total = float(reduce(torch.tensor(total, dtype=torch.float64), reduction="sum"))
+            summed_over_processes = torch.tensor(total, dtype=torch.float64)
+            dist.all_reduce(summed_over_processes, group=group)
+            total = float(summed_over_processes)
         record = {"step": epoch, "loss": total / len(q), **{f"eval_{k}": v for k, v in evaluate().items()}}
         history.append(record)
         if not has_eval or record[SELECT_BY] > best_score:
