@@ -97,8 +97,10 @@ def main(argv: list[str] | None = None) -> int:
     fp32_graph = projections_graph(weights, Path(scratch.name) / "projections.onnx")
     int8_graph = Path(scratch.name) / "projections_int8.onnx"
     quantize_dynamic(str(fp32_graph), str(int8_graph), weight_type=QuantType.QInt8, per_channel=True)
-    # plain sessions, not `cpu_session`: these throwaway graphs must not enter its on-disk cache
-    gemm_sessions = {runtime: ort.InferenceSession(str(graph), session_options(args.threads), providers=["CPUExecutionProvider"])
+    # plain sessions, not `cpu_session`: these throwaway graphs must not enter its on-disk cache; and without
+    # spin-waiting: their idle threads would otherwise spin through PyTorch's turns (they made its calls 3-4×
+    # slower than PyTorch alone)
+    gemm_sessions = {runtime: ort.InferenceSession(str(graph), session_options(args.threads, spinning=False), providers=["CPUExecutionProvider"])
                      for runtime, graph in (("onnxruntime-fp32", fp32_graph), ("onnxruntime-int8", int8_graph))}
     torch_pairs = [(torch.from_numpy(feeds[f"x{i}"]), torch.from_numpy(w)) for i, w in enumerate(weights)]
 
