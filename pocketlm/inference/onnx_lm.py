@@ -365,7 +365,9 @@ class KVState:
         index = np.asarray(rows, dtype=np.int64)
         mask = self.attention_mask[index]
         start = int(mask.argmax(1).min()) if len(index) else self.length  # first real column of the longest row
-        return KVState({name: np.ascontiguousarray(array[index, :, start:]) for name, array in self.cache.items()},
+        # `take` of a column slice (a view) copies each kept row once, into a contiguous array: fancy indexing
+        # first and `ascontiguousarray` after copied the cache twice whenever padding columns were dropped
+        return KVState({name: np.take(array[:, :, start:], index, axis=0) for name, array in self.cache.items()},
                        np.ascontiguousarray(mask[:, start:]), self.next_positions[index])
 
     @staticmethod
@@ -373,19 +375,26 @@ class KVState:
         """The rows of `states` in one batch, every cache left-padded with masked zeros to the longest."""
         length = max(state.length for state in states)
         return KVState(
-            {name: np.concatenate([_left_pad(state.cache[name], length - state.length, axis=2) for state in states])
+            {name: _stacked_right_aligned([state.cache[name] for state in states], length, axis=2)
              for name in states[0].cache},
-            np.concatenate([_left_pad(state.attention_mask, length - state.length, axis=1) for state in states]),
+            _stacked_right_aligned([state.attention_mask for state in states], length, axis=1),
             np.concatenate([state.next_positions for state in states]),
         )
 
 
-def _left_pad(array: np.ndarray, width: int, axis: int) -> np.ndarray:
-    if width == 0:
-        return array
-    pad = [(0, 0)] * array.ndim
-    pad[axis] = (width, 0)
-    return np.pad(array, pad)
+def _stacked_right_aligned(parts: Sequence[np.ndarray], length: int, axis: int) -> np.ndarray:
+    """`parts` stacked along rows, each ending at column `length` of `axis` with zeros before it: one copy of
+    each part into one zeroed array (padding each part first, then concatenating, copied the padded ones twice)."""
+    shape = list(parts[0].shape)
+    shape[0], shape[axis] = sum(len(part) for part in parts), length
+    stacked = np.zeros(shape, parts[0].dtype)
+    row = 0
+    for part in parts:
+        where = [slice(row, row + len(part))] + [slice(None)] * (part.ndim - 1)
+        where[axis] = slice(length - part.shape[axis], length)
+        stacked[tuple(where)] = part
+        row += len(part)
+    return stacked
 
 
 def _nucleus(probs: np.ndarray, top_p: float) -> np.ndarray:
