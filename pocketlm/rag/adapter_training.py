@@ -65,7 +65,9 @@ def train_and_save_adapter(config: AdapterExperimentConfig) -> dict:
     positives = np.array([position[data.positives[i]] for i in rows])
     tr = np.array([local[i] for i in train_rows])
     ho = np.array([local[i] for i in held_rows])
-    adapter, history = train_query_adapter(questions[tr], positives[tr], passages, config.training(), questions[ho], positives[ho])
+    processes = process_state()  # under accelerate launch: the processes split each batch
+    adapter, history = train_query_adapter(questions[tr], positives[tr], passages, config.training(), questions[ho],
+                                           positives[ho], processes=processes)
 
     best = max(history, key=lambda r: r.get(SELECT_BY, -1))
     results = {
@@ -88,7 +90,7 @@ def train_and_save_adapter(config: AdapterExperimentConfig) -> dict:
                for split in ("held_out", "dev") if split in results
                for name, values in results[split].items() if isinstance(values, dict)]
     results["table"] = markdown_table(rows_md, ["questions", "recall@1", "recall@5", "recall@10", "mrr@10"], ".3f")
-    if process_state().is_main_process:  # (under accelerate launch every process holds the same adapter)
+    if processes.is_main_process:  # (every process holds the same adapter)
         adapter.save(output_dir, encoder=encoder_id(config.encoder), training=asdict(config.training()))
         write_history(history, output_dir, title="query adapter (held-out SQuAD-train articles)")
         write_json(output_dir / "results.json", results)

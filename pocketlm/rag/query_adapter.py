@@ -110,6 +110,7 @@ def train_query_adapter(
     config: AdapterTrainingConfig,
     eval_queries: np.ndarray | None = None,
     eval_positives: np.ndarray | None = None,
+    processes=None,
 ) -> tuple[QueryAdapter, list[dict]]:
     """Train an adapter on frozen embeddings; keep the epoch with the best held-out MRR@10.
 
@@ -119,14 +120,12 @@ def train_query_adapter(
     `passages` is every candidate passage (rows); `*_positives` the row of each query's gold passage.
     Returns the adapter and the history (one record per epoch: loss, held-out recall@1/5/10).
 
-    Under `accelerate launch` the processes split every batch (data parallel, torch's DDP): each draws the same
-    order from the same seed, takes every `world`-th query of the batch, and the averaged gradients are those of
-    the whole batch, so 2 processes follow one process's trajectory. Each evaluates the held-out queries itself.
+    `processes` (accelerate's `PartialState` of an `accelerate launch`; None: one process) makes the processes
+    split every batch (data parallel, torch's DDP): each draws the same order from the same seed, takes every
+    `world`-th query of the batch, and the averaged gradients are those of the whole batch, so 2 processes
+    follow one process's trajectory. Each evaluates the held-out queries itself.
     """
-    from pocketlm.training.distributed import process_state
-
-    state = process_state()
-    rank, world = state.process_index, state.num_processes
+    rank, world = (processes.process_index, processes.num_processes) if processes is not None else (0, 1)
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
     adapter = QueryAdapter(passages.shape[1], config.bottleneck)
