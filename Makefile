@@ -53,9 +53,10 @@ test: $(DEV_STAMP) $(CHROMIUM)
 docs: $(DEV_STAMP)
 	$(BIN)/python -m mkdocs build --strict
 
+# Chromium for the browser tests and screenshots; the emoji font draws the Spaces' ✅ / ❌ marks (boxes without it)
 $(CHROMIUM):
 	$(SUDO) apt-get update -qq
-	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium fonts-noto-color-emoji
 
 clean-artifacts:
 	rm -rf hub runs
