@@ -73,22 +73,20 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def write_profile(args, variant, settings) -> int:
-    """`--profile VARIANT`: the variant's top operators by self time, as profile-VARIANT.{json,md}."""
+    """`--profile VARIANT`: the variant's top operators by self time, recorded as profile-VARIANT.{json,md}."""
     import torch
 
-    from pocketlm.benchmarking import command_line, machine_description, markdown_table
-    from pocketlm.io import atomic_write_text, write_json
+    from pocketlm.benchmarking import markdown_table, write_results as write_record
     from pocketlm.training.throughput import profile_variant
 
     torch.set_num_threads(args.threads)
     rows = profile_variant(variant, settings)
     table = markdown_table(rows, ["operator", "calls", ("self_ms", "self ms"), "share"], {"self_ms": ",.0f", "share": ".1%"})
     markdown = (f"# Where the time goes: {variant.label}\n\n{settings.steps} steps of batch {variant.batch_size} under "
-                f"`torch.profiler` ({args.threads} threads), the top operators by self time:\n\n{table}\n\n"
-                f"Machine: {machine_description()}. Command: `{command_line()}`.\n")
-    args.output_dir.mkdir(parents=True, exist_ok=True)
-    write_json(args.output_dir / f"profile-{variant.name}.json", {"variant": variant.name, "steps": settings.steps, "rows": rows})
-    atomic_write_text(args.output_dir / f"profile-{variant.name}.md", markdown)
+                f"`torch.profiler` ({args.threads} threads), the top operators by self time:\n\n{table}")
+    write_record(f"profile-{variant.name}", {"variant": variant.name, "steps": settings.steps, "rows": rows}, markdown,
+                 figures={row["operator"]: f"{row['share']:.1%} of operator self time" for row in rows[:5]},
+                 output_dir=args.output_dir)
     print(markdown)
     return 0
 

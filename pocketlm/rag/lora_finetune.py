@@ -379,9 +379,10 @@ def train_copy_base(config: LoraExperimentConfig, base_path: str, seed: int, run
         curriculum = CopyCurriculumConfig(steps=config.copy_steps, learning_rate=config.copy_learning_rate,
                                           batch_size=config.copy_batch_size, fragments=config.k, seed=seed)
         model, tokenizer, _ = train_copy_curriculum(base_path, wikitext_distractors(), curriculum, run_dir / "copy")
-        if process_state().is_main_process:
+        state = process_state()
+        if state.is_main_process:
             write_dir(folder, lambda staging: save_model(model, tokenizer, staging))  # whole or not at all: resume trusts it
-        process_state().wait_for_everyone()
+        state.wait_for_everyone()
     return str(folder), {"copy_accuracy": copy_accuracy(model.eval(), model.config.vocab_size)}
 
 
