@@ -58,12 +58,89 @@ def test_the_static_int8_graph_is_batch_stable_and_keeps_the_sensitive_matmuls_i
 
     graph = onnx.load(str(folder / "model_static_quantized.onnx")).graph
     dequantized = {node.output[0] for node in graph.node if node.op_type == "DequantizeLinear"}
-    weight_matmuls = [node for node in graph.node if node.op_type == "MatMul"
-                      and not node.name.endswith(("self_attn/MatMul", "self_attn/MatMul_1"))]
+    weight_matmuls = [node for node in graph.node if node.op_type == "MatMul"]  # attention is one `Attention` node
     int8 = {node.name for node in weight_matmuls if dequantized.intersection(node.input)}
     assert int8 and all("down_proj" not in name for name in int8)
     assert weight_matmuls[-1].name not in int8  # the output layer
-    assert any("q_proj" in name for name in int8) and any("gate_proj" in name for name in int8)
+    assert any("qkv_proj" in name for name in int8) and any("gate_up_proj" in name for name in int8)
+
+
+def _greedy_from_pytorch(model, prompts, new_tokens):
+    import torch
+
+    with torch.no_grad():
+        return [model.generate(torch.tensor([p]), attention_mask=torch.ones(1, len(p), dtype=torch.long),
+                               do_sample=False, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                               pad_token_id=0)[0, len(p):].tolist() for p in prompts]
+
+
+def _wide_lm_folder(tmp_path, tiny_tokenizer, model):
+    """`model` with its weights redrawn wide (std 0.2, so greedy continuations vary) saved beside the tokenizer."""
+    import torch
+
+    torch.manual_seed(0)
+    with torch.no_grad():
+        for param in model.parameters():
+            if param.dim() > 1:
+                param.normal_(0.0, 0.2)
+    model.save_pretrained(tmp_path / "pt")
+    tiny_tokenizer.save_pretrained(tmp_path / "pt")
+    return tmp_path / "pt"
+
+
+def test_a_llama_is_written_in_onnx_attention_operators_grouped_query_attention_included(tmp_path, tiny_tokenizer):
+    """A Llama with 4 query and 2 key/value heads: its graph is ONNX's `RMSNormalization`, `RotaryEmbedding` and
+    `Attention` (17 nodes a layer, no reshape arithmetic), the export's own check against PyTorch passes, and its
+    greedy tokens equal transformers' `generate`, alone and in one left-padded batch of mixed lengths."""
+    import collections
+
+    import onnx
+    from transformers import AutoModelForCausalLM
+
+    from pocketlm.inference.lm_export import export_causal_lm
+    from pocketlm.models.transformer_lm import TransformerLM, TransformerLMConfig
+
+    config = TransformerLMConfig(vocab_size=len(tiny_tokenizer), d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=96,
+                                 max_seq_len=128)
+    folder = _wide_lm_folder(tmp_path, tiny_tokenizer, TransformerLM(config))
+    export_causal_lm(str(folder), tmp_path / "onnx", quantize=False)
+
+    graph = onnx.load(str(tmp_path / "onnx" / "model.onnx")).graph
+    ops = collections.Counter(node.op_type for node in graph.node)
+    assert ops["Attention"] == 2 and ops["RotaryEmbedding"] == 4 and ops["RMSNormalization"] == 5  # 2 a layer + final
+    assert not {"Transpose", "Concat", "Softmax"} & set(ops)
+    attention = next(node for node in graph.node if node.op_type == "Attention")
+    assert {a.name: a.i for a in attention.attribute} == {"q_num_heads": 4, "kv_num_heads": 2}
+
+    lm = OnnxCausalLM(tmp_path / "onnx")
+    prompts = corpus_prompts(lm, 4, [5, 11, 17, 23])
+    expected = _greedy_from_pytorch(AutoModelForCausalLM.from_pretrained(folder).eval(), prompts, 10)
+    assert len({t for out in expected for t in out}) > 8, "outputs too uniform to reveal a difference"
+    greedy = SamplingParams(max_new_tokens=10, stop_at_eos=False)
+    assert [lm.generate_ids([p], greedy)[0] for p in prompts] == expected
+    assert lm.generate_ids(prompts, greedy) == expected
+
+
+def test_a_causal_lm_other_than_llama_is_traced_by_torch_onnx(tmp_path, tiny_tokenizer):
+    """A gpt2 (learned positions, fused qkv, GELU): traced by `torch.onnx` with its KV cache, and its greedy tokens
+    through the torch-free loop equal transformers' `generate`."""
+    import onnx
+    from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
+
+    from pocketlm.inference.lm_export import export_causal_lm
+
+    eos = tiny_tokenizer.eos_token_id
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tiny_tokenizer), n_positions=128, n_embd=64, n_layer=2, n_head=4,
+                                       bos_token_id=eos, eos_token_id=eos))
+    folder = _wide_lm_folder(tmp_path, tiny_tokenizer, model)
+    export_causal_lm(str(folder), tmp_path / "onnx", quantize=False)
+
+    ops = {node.op_type for node in onnx.load(str(tmp_path / "onnx" / "model.onnx")).graph.node}
+    assert "Attention" not in ops and {"Softmax", "Concat"} <= ops
+    lm = OnnxCausalLM(tmp_path / "onnx")
+    prompts = corpus_prompts(lm, 2, [6, 14])
+    expected = _greedy_from_pytorch(AutoModelForCausalLM.from_pretrained(folder).eval(), prompts, 8)
+    assert lm.generate_ids(prompts, SamplingParams(max_new_tokens=8, stop_at_eos=False)) == expected
 
 
 def test_an_unknown_or_missing_lm_graph_is_refused_by_name(tiny_lm_onnx_repo, tmp_path):

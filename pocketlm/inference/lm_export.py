@@ -1,9 +1,10 @@
 """Export a causal LM (pocketlm's tiny Llama, gpt2, any `AutoModelForCausalLM`) to ONNX with its KV cache.
 
-`torch.onnx.export` traces one graph that takes the past keys and values and returns the present ones (the
-layout optimum's `text-generation-with-past` export had), computes logits for the last position only, and is
-checked against PyTorch on a prefill and on cached steps; onnxruntime's quantisers write two int8 twins beside
-it, dynamic and static. `check_lm_export` then measures what the model card states: logit and greedy agreement
+One graph takes the past keys and values and returns the present ones (the layout optimum's
+`text-generation-with-past` export had), computes logits for the last position only, and is checked against
+PyTorch on a prefill and on cached steps. A Llama is written in ONNX's own attention operators
+(`pocketlm.inference.llama_onnx`), any other model traced by `torch.onnx.export`. onnxruntime's quantisers write
+two int8 twins beside it, dynamic and static. `check_lm_export` then measures what the model card states: logit and greedy agreement
 of the ONNX graphs with transformers' own `generate`, and whether batching changes a graph's greedy tokens.
 """
 
@@ -26,7 +27,8 @@ def export_causal_lm(model_name_or_path: str, output_dir: str | Path, *, quantiz
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from pocketlm.hub import resolve
-    from pocketlm.inference.torch_onnx import export_with_torch
+    from pocketlm.inference import llama_onnx
+    from pocketlm.inference.torch_onnx import check_against_torch, export_with_torch
 
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -36,9 +38,13 @@ def export_causal_lm(model_name_or_path: str, output_dir: str | Path, *, quantiz
     graph = _with_past_graph(model)
     # Traced on a cached step over a left-padded batch, so that no shape or padding special case is baked in.
     inputs = _decoder_inputs(model, graph, batch=2, new=4, past=3, padded_row=0)
-    export_with_torch(graph, inputs, output_dir / FP32_FILE, graph.output_names, _decoder_axes(graph),
-                      checks=[_decoder_inputs(model, graph, batch=1, new=5, past=0),  # a prefill
-                              _decoder_inputs(model, graph, batch=3, new=1, past=6, padded_row=2)])
+    checks = [_decoder_inputs(model, graph, batch=1, new=5, past=0),  # a prefill
+              _decoder_inputs(model, graph, batch=3, new=1, past=6, padded_row=2)]
+    if llama_onnx.supports(model.config):  # a Llama: written in ONNX's attention operators, a third of the nodes
+        llama_onnx.build_llama_decoder(model, output_dir / FP32_FILE)
+        check_against_torch(graph, output_dir / FP32_FILE, graph.output_names, [inputs, *checks])
+    else:
+        export_with_torch(graph, inputs, output_dir / FP32_FILE, graph.output_names, _decoder_axes(graph), checks=checks)
     model.config.save_pretrained(output_dir)
     AutoTokenizer.from_pretrained(source).save_pretrained(output_dir)
     if not (output_dir / "tokenizer.json").is_file():
@@ -59,9 +65,11 @@ def quantize_dynamic_int8(folder: str | Path) -> Path:
     written = folder / INT8_FILE
     # Symmetric int8 weights, per channel (more accurate than per tensor, same speed), no reduced range, every
     # operator ONNX Runtime quantises dynamically: optimum's AVX-512 VNNI preset. The resulting graph
-    # (MatMulInteger / DynamicQuantizeLinear) runs on any CPU.
+    # (MatMulInteger / DynamicQuantizeLinear) runs on any CPU. The weight matmuls and the embedding only: the
+    # quantiser would take ONNX's own `Attention` (opset 23) for the contrib op of that name and break the graph.
     quantize_dynamic(str(folder / FP32_FILE), str(written), weight_type=QuantType.QInt8, per_channel=True,
-                     reduce_range=False, extra_options={"WeightSymmetric": True, "ActivationSymmetric": False})
+                     reduce_range=False, op_types_to_quantize=["MatMul", "Gather"],
+                     extra_options={"WeightSymmetric": True, "ActivationSymmetric": False})
     return written
 
 

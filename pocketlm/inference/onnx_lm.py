@@ -158,8 +158,7 @@ class OnnxCausalLM:
         self.precision = precision
         self.onnx_path = lm_graph_file(self.folder, precision)
         config = json.loads((self.folder / "config.json").read_text())
-        self.num_layers = config["num_hidden_layers"]
-        self.max_positions = config.get("max_position_embeddings", 2048)
+        self.max_positions = config.get("max_position_embeddings", config.get("n_positions", 2048))  # Llama, gpt2
         eos = config.get("eos_token_id")
         self.eos_token_id = eos[0] if isinstance(eos, list) else eos
         self.bos_token_id = config.get("bos_token_id") if prepend_bos else None
@@ -172,6 +171,7 @@ class OnnxCausalLM:
         if cache is None:
             raise ConfigError(f"{self.onnx_path} has no KV-cache inputs: export it with task 'text-generation-with-past'")
         _, self.kv_heads, _, self.head_dim = cache.shape
+        self.num_layers = sum(name.startswith("past_key_values.") and name.endswith(".key") for name in inputs)
         self.cache_dtype = np.float16 if cache.type == "tensor(float16)" else np.float32
         self.uses_position_ids = "position_ids" in inputs
         self.output_names = [o.name for o in self.session.get_outputs()]

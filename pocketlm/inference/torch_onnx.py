@@ -30,8 +30,6 @@ def export_with_torch(module, inputs: Mapping, path: Path, output_names: Sequenc
     """
     import warnings
 
-    import numpy as np
-    import onnxruntime as ort
     import torch
 
     module.eval()
@@ -41,8 +39,19 @@ def export_with_torch(module, inputs: Mapping, path: Path, output_names: Sequenc
         warnings.filterwarnings("ignore", message=".*advanced indexing.*")  # a negative index would fail the check below
         torch.onnx.export(module, tuple(inputs.values()), str(path), input_names=list(inputs), output_names=list(output_names),
                           dynamic_axes=dict(dynamic_axes), opset_version=OPSET, dynamo=False)
+    return check_against_torch(module, path, output_names, [inputs, *checks])
+
+
+def check_against_torch(module, path: Path, output_names: Sequence[str], feeds: Sequence[Mapping]) -> Path:
+    """Run the graph `path` and `module` on each of `feeds` (name → tensor mappings); raise `ExportMismatchError`
+    where an output differs in shape or by more than `EXPORT_ATOL`."""
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+
+    module.eval()
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    for feed in (inputs, *checks):
+    for feed in feeds:
         with torch.no_grad():
             expected = [t.numpy() for t in module(*feed.values())]
         got = session.run(list(output_names), {name: tensor.numpy() for name, tensor in feed.items()})
