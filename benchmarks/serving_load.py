@@ -33,7 +33,7 @@ from pathlib import Path
 import httpx
 
 from pocketlm import MINILM_SQUAD_ONNX, TINY_LM_ONNX
-from pocketlm.benchmarking import latency_summary, markdown_table, write_results
+from pocketlm.benchmarking import cpu_times, latency_summary, markdown_table, steal_share, write_results
 from pocketlm.cli import run
 from pocketlm.hub import resolve
 from pocketlm.serving.launch import running_server
@@ -160,18 +160,26 @@ def closed_loop(base_url: str, prompts: list[str], clients: int, requests_per_cl
         finally:
             connection.close()
 
+    before = cpu_times()
     with ThreadPoolExecutor(clients) as pool:
         for future in [pool.submit(client, i) for i in range(clients)]:
             future.result()
-    return {"records": records, "seconds": time.perf_counter() - clock["start"]}
+    return {"records": records, "seconds": time.perf_counter() - clock["start"], "steal": steal_share(before, cpu_times())}
 
 
 def merged(runs: list[dict]) -> dict:
-    """One cell from its `--rounds` runs: all their records, their summed wall time, each run's tokens/s."""
+    """One cell from its `--rounds` runs: all their records, their summed wall time, and per run its tokens/s,
+    its `/generate` p95 and the host's steal share (a round slowed by other guests on the host shows it)."""
+    def p95(run: dict) -> float | None:
+        return latency_summary(1000 * r["seconds"] for r in run["records"]
+                               if r["status"] == 200 and r["route"] == "/generate").get("p95_ms")
+
     return {"records": [record for run in runs for record in run["records"]],
             "seconds": sum(run["seconds"] for run in runs),
             "rounds_tokens_per_s": [round(sum(r["tokens"] for r in run["records"] if r["status"] == 200) / run["seconds"], 1)
-                                    for run in runs]}
+                                    for run in runs],
+            "rounds_generate_p95_ms": [p95(run) for run in runs],
+            "rounds_steal_share": [None if run.get("steal") is None else round(run["steal"], 4) for run in runs]}
 
 
 def summarise(cell: dict, clients: int) -> dict:
@@ -183,6 +191,8 @@ def summarise(cell: dict, clients: int) -> dict:
         "error_examples": [str(r["status"]) for r in errors[:3]], "seconds": round(cell["seconds"], 3),
         "tokens": sum(r["tokens"] for r in ok), "tokens_per_s": round(sum(r["tokens"] for r in ok) / cell["seconds"], 1),
         "rounds_tokens_per_s": cell.get("rounds_tokens_per_s", []),
+        "rounds_generate_p95_ms": cell.get("rounds_generate_p95_ms", []),
+        "rounds_steal_share": cell.get("rounds_steal_share", []),
         "generate_ms": latency_summary(1000 * r["seconds"] for r in ok if r["route"] == "/generate"),
         "stream_ms": latency_summary(1000 * r["seconds"] for r in ok if r["route"] == "/generate/stream"),
         "first_token_ms": latency_summary(1000 * r["first_token_s"] for r in ok if r.get("first_token_s") is not None),
@@ -289,6 +299,15 @@ def markdown_of(results: dict, args) -> str:
         f"measured in turns, {args.rounds} round(s) pooled{' (`suite`: the Spaces suite, its default scheduler)' if 'suite' in kinds else ''}."
         f"\n\n{table}"
     )
+    if args.rounds > 1:
+        at = str(TARGET_CLIENTS) if str(TARGET_CLIENTS) in cells["continuous"] else str(max(args.clients))
+        per_round = [
+            f"{kind}: " + ", ".join(
+                f"{tps:.0f} tokens/s, p95 {p95:.0f} ms" + ("" if steal is None else f" (host steal {100 * steal:.0f} %)")
+                for tps, p95, steal in zip(cell["rounds_tokens_per_s"], cell["rounds_generate_p95_ms"],
+                                           cell["rounds_steal_share"]) if p95 is not None)
+            for kind, cell in ((k, cells[k][at]) for k in kinds)]
+        markdown += f"\nEach round at {at} clients, in order:\n\n" + "".join(f"- {line}\n" for line in per_round)
     if results["mixed"]:
         mixed_rows = [{"scheduler": kind, "requests": cell["requests"], "errors": cell["errors"],
                        **{f"generate_{q}": cell["generate_ms"].get(f"{q}_ms") for q in ("p50", "p95")},

@@ -55,6 +55,25 @@ def machine_description() -> str:
     return line
 
 
+def cpu_times() -> list[int] | None:
+    """The machine's cumulative CPU times in ticks (`/proc/stat`'s `cpu` line: user, nice, system, idle, iowait,
+    irq, softirq, steal, ...), or None where there is no `/proc/stat` (not Linux)."""
+    try:
+        with open("/proc/stat") as stat:
+            return [int(field) for field in stat.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+
+
+def steal_share(before: list[int] | None, after: list[int] | None) -> float | None:
+    """The share of CPU time between two `cpu_times` readings that the hypervisor gave to other guests (steal):
+    on a shared VM the same run is slower when it is high, so a benchmark records it beside its timings."""
+    if not before or not after or len(before) < 8 or len(after) < 8:
+        return None
+    spent = [b - a for a, b in zip(before, after)]
+    return spent[7] / sum(spent) if sum(spent) > 0 else 0.0
+
+
 def command_line() -> str:
     """The running command as a user would type it from the repository root (`python benchmarks/x.py --flag v`)."""
     argv = list(sys.argv)

@@ -87,3 +87,15 @@ def test_the_throughput_target_compares_the_loop_with_the_fastest_trainer_varian
                                      "torch.compile' (4,000 tokens/s).")
     assert target_verdict(rows(6000.0)).startswith("Target (≥ 1.5× the fastest Trainer variant): met")
     assert target_verdict(short[:2]) == "target not evaluated (needs a Trainer and a pocketlm variant)"
+
+
+def test_steal_share_is_the_hypervisors_part_of_the_cpu_time_between_two_readings():
+    from pocketlm.benchmarking import cpu_times, steal_share
+
+    #        user nice system idle iowait irq softirq steal
+    before = [100, 0, 50, 800, 0, 0, 0, 50]
+    after = [200, 0, 100, 1500, 0, 0, 0, 200]  # 1,000 ticks spent, 150 of them stolen
+    assert steal_share(before, after) == 0.15
+    assert steal_share(None, after) is None and steal_share(before, before) == 0.0
+    now = cpu_times()
+    assert now is None or (len(now) >= 8 and 0 <= steal_share(now, cpu_times()) <= 1)

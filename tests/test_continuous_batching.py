@@ -257,6 +257,23 @@ def test_rows_join_and_leave_the_cache_intact(served):
     assert merged.select([2, 0]).length == 6  # 9-token row gone: only the columns the 6-token row needs stay
 
 
+def test_a_block_of_rows_leaving_little_padding_is_selected_without_a_copy(served):
+    """The oldest rows of a continuous batch finish first, so the rows kept are one block: `select` then returns
+    views of it (no copy of the cache) unless dropping padding columns saves a quarter of them, and the block
+    decodes exactly as a copy would."""
+    lm = served.runtime
+    prompts = corpus_prompts(lm, 3, [9, 8, 9])
+    logits, merged = lm.prefill(prompts)
+    kept = merged.select([1, 2])
+    assert kept.length == 9  # the 8-token row's one padding column stays (dropping it would copy the cache)
+    assert all(np.shares_memory(kept.cache[name], merged.cache[name]) for name in merged.cache)
+    copied = KVState({n: a[1:].copy() for n, a in merged.cache.items()}, merged.attention_mask[1:].copy(),
+                     merged.next_positions[1:].copy())
+    next_tokens = logits[1:].argmax(-1)
+    assert np.array_equal(lm.decode_step(kept, next_tokens)[0], lm.decode_step(copied, next_tokens)[0])
+    assert not np.shares_memory(merged.select([0, 2]).cache["past_key_values.0.key"], merged.cache["past_key_values.0.key"])
+
+
 def test_the_command_line_picks_the_scheduler_and_refuses_a_batch_unstable_graph(capsys):
     from pocketlm.serving.__main__ import parse_args
     from pocketlm.serving.scheduler import default_scheduler
@@ -301,20 +318,25 @@ def test_load_benchmark_writes_its_record(tiny_lm_onnx_repo, tiny_qa_onnx_repo, 
 
     main = runpy.run_path(str(REPO_ROOT / "benchmarks" / "serving_load.py"))["main"]
     assert main(["--clients", "1,2", "--requests_per_client", "2", "--warmup", "1", "--mixed_clients", "2",
-                 "--output_dir", str(tmp_path)]) == 0
+                 "--rounds", "2", "--output_dir", str(tmp_path)]) == 0
     record = read_results(tmp_path, "serving_load")
     assert record is not None and record["errors"] == 0
     for kind in ("serial", "continuous"):
         assert record["servers"][kind]["scheduler"] == kind
         for clients in ("1", "2"):
             cell = record["cells"][kind][clients]
-            assert cell["requests"] == 2 * int(clients) and cell["tokens"] == 32 * cell["requests"]
-            assert cell["rounds_tokens_per_s"] == [cell["tokens_per_s"]]  # one round
+            assert cell["requests"] == 2 * 2 * int(clients) and cell["tokens"] == 32 * cell["requests"]  # 2 rounds
+            rounds = cell["rounds_tokens_per_s"]
+            assert len(rounds) == 2 and min(rounds) <= cell["tokens_per_s"] <= max(rounds)
+            assert len(cell["rounds_generate_p95_ms"]) == 2
+            assert max(cell["rounds_generate_p95_ms"]) >= cell["generate_ms"]["p50_ms"]
+            assert all(0 <= steal < 1 for steal in cell["rounds_steal_share"])  # /proc/stat: a Linux machine
             assert cell["tokens_per_s"] > 0 and cell["generate_ms"]["n"] >= 1 and cell["first_token_ms"]["n"] >= 1
             assert cell["first_token_ms"]["p50_ms"] <= cell["stream_ms"]["p50_ms"]
     for kind in ("serial", "continuous"):  # the mixed phase: each client alternates /generate and /qa
         mixed = record["mixed"][kind]
-        assert mixed["requests"] == 8 and mixed["generate_ms"]["n"] == 4 and mixed["qa_ms"]["n"] == 4
+        assert mixed["requests"] == 16 and mixed["generate_ms"]["n"] == 8 and mixed["qa_ms"]["n"] == 8
+    assert "Each round at 2 clients, in order:" in (tmp_path / "serving_load.md").read_text()
     assert set(record["speedup"]) == {"1", "2"}  # 8 clients not measured here: no target on them
     assert set(record["targets"]) == {"mixed_continuous_generate_faster_qa_no_slower"}
     assert any("tokens/s" in label for label, _ in record["figures"])

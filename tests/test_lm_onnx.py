@@ -315,3 +315,18 @@ def test_batching_benchmark_writes_its_results(tiny_lm_onnx_repo, tmp_path):
     assert results["headline"]["fp32, 4 new tokens"]["speedup_full_batch_vs_token_by_token"] > 0 and results["machine"]
     assert (tmp_path / "batching.png").stat().st_size > 10_000
     assert "× token by token" in (tmp_path / "batching.md").read_text()
+
+
+def test_lm_graph_benchmark_compares_the_two_exports_of_one_llama(tiny_lm_repo, tmp_path):
+    """`benchmarks/lm_graph.py` exports the LM both ways, times each step on both, and checks their greedy tokens."""
+    import runpy
+
+    main = runpy.run_path(str(REPO_ROOT / "benchmarks" / "lm_graph.py"))["main"]
+    assert main(["--model", tiny_lm_repo, "--runs", "10", "--output_dir", str(tmp_path)]) == 0
+    results = json.loads((tmp_path / "lm_graph.json").read_text())
+    assert results["greedy_token_agreement"] == 1.0
+    nodes = results["nodes_after_ort_optimisation"]
+    assert nodes["onnx_attention_ops"] < nodes["torch_onnx_trace"] / 2
+    assert [row["step"].split(",")[0] for row in results["steps"]] == ["decode step", "decode step", "prefill", "generation"]
+    assert all(row["onnx_attention_ops_ms"] > 0 and row["torch_onnx_trace_ms"] > 0 for row in results["steps"])
+    assert (tmp_path / "lm_graph.png").stat().st_size > 10_000 and "graph nodes" in dict(results["figures"])

@@ -18,9 +18,11 @@ from pocketlm.inference.qa_engine import FP32_FILE, INT8_FILE
 TASK = "text-generation-with-past"
 
 
-def export_causal_lm(model_name_or_path: str, output_dir: str | Path, *, quantize: bool = True) -> Path:
+def export_causal_lm(model_name_or_path: str, output_dir: str | Path, *, quantize: bool = True,
+                     traced: bool = False) -> Path:
     """Write `model.onnx` (fp32, KV cache), optionally the int8 graphs (`model_quantized.onnx`, dynamic;
-    `model_static_quantized.onnx`, static), config and tokenizer files.
+    `model_static_quantized.onnx`, static), config and tokenizer files. `traced=True` traces a Llama with
+    `torch.onnx` too, instead of writing it in ONNX's attention operators (what `benchmarks/lm_graph.py` compares).
 
     The tokenizer goes along as `tokenizer.json`, which the `tokenizers` library reads without transformers.
     """
@@ -40,7 +42,7 @@ def export_causal_lm(model_name_or_path: str, output_dir: str | Path, *, quantiz
     inputs = _decoder_inputs(model, graph, batch=2, new=4, past=3, padded_row=0)
     checks = [_decoder_inputs(model, graph, batch=1, new=5, past=0),  # a prefill
               _decoder_inputs(model, graph, batch=3, new=1, past=6, padded_row=2)]
-    if llama_onnx.supports(model.config):  # a Llama: written in ONNX's attention operators, a third of the nodes
+    if llama_onnx.supports(model.config) and not traced:  # a Llama: written in ONNX's attention operators, a third of the nodes
         llama_onnx.build_llama_decoder(model, output_dir / FP32_FILE)
         check_against_torch(graph, output_dir / FP32_FILE, graph.output_names, [inputs, *checks])
     else:
@@ -324,7 +326,7 @@ def publish_lm_onnx(
         card = ModelCardInfo(
             title=f"{repo_id} — ONNX export with KV cache",
             summary=(
-                f"`{model_name_or_path}` exported to ONNX by `torch.onnx` (`{TASK}`: the graph takes and returns the "
+                f"`{model_name_or_path}` exported to ONNX (`{TASK}`: the graph takes and returns the "
                 "key/value cache, so each generated token costs one short step), plus two int8 twins: dynamically "
                 "quantised (`model_quantized.onnx`; its tokens change when prompts share a batch) and statically "
                 "quantised (`model_static_quantized.onnx`; batch-stable, so the server may batch it). Served torch-free by `pocketlm.serving` with onnxruntime, "

@@ -365,6 +365,14 @@ class KVState:
         index = np.asarray(rows, dtype=np.int64)
         mask = self.attention_mask[index]
         start = int(mask.argmax(1).min()) if len(index) else self.length  # first real column of the longest row
+        first = int(index[0]) if len(index) else 0
+        if np.array_equal(index, np.arange(first, first + len(index))) and start < self.length // 4:
+            # One block of rows (a continuous batch's oldest rows finish first) and little padding to drop: views of
+            # the block, no copy — the cache is copied by the next step's graph anyway, and the few masked columns
+            # kept cost less than copying every layer's cache here.
+            block = slice(first, first + len(index))
+            return KVState({name: array[block] for name, array in self.cache.items()}, self.attention_mask[block],
+                           self.next_positions[block])
         # `take` of a column slice (a view) copies each kept row once, into a contiguous array: fancy indexing
         # first and `ascontiguousarray` after copied the cache twice whenever padding columns were dropped
         return KVState({name: np.take(array[:, :, start:], index, axis=0) for name, array in self.cache.items()},
