@@ -9,7 +9,10 @@ After a warm-up, for each client count in `--clients` (interleaved: the two serv
 turns, the first one alternating) `n` clients each send `--requests_per_client` requests back to back,
 alternating `/generate` and `/generate/stream` (a 50-token WikiText-2 prompt and exactly 32 new tokens,
 `ignore_eos`), stopping early at `--max_seconds` per cell; with `--rounds N` every cell is measured N times,
-the rounds interleaved too, and pooled (each round's tokens/s is kept: on a busy host they spread widely).
+the rounds interleaved too, and pooled (each round's tokens/s and p95 are kept: on a busy host they spread
+widely). A run during which the host's steal share (CPU time the hypervisor gave other guests, from
+`/proc/stat`) passed `--max_steal` is measured again, up to `--steal_retries` times; the runs set aside are
+recorded with their steal.
 Per cell: total tokens/s (generated tokens of all clients over the cell's wall time), `/generate` latency
 p50/p95/p99 and time to first token of the stream.
 Targets at 8 clients: continuous ≥ 3× the serial tokens/s, `/generate` p95 < 200 ms.
@@ -26,6 +29,7 @@ import json
 import runpy
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
@@ -64,6 +68,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=1,
                         help="measure every cell this many times, the rounds interleaved (a busy host: more rounds)")
     parser.add_argument("--warmup", type=int, default=2, help="warm-up requests per client at the largest count")
+    parser.add_argument("--max_steal", type=float, default=0.05,
+                        help="a run during which the host's steal share (other guests' CPU time) passed this is "
+                             "measured again, and recorded as discarded (1 keeps every run)")
+    parser.add_argument("--steal_retries", type=int, default=2, help="how many times a stolen run is measured again")
     parser.add_argument("--output_dir", default=str(REPO_ROOT / "benchmarks" / "results" / "serving_load"))
     args = parser.parse_args(argv)
     args.suite_flags = args.suite_flags.split()
@@ -75,7 +83,23 @@ def parse_args(argv=None) -> argparse.Namespace:
             or args.warmup < 0):
         parser.error("--clients, --mixed_clients, --rounds, --requests_per_client and --max_seconds must be positive, "
                      "--warmup >= 0")
+    if not 0 < args.max_steal <= 1 or args.steal_retries < 0:
+        parser.error(f"--max_steal must be in (0, 1] and --steal_retries >= 0, got {args.max_steal} and {args.steal_retries}")
     return args
+
+
+def measured_run(args, measure_once: Callable[[], dict], discarded: list[dict]) -> dict:
+    """One run of a cell, measured again (up to `--steal_retries` times) while the host's steal share during it
+    passes `--max_steal`: on a shared VM another guest can take a third of the CPU for minutes, and a latency
+    target says nothing about pocketlm then. The runs set aside go to `discarded` (tokens/s, p95, steal)."""
+    for attempt in range(args.steal_retries + 1):
+        run = measure_once()
+        if run["steal"] is None or run["steal"] <= args.max_steal or attempt == args.steal_retries:
+            return run
+        summary = merged([run])
+        discarded.append({"tokens_per_s": summary["rounds_tokens_per_s"][0],
+                          "generate_p95_ms": summary["rounds_generate_p95_ms"][0], "steal_share": round(run["steal"], 4)})
+        print(f"    (host steal {100 * run['steal']:.0f} % during the run: measured again)", flush=True)
 
 
 class Connection:
@@ -256,11 +280,14 @@ def measure(args, prompts: list[str], questions: list[dict]) -> tuple[dict, dict
             if args.warmup:
                 closed_loop(server.base_url, prompts, max(args.clients), args.warmup, args.max_seconds)
         runs: dict[tuple[str, int], list[dict]] = {}
+        discarded: dict[tuple[str, int], list[dict]] = {}
         for turn, (rnd, clients) in enumerate((r, c) for r in range(args.rounds) for c in args.clients):
             for kind in kinds if (turn + rnd) % 2 == 0 else kinds[::-1]:  # who goes first alternates every cell
-                runs.setdefault((kind, clients), []).append(
-                    closed_loop(servers[kind].base_url, prompts, clients, args.requests_per_client, args.max_seconds))
+                set_aside = discarded.setdefault((kind, clients), [])
+                runs.setdefault((kind, clients), []).append(measured_run(args, lambda: closed_loop(
+                    servers[kind].base_url, prompts, clients, args.requests_per_client, args.max_seconds), set_aside))
                 cells[kind][str(clients)] = summary = summarise(merged(runs[kind, clients]), clients)
+                summary["discarded_runs"] = set_aside
                 print(f"{kind:>10} × {clients:2}: {summary['tokens_per_s']:8.1f} tokens/s, /generate "
                       f"p95 {summary['generate_ms'].get('p95_ms', float('nan')):7.1f} ms, first token "
                       f"p95 {summary['first_token_ms'].get('p95_ms', float('nan')):7.1f} ms, {summary['errors']} errors",
@@ -268,9 +295,9 @@ def measure(args, prompts: list[str], questions: list[dict]) -> tuple[dict, dict
         mixed_runs: dict[str, list[dict]] = {}
         for turn in range(args.rounds if questions else 0):
             for kind in SCHEDULERS if (turn + len(args.clients) * args.rounds) % 2 else SCHEDULERS[::-1]:
-                mixed_runs.setdefault(kind, []).append(closed_loop(
+                mixed_runs.setdefault(kind, []).append(measured_run(args, lambda: closed_loop(
                     servers[kind].base_url, prompts, args.mixed_clients, 2 * args.requests_per_client,
-                    args.max_seconds, routes=("/generate", "/qa"), questions=questions))
+                    args.max_seconds, routes=("/generate", "/qa"), questions=questions), []))
                 mixed[kind] = summary = summarise(merged(mixed_runs[kind]), args.mixed_clients)
                 print(f"{kind:>10} × {args.mixed_clients:2} mixed: /generate p95 "
                       f"{summary['generate_ms'].get('p95_ms', float('nan')):7.1f} ms, /qa p95 "
@@ -308,6 +335,14 @@ def markdown_of(results: dict, args) -> str:
                                            cell["rounds_steal_share"]) if p95 is not None)
             for kind, cell in ((k, cells[k][at]) for k in kinds)]
         markdown += f"\nEach round at {at} clients, in order:\n\n" + "".join(f"- {line}\n" for line in per_round)
+    set_aside = [(kind, clients, run) for kind, per_count in cells.items() for clients, cell in per_count.items()
+                 for run in cell.get("discarded_runs", [])]
+    if args.max_steal < 1:
+        markdown += (f"\nRuns during which the host's steal share passed {100 * args.max_steal:g} % were measured again "
+                     f"(up to {args.steal_retries} times): {len(set_aside)} set aside"
+                     + ("" if not set_aside else ", " + "; ".join(
+                         f"{kind} × {clients}: {run['tokens_per_s']:.0f} tokens/s, p95 {run['generate_p95_ms'] or 0:.0f} ms "
+                         f"(steal {100 * run['steal_share']:.0f} %)" for kind, clients, run in set_aside)) + ".\n")
     if results["mixed"]:
         mixed_rows = [{"scheduler": kind, "requests": cell["requests"], "errors": cell["errors"],
                        **{f"generate_{q}": cell["generate_ms"].get(f"{q}_ms") for q in ("p50", "p95")},

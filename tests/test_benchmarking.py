@@ -99,3 +99,21 @@ def test_steal_share_is_the_hypervisors_part_of_the_cpu_time_between_two_reading
     assert steal_share(None, after) is None and steal_share(before, before) == 0.0
     now = cpu_times()
     assert now is None or (len(now) >= 8 and 0 <= steal_share(now, cpu_times()) <= 1)
+
+
+def test_the_load_benchmark_measures_a_stolen_run_again_and_keeps_it_aside():
+    import argparse
+    import runpy
+
+    from pocketlm.settings import REPO_ROOT
+
+    measured_run = runpy.run_path(str(REPO_ROOT / "benchmarks" / "serving_load.py"))["measured_run"]
+    record = {"route": "/generate", "status": 200, "seconds": 0.1, "tokens": 32}
+    runs = iter([{"records": [record], "seconds": 1.0, "steal": 0.30}, {"records": [record] * 2, "seconds": 1.0, "steal": 0.01}])
+    discarded: list[dict] = []
+    run = measured_run(argparse.Namespace(max_steal=0.05, steal_retries=2), lambda: next(runs), discarded)
+    assert run["steal"] == 0.01 and len(run["records"]) == 2
+    assert discarded == [{"tokens_per_s": 32.0, "generate_p95_ms": 100.0, "steal_share": 0.3}]
+    always_stolen = iter([{"records": [record], "seconds": 1.0, "steal": 0.5 + i / 10} for i in range(3)])
+    last = measured_run(argparse.Namespace(max_steal=0.05, steal_retries=1), lambda: next(always_stolen), discarded)
+    assert last["steal"] == 0.6 and len(discarded) == 2  # the retries spent: the last run is kept
