@@ -244,6 +244,18 @@ def figures(results: dict) -> dict[str, str]:
     }
     if "suite" in cells:
         lines[f"{one} client: /generate through the suite"] = p50_p95(cells["suite"][one]["generate_ms"])
+    if len(continuous.get("rounds_generate_p95_ms", [])) > 1:
+        p95s, steals = continuous["rounds_generate_p95_ms"], continuous.get("rounds_steal_share", [])
+        lines[f"{at} clients: /generate p95 of each round, continuous"] = ", ".join(
+            f"{p95:.0f} ms" + ("" if steal is None else f" (host steal {100 * steal:.0f} %)")
+            for p95, steal in zip(p95s, steals or [None] * len(p95s)) if p95 is not None)
+    set_aside = [(kind, clients, run) for kind, per_count in cells.items() for clients, cell in per_count.items()
+                 for run in cell.get("discarded_runs", []) if run["generate_p95_ms"] is not None]
+    if set_aside:
+        kind, clients, worst = max(set_aside, key=lambda item: item[2]["steal_share"])
+        lines["runs measured again for host steal"] = (
+            f"{len(set_aside)}; the most stolen: {kind} × {clients} at {100 * worst['steal_share']:.0f} % steal, "
+            f"p95 {worst['generate_p95_ms']:.0f} ms")
     for kind, cell in results.get("mixed", {}).items():
         lines[f"{cell['clients']} clients, /generate + /qa mixed, {kind}"] = (
             f"/generate {p50_p95(cell['generate_ms'])}; /qa {p50_p95(cell['qa_ms'])}")

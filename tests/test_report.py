@@ -135,3 +135,32 @@ def test_measured_figures_of_each_docs_page_come_from_the_report(page):
     """A docs page quotes no measurement (ms, tokens/s, ×, F1 …) that the generated docs/results.md lacks."""
     report = (REPO_ROOT / "docs" / "results.md").read_text()
     assert unreported_measurements(page.read_text(), report) == []
+
+
+def test_only_refreshes_the_named_sections_and_keeps_every_other_figure(results_dir, hub, tmp_path, monkeypatch):
+    """`--only`: a checkout that reran one benchmark refreshes its section; the other sections and the published
+    models, whose records it does not hold, stay as they were."""
+    page = tmp_path / "results.md"
+    assert main(["--output", str(page), "--results_dir", str(results_dir), "--date", "2026-01-02"]) == 0
+    before = page.read_text()
+    assert main(["--output", str(page), "--results_dir", str(results_dir), "--date", "2026-01-02", "--only", ""]) == 0
+    assert page.read_text() == before  # nothing named: the page reads back unchanged
+
+    fresh = tmp_path / "fresh"  # a later checkout: one benchmark rerun, nothing else
+    monkeypatch.setattr(sys, "argv", ["benchmarks/serving_load.py", "--rounds", "3"])
+    write_results("serving_load", {"cells": {}}, "| table |", figures={"8 clients: tokens/s": "1,800 vs 450 (4.00×)"},
+                  output_dir=fresh / "serving_load")
+    assert main(["--output", str(page), "--results_dir", str(fresh), "--date", "2026-02-03", "--only", "serving_load"]) == 0
+    after = page.read_text()
+    assert "on 2026-02-03" in after and "1,800 vs 450 (4.00×)" in after
+    assert "`python benchmarks/serving_load.py --rounds 3`" in after
+    for kept in ("2.21× PyTorch", "13.6× smaller", "### pocketlm/report-qa", "Not measured yet — run `python benchmarks/peft_analysis.py`."):
+        assert kept in after  # untouched sections
+    measured = int(before.split("Benchmarks: ")[1].split(" of")[0])
+    assert f"Benchmarks: {measured + 1} of " in after
+    assert after.index("## serving\n") < after.index("## serving_load") < after.index("## Published models")
+    from pocketlm.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="no benchmark record in .*qa_latency: run the benchmark first"):
+        main(["--output", str(page), "--results_dir", str(fresh), "--only", "qa_latency"])
+    assert page.read_text() == after  # nothing written
