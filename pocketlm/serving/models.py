@@ -6,7 +6,6 @@ two imports alone take longer than the server's whole start-up budget (docs/desi
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -70,12 +69,10 @@ def load_models(
     qa_precision: Precision = "int8",
     threads: int | None = None,
 ) -> ServingModels:
-    """Resolve and load both exports (None skips one). They load side by side: session creation is native code
-    that releases the GIL, so the two overlap and start-up costs the slower of the two, not their sum."""
-    with ThreadPoolExecutor(2) as pool:
-        lm_future = pool.submit(load_lm, lm, lm_precision, threads) if lm else None
-        qa_future = pool.submit(load_qa, qa, qa_precision, threads) if qa else None
-        return ServingModels(
-            lm=lm_future.result() if lm_future else None,
-            qa=qa_future.result() if qa_future else None,
-        )
+    """Resolve and load both exports (None skips one), one after the other.
+
+    Not side by side: the server calls this in a thread while its web stack imports, and on two cores two
+    loaders (session creation and the warm-up calls are native code on their own threads) took both cores from
+    those imports, the start's critical path. One after the other, the loads still end before the imports do."""
+    return ServingModels(lm=load_lm(lm, lm_precision, threads) if lm else None,
+                         qa=load_qa(qa, qa_precision, threads) if qa else None)
