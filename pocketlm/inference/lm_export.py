@@ -4,8 +4,9 @@ One graph takes the past keys and values and returns the present ones (the layou
 `text-generation-with-past` export had), computes logits for the last position only, and is checked against
 PyTorch on a prefill and on cached steps. A Llama is written in ONNX's own attention operators
 (`pocketlm.inference.llama_onnx`), any other model traced by `torch.onnx.export`. onnxruntime's quantisers write
-two int8 twins beside it, dynamic and static. `check_lm_export` then measures what the model card states: logit and greedy agreement
-of the ONNX graphs with transformers' own `generate`, and whether batching changes a graph's greedy tokens.
+two int8 twins beside it, dynamic and static. `check_lm_export` then measures what the model card states: logit
+and greedy agreement of the ONNX graphs with transformers' own `generate`, and whether batching changes a graph's
+greedy tokens.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ def export_causal_lm(model_name_or_path: str, output_dir: str | Path, *, quantiz
     inputs = _decoder_inputs(model, graph, batch=2, new=4, past=3, padded_row=0)
     checks = [_decoder_inputs(model, graph, batch=1, new=5, past=0),  # a prefill
               _decoder_inputs(model, graph, batch=3, new=1, past=6, padded_row=2)]
-    if llama_onnx.supports(model.config) and not traced:  # a Llama: written in ONNX's attention operators, a third of the nodes
+    if llama_onnx.supports(model.config) and not traced:  # a Llama: in ONNX's attention operators, a quarter of the nodes
         llama_onnx.build_llama_decoder(model, output_dir / FP32_FILE)
         check_against_torch(graph, output_dir / FP32_FILE, graph.output_names, [inputs, *checks])
     else:
