@@ -90,7 +90,7 @@ def _wide_lm_folder(tmp_path, tiny_tokenizer, model):
 
 def test_a_llama_is_written_in_onnx_attention_operators_grouped_query_attention_included(tmp_path, tiny_tokenizer):
     """A Llama with 4 query and 2 key/value heads: its graph is ONNX's `RMSNormalization`, `RotaryEmbedding` and
-    `Attention` (17 nodes a layer, no reshape arithmetic), the export's own check against PyTorch passes, and its
+    `Attention` (16 nodes a layer, no reshape arithmetic), the export's own check against PyTorch passes, and its
     greedy tokens equal transformers' `generate`, alone and in one left-padded batch of mixed lengths."""
     import collections
 

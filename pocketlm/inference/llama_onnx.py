@@ -1,5 +1,5 @@
 """One Llama decode step written in ONNX's own transformer operators: `RMSNormalization`, `RotaryEmbedding` and
-`Attention` (opset 23), so a layer is 17 nodes and the whole 4-layer graph 81.
+`Attention` (opset 23), so a layer is 16 nodes and the whole 4-layer graph 81.
 
 Why by hand: `torch.onnx` traces transformers' eager Llama into ~290 nodes after ONNX Runtime's optimisations
 (shape arithmetic for every reshape, `rotate_half` as slices and concats, the mask built from a dozen ops), and on
