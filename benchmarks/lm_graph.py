@@ -56,7 +56,7 @@ def step_feed(lm: OnnxCausalLM, batch: int, new: int, past: int) -> dict[str, np
 
 
 def optimised_nodes(lm: OnnxCausalLM) -> int:
-    """Nodes of the graph the session runs, after ONNX Runtime's optimisations (its cached optimised copy)."""
+    """Nodes of the graph a session of `lm` runs: ONNX Runtime's optimisations applied, written to a scratch file."""
     import onnx
     import onnxruntime as ort
 

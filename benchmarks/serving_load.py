@@ -224,6 +224,12 @@ def summarise(cell: dict, clients: int) -> dict:
     }
 
 
+def set_aside_runs(cells: dict) -> list[tuple[str, str, dict]]:
+    """(scheduler, clients, run) of every run that `measured_run` set aside for host steal, over all cells."""
+    return [(kind, clients, run) for kind, per_count in cells.items() for clients, cell in per_count.items()
+            for run in cell.get("discarded_runs", [])]
+
+
 def figures(results: dict) -> dict[str, str]:
     cells, counts = results["cells"], [int(c) for c in results["cells"]["serial"]]
     at = str(TARGET_CLIENTS) if str(TARGET_CLIENTS) in cells["serial"] else str(max(counts))
@@ -249,8 +255,7 @@ def figures(results: dict) -> dict[str, str]:
         lines[f"{at} clients: /generate p95 of each round, continuous"] = ", ".join(
             f"{p95:.0f} ms" + ("" if steal is None else f" (host steal {100 * steal:.0f} %)")
             for p95, steal in zip(p95s, steals or [None] * len(p95s)) if p95 is not None)
-    set_aside = [(kind, clients, run) for kind, per_count in cells.items() for clients, cell in per_count.items()
-                 for run in cell.get("discarded_runs", []) if run["generate_p95_ms"] is not None]
+    set_aside = [(kind, clients, run) for kind, clients, run in set_aside_runs(cells) if run["generate_p95_ms"] is not None]
     if set_aside:
         kind, clients, worst = max(set_aside, key=lambda item: item[2]["steal_share"])
         lines["runs measured again for host steal"] = (
@@ -347,8 +352,7 @@ def markdown_of(results: dict, args) -> str:
                                            cell["rounds_steal_share"]) if p95 is not None)
             for kind, cell in ((k, cells[k][at]) for k in kinds)]
         markdown += f"\nEach round at {at} clients, in order:\n\n" + "".join(f"- {line}\n" for line in per_round)
-    set_aside = [(kind, clients, run) for kind, per_count in cells.items() for clients, cell in per_count.items()
-                 for run in cell.get("discarded_runs", [])]
+    set_aside = set_aside_runs(cells)
     if args.max_steal < 1:
         markdown += (f"\nRuns during which the host's steal share passed {100 * args.max_steal:g} % were measured again "
                      f"(up to {args.steal_retries} times): {len(set_aside)} set aside"

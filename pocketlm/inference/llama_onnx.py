@@ -48,7 +48,7 @@ def build_llama_decoder(model, path: str | Path) -> Path:
     head_dim = getattr(config, "head_dim", None) or hidden // heads
     eps = config.rms_norm_eps
 
-    cos, sin = _rope_tables(config.rope_parameters["rope_theta"], head_dim, config.max_position_embeddings)
+    cos, sin = _rope_tables(model, config.max_position_embeddings)
     builder.constant("rope.cos", cos)
     builder.constant("rope.sin", sin)
     mask = _attention_bias(builder)
@@ -119,11 +119,15 @@ def build_llama_decoder(model, path: str | Path) -> Path:
     return Path(path)
 
 
-def _rope_tables(theta: float, head_dim: int, positions: int) -> tuple[np.ndarray, np.ndarray]:
-    """cos and sin of every position's angle for each of the head_dim / 2 frequencies (transformers' default RoPE)."""
-    inverse_frequencies = 1.0 / theta ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
-    angles = np.arange(positions, dtype=np.float64)[:, None] * inverse_frequencies[None, :]
-    return np.cos(angles).astype(np.float32), np.sin(angles).astype(np.float32)
+def _rope_tables(model, positions: int) -> tuple[np.ndarray, np.ndarray]:
+    """cos and sin of every position's angle for each of the head_dim / 2 frequencies, from the model's own rotary
+    embedding (so the graph's angles are the ones PyTorch computes; its second half repeats the first)."""
+    import torch
+
+    with torch.no_grad():
+        cos, sin = model.model.rotary_emb(torch.zeros(1), torch.arange(positions)[None])
+    half = cos.shape[-1] // 2
+    return cos[0, :, :half].numpy(), sin[0, :, :half].numpy()
 
 
 def _attention_bias(builder: _GraphBuilder) -> str:
