@@ -15,7 +15,8 @@ import torch
 
 from pocketlm.data.corpus import Document, clean_text, prepare_corpus
 from pocketlm.training.lm_metrics import distinct_n, perplexity
-from pocketlm.training.pretrain import PretrainArguments, choose_precision, learning_rate_at
+from pocketlm.training.precision import choose_precision, describe_probe
+from pocketlm.training.pretrain import PretrainArguments, learning_rate_at
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -99,11 +100,36 @@ def test_auto_precision_is_measured_on_cpu(monkeypatch, tiny_lm_config):
     monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
     sample = torch.randint(3, tiny_lm_config.vocab_size, (2, 32))
     choice, info = choose_precision("auto", lambda: TransformerLM(tiny_lm_config), sample)
-    assert info["probe_fp32_step_s"] > 0 and info["probe_bf16_step_s"] > 0
-    assert choice == ("bf16" if info["probe_bf16_step_s"] < info["probe_fp32_step_s"] else "no")
+    assert info["probe_fp32_matmul_gflops"] > 0 and info["probe_bf16_matmul_gflops"] > 0
+    if info["probe_bf16_matmul_gflops"] < info["probe_fp32_matmul_gflops"]:  # an emulating CPU: no step is timed
+        assert choice == "no" and "probe_bf16_step_s" not in info
+    else:
+        assert info["probe_fp32_step_s"] > 0 and info["probe_bf16_step_s"] > 0
+        assert choice == ("bf16" if info["probe_bf16_step_s"] < info["probe_fp32_step_s"] else "no")
+    assert describe_probe(choice, info).endswith("-> bf16" if choice == "bf16" else "-> fp32")
     assert choose_precision("no", None, sample) == ("no", {})
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "fp16")  # what `accelerate launch` sets from a GPU config
     assert choose_precision("auto", None, sample) == ("fp16", {})
+
+
+@pytest.mark.parametrize("bf16_gflops, steps_timed", [(1.0, False), (400.0, True)])
+def test_auto_precision_times_training_steps_only_where_bf16_matmuls_keep_up(monkeypatch, tiny_lm_config, bf16_gflops,
+                                                                             steps_timed):
+    """A CPU that emulates bf16 (its matmul far below fp32's) keeps fp32 at once; the step probe there would take
+    minutes. Where bf16 matmuls are as fast, the real model's training step decides."""
+    from pocketlm.models.transformer_lm import TransformerLM
+    from pocketlm.training import precision
+
+    monkeypatch.delenv("ACCELERATE_MIXED_PRECISION", raising=False)
+    monkeypatch.setattr(precision, "matmul_peak", lambda dtype, **_: bf16_gflops if dtype == torch.bfloat16 else 100.0)
+    built = []
+    sample = torch.randint(3, tiny_lm_config.vocab_size, (2, 32))
+    choice, info = choose_precision("auto", lambda: built.append(1) or TransformerLM(tiny_lm_config), sample)
+    assert bool(built) == steps_timed and ("probe_bf16_step_s" in info) == steps_timed
+    if not steps_timed:
+        assert choice == "no"
+        assert describe_probe(choice, info) == ("precision: bf16 matmul 1.0 GFLOP/s against fp32 100.0 "
+                                                "(bf16 emulated on this CPU) -> fp32")
 
 
 def test_script_errors_are_one_line(monkeypatch, capsys, tmp_path):

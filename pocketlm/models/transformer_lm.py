@@ -22,6 +22,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from pocketlm.io import atomic_write, write_json
+from pocketlm.models.linear_cross_entropy import linear_cross_entropy
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -283,10 +284,13 @@ class TransformerLM(nn.Module):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None = None,
         labels: torch.Tensor | None = None,
+        return_logits: bool = True,
     ) -> dict[str, torch.Tensor]:
         """Logits (B, T, vocab) for every position; with `labels`, also the mean next-token cross-entropy.
 
-        `labels` are the inputs themselves (shifted here), with -100 where no loss is wanted.
+        `labels` are the inputs themselves (shifted here), with -100 where no loss is wanted. A training step
+        that needs only the loss passes `return_logits=False`: the output projection and the loss then run
+        fused, chunk by chunk (`linear_cross_entropy`), without the (B, T, vocab) logits tensor.
         `attention_mask` (B, T; 1 = token, 0 = padding) lets a right- or left-padded batch run together;
         positions then count real tokens only, so a left-padded prompt sees the same RoPE angles as alone.
         """
@@ -307,7 +311,11 @@ class TransformerLM(nn.Module):
         x = self.model.embed_tokens(input_ids)
         for layer in self.model.layers:
             x = layer(x, cos, sin, mask)
-        logits = self.lm_head(self.model.norm(x))
+        hidden = self.model.norm(x)
+        if labels is not None and not return_logits and torch.is_grad_enabled():
+            targets = labels[:, 1:].reshape(-1)
+            return {"loss": linear_cross_entropy(hidden[:, :-1].reshape(-1, hidden.size(-1)), self.lm_head.weight, targets)}
+        logits = self.lm_head(hidden)
         out = {"logits": logits}
         if labels is not None:
             out["loss"] = F.cross_entropy(

@@ -42,6 +42,7 @@ from pocketlm.io import without_secrets, write_json
 from pocketlm.settings import runs_dir
 from pocketlm.training.checkpoints import pretrain_resume_point
 from pocketlm.training.distributed import mean_over_processes
+from pocketlm.training.precision import choose_precision, describe_probe
 from pocketlm.training.lm_metrics import (
     GENERATION_PROMPTS, bits_per_byte, distinct_n, perplexity, token_byte_lengths, token_nll,
 )
@@ -87,6 +88,9 @@ class PretrainArguments:
     )
     torch_compile: bool = field(default=False, metadata={"help": "torch.compile the model for training and evaluation"})
     fused_optimizer: bool = field(default=True, metadata={"help": "fused AdamW kernel (one pass over all parameters)"})
+    fused_loss: bool = field(
+        default=True, metadata={"help": "output projection and loss in one chunked pass, without the logits tensor"}
+    )
     seed: int = 42
     logging_steps: int = 20
     save_steps: int = 100
@@ -164,41 +168,6 @@ def load_prepared(data_dir: Path):
     if not train:
         raise PocketLMError(f"{data_dir / 'train.jsonl'} holds no chunks")
     return tokenizer, train, validation
-
-
-def time_train_step(model, batch: torch.Tensor, bf16: bool, repeats: int = 2) -> float:
-    """Median seconds of a forward + backward on `batch`, in fp32 or under bf16 autocast (gradients discarded)."""
-    timings = []
-    for i in range(repeats + 1):
-        started = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            loss = model(batch, labels=batch)["loss"]
-        loss.backward()
-        model.zero_grad(set_to_none=True)
-        if i:  # the first run warms up kernels and allocators
-            timings.append(time.perf_counter() - started)
-    return sorted(timings)[len(timings) // 2]
-
-
-def choose_precision(requested: str, model_factory, sample: torch.Tensor) -> tuple[str, dict]:
-    """Resolve `--mixed_precision`: explicit values win, then the accelerate config, then a measurement.
-
-    On CPU, "auto" times a training step of the real model on a real batch in fp32 and under bf16 autocast
-    and keeps bf16 only if it is faster: bf16 pays off where the CPU multiplies bf16 natively (AMX,
-    AVX512-BF16) and costs 3–4× where it is emulated. On GPUs "auto" follows the accelerate config.
-    """
-    import os
-
-    if requested != "auto":
-        return requested, {}
-    configured = os.environ.get("ACCELERATE_MIXED_PRECISION", "no")
-    if configured != "no" or torch.cuda.is_available():
-        return configured, {}
-    model = model_factory()
-    fp32 = time_train_step(model, sample, bf16=False)
-    bf16 = time_train_step(model, sample, bf16=True)
-    choice = "bf16" if bf16 < fp32 else "no"
-    return choice, {"probe_fp32_step_s": fp32, "probe_bf16_step_s": bf16, "probe_batch_tokens": sample.numel()}
 
 
 def learning_rate_at(args: PretrainArguments, step: int, progress: float) -> float:
@@ -344,8 +313,7 @@ def train(args: PretrainArguments, callbacks=(), log=print) -> PretrainResult:
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=args.seed),
     )
     if accelerator.is_main_process and probe_info:
-        log(f"precision: fp32 step {probe_info['probe_fp32_step_s']:.3f} s, bf16 autocast "
-            f"{probe_info['probe_bf16_step_s']:.3f} s -> {'bf16' if precision == 'bf16' else 'fp32'}")
+        log(describe_probe(precision, probe_info))
     run = PretrainRun(args, accelerator, fresh_model(), tokenizer, train_rows, validation_rows,
                       callbacks, log, run_info={"precision": precision, **probe_info})
     run.train()
@@ -524,7 +492,8 @@ class PretrainRun:
         """Forward, backward and (once `gradient_accumulation_steps` batches are in) the optimizer step."""
         batch = without_full_attention_mask(batch)
         with self.accelerator.accumulate(self.model):
-            loss = self.step_model(**batch)["loss"]
+            # Only the loss is needed: with --fused_loss the model computes it without the (B, T, vocab) logits.
+            loss = self.step_model(**batch, return_logits=not self.args.fused_loss)["loss"]
             self.accelerator.backward(loss)
             if self.accelerator.sync_gradients and self.args.max_grad_norm > 0:
                 self.accelerator.clip_grad_norm_(self.model.parameters(), self.args.max_grad_norm)
