@@ -86,6 +86,10 @@ def test_the_throughput_target_compares_the_loop_with_the_fastest_trainer_varian
                                      "'ours bf16 + compile' at 5,000 tokens/s = 1.25× 'Trainer bf16 autocast + "
                                      "torch.compile' (4,000 tokens/s).")
     assert target_verdict(rows(6000.0)).startswith("Target (≥ 1.5× the fastest Trainer variant): met")
+    # With the run's peaks: how far a step of nothing but matmuls, at the faster precision, could go.
+    assert target_verdict(short, {"fp32_gflops": 100.0, "bf16_gflops": 2.0}).endswith(
+        "Ceiling: that Trainer computes 4 model GFLOP/s; at the fp32 matmul peak (100 GFLOP/s) a step of only "
+        "matmuls would be 25.00× it.")
     assert target_verdict(short[:2]) == "target not evaluated (needs a Trainer and a pocketlm variant)"
 
 

@@ -35,16 +35,22 @@ class Variant:
     torch_compile: bool = False
     sdpa_math: bool = False
     """Force PyTorch's unfused "math" attention backend, to measure what the fused SDPA kernel gives."""
+    fused_loss: bool = True
+    """pocketlm's loop only: output projection and loss fused, chunk by chunk (`--fused_loss`); off, it builds the
+    full logits tensor as the `Trainer` does."""
     default: bool = True
     """Part of the default run (which has to fit about 10 minutes of the shared 2-core machine)."""
 
 
 VARIANTS = [
     Variant("trainer_fp32", "trainer", "Trainer fp32"),
+    Variant("trainer_fp32_compile", "trainer", "Trainer fp32 + torch.compile", torch_compile=True),
     Variant("trainer_bf16", "trainer", "Trainer bf16 autocast", bf16=True),
     Variant("trainer_bf16_compile", "trainer", "Trainer bf16 autocast + torch.compile", bf16=True, torch_compile=True),
     Variant("ours_sdpa_math", "pocketlm", "ours, math attention (no fused SDPA)", sdpa_math=True, default=False),
-    Variant("ours_base", "pocketlm", "ours fp32"),
+    Variant("ours_base", "pocketlm", "ours fp32, plain AdamW", default=False),
+    Variant("ours_full_logits", "pocketlm", "ours fp32 + fused AdamW, unfused loss (full logits)", fused_optimizer=True,
+            fused_loss=False),
     Variant("ours_fused", "pocketlm", "ours fp32 + fused AdamW", fused_optimizer=True),
     Variant("ours_bf16", "pocketlm", "ours bf16 autocast + fused AdamW", bf16=True, fused_optimizer=True),
     Variant("ours_compile", "pocketlm", "ours fp32 + fused AdamW + torch.compile", fused_optimizer=True, torch_compile=True),
@@ -68,29 +74,6 @@ class BenchSettings:
     learning_rate: float = 3e-3
     seed: int = 0
     model: dict = field(default_factory=lambda: {"d_model": 256, "n_layers": 4, "n_heads": 4, "d_ff": 688})
-
-
-def matmul_peak(dtype: torch.dtype, size: int = 2048, repeats: int = 5) -> float:
-    """Median GFLOP/s of a square matmul at the current thread count: the practical peak for that dtype."""
-    a, b = torch.randn(size, size, dtype=dtype), torch.randn(size, size, dtype=dtype)
-    a @ b
-    timings = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        a @ b
-        timings.append(time.perf_counter() - started)
-    return 2 * size**3 / sorted(timings)[len(timings) // 2] / 1e9
-
-
-def cpu_bf16_support() -> str:
-    """What the CPU offers bf16 matmuls: AMX tiles, AVX512-BF16 dot products, or neither (then bf16 is emulated)."""
-    try:
-        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags")).split()
-    except (OSError, StopIteration):
-        return "CPU flags unknown"
-    found = [name for name in ("amx_bf16", "avx512_bf16", "avx512f") if name in flags]
-    native = "amx_bf16" in flags or "avx512_bf16" in flags
-    return f"CPU flags {'/'.join(found) or 'none of amx_bf16/avx512_bf16/avx512f'}: bf16 matmul {'native' if native else 'not native (no AMX, no AVX512-BF16)'}"
 
 
 def median_round(rounds: list[dict]) -> dict:
@@ -185,6 +168,7 @@ def run_variant(variant: Variant, settings: BenchSettings) -> dict:
         "name": variant.name, "label": variant.label, "loop": variant.loop, "bf16": variant.bf16,
         "batch_size": variant.batch_size, "fused_optimizer": variant.fused_optimizer,
         "torch_compile": variant.torch_compile, "sdpa": "math" if variant.sdpa_math else "fused (is_causal)",
+        "fused_loss": variant.loop == "pocketlm" and variant.fused_loss,
         "steps": settings.steps, "timed_steps": timed_steps, "seq_len": seq_len,
         # The median step: robust to bursts of other work on a shared machine; the mean is kept beside it.
         "tokens_per_second": tokens_per_step / summarize(step_seconds)["median"],
@@ -221,7 +205,8 @@ def _train_with_pocketlm(variant, settings, data, init, timer) -> None:
         data_dir=str(data), output_dir=str(settings.work_dir / f"out-{variant.name}"), resume=False, publish=False,
         max_steps=settings.steps, per_device_train_batch_size=variant.batch_size, learning_rate=settings.learning_rate,
         warmup_steps=5, masking="none", mixed_precision="bf16" if variant.bf16 else "no",
-        fused_optimizer=variant.fused_optimizer, torch_compile=variant.torch_compile, logging_steps=1,
+        fused_optimizer=variant.fused_optimizer, fused_loss=variant.fused_loss, torch_compile=variant.torch_compile,
+        logging_steps=1,
         save_steps=10**9, generation_prompts=0, seed=settings.seed, init_from=str(init), **settings.model,
     )
     train(args, callbacks=[timer], log=lambda *a, **k: None)
