@@ -200,7 +200,7 @@ def target_verdict(rows: list[dict], peaks: dict | None = None) -> str:
 
 def plot(rows: list[dict], figure, threads: int) -> None:
     """Tokens/s per variant (Trainer grey, pocketlm's loop blue) with MFU, and the target line."""
-    figure.set_size_inches(9, 0.5 * len(rows) + 1.5)
+    figure.set_size_inches(9, 0.5 * len(rows) + 2)
     ax = figure.add_subplot()
     labels = [r["label"] for r in rows]
     values = [r["tokens_per_second"] for r in rows]
@@ -211,7 +211,7 @@ def plot(rows: list[dict], figure, threads: int) -> None:
     trainer_best = max((r["tokens_per_second"] for r in rows if r["loop"] == "trainer"), default=None)
     if trainer_best:
         ax.axvline(1.5 * trainer_best, color="#c0392b", linestyle="--", label="target: 1.5 × the fastest Trainer")
-        ax.legend(loc="lower right")
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), frameon=False)  # below: bars and labels fill the axes
     ax.invert_yaxis()
     ax.set_xlabel("training tokens / s (higher is better)")
     ax.set_title(f"Pretraining throughput ({threads} threads)")
