@@ -95,6 +95,24 @@ def test_the_fused_loss_gives_the_models_loss_and_gradients(tie):
         assert torch.allclose(p.grad, expected[name], atol=1e-6, rtol=1e-4), name
 
 
+def test_the_fused_loss_keeps_no_logits_for_the_backward():
+    """What autograd holds between forward and backward: with the full logits, (B, T, vocab)-sized tensors; fused,
+    nothing larger than the output weight's gradient."""
+    torch.manual_seed(0)
+    model = TransformerLM(TransformerLMConfig(vocab_size=2000, d_model=32, n_layers=1, n_heads=2, d_ff=64))
+    ids = torch.randint(0, 2000, (4, 64))
+    logits_elements = 4 * 63 * 2000
+
+    def largest_saved(return_logits: bool) -> int:
+        sizes = []
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: sizes.append(t.numel()) or t, lambda t: t):
+            model(ids, labels=ids, return_logits=return_logits)["loss"].backward()
+        return max(sizes)
+
+    assert largest_saved(True) >= logits_elements
+    assert largest_saved(False) <= 2000 * 32
+
+
 def test_the_fused_loss_under_bf16_autocast_matches_the_autocast_logits_path():
     """bf16 matmuls, float32 softmax on both paths: the loss agrees to bf16's precision, the gradients point the same way."""
     torch.manual_seed(0)
