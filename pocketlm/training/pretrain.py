@@ -42,10 +42,10 @@ from pocketlm.io import without_secrets, write_json
 from pocketlm.settings import runs_dir
 from pocketlm.training.checkpoints import pretrain_resume_point
 from pocketlm.training.distributed import mean_over_processes
-from pocketlm.training.precision import choose_precision, describe_probe
 from pocketlm.training.lm_metrics import (
     GENERATION_PROMPTS, bits_per_byte, distinct_n, perplexity, token_byte_lengths, token_nll,
 )
+from pocketlm.training.precision import choose_precision, describe_probe
 
 LAST_CHECKPOINT = "last"
 BEST_CHECKPOINT = "best"
