@@ -4,7 +4,8 @@
     python benchmarks/pretrain_throughput.py --profile ours_bf16   # where one variant's step goes → profile-ours_bf16.md
 
 Same Llama config (4 layers, d256, vocab of the prepared corpus, 512-token chunks), same initial weights,
-same chunks, same number of steps and learning-rate schedule for every variant, each in its own process;
+same chunks, same number of steps, peak learning rate and warm-up for every variant, each in its own process
+(the loop's cosine ends at 10 % of the peak, the `Trainer`'s at 0, so final losses differ a little);
 tokens/s after `--warmup_steps`, the final loss (mean of the last 5 steps), and MFU against the fp32/bf16
 matmul peaks measured at the start of the same run. Variants toggle one optimisation at a time (fused
 SDPA, fused AdamW, the fused output projection + loss, bf16 autocast, torch.compile, batch size) to record what
