@@ -246,8 +246,8 @@ def test_completions_run_on_either_scheduler_and_a_client_that_leaves_frees_its_
     from pocketlm.serving.app import create_app
     from pocketlm.serving.models import ServingModels
 
-    # each graph call 5 ms slower: the long stream below is still running when its client hangs up, on any host
-    app = create_app(ServingModels(lm=slowed(lm, 0.005)), LIMITS, scheduler)
+    slow_lm = slowed(lm, 0.005)
+    app = create_app(ServingModels(lm=slow_lm), LIMITS, scheduler)
     expected, finish = greedy(lm, PROMPT, 16)
     stop = expected[8:11]
     with serving(app, LIMITS) as url:
@@ -259,9 +259,13 @@ def test_completions_run_on_either_scheduler_and_a_client_that_leaves_frees_its_
 
         body = {"model": lm.id, "prompt": PROMPT, "max_tokens": 256 - len(lm.runtime.encode(PROMPT)), "stream": True,
                 "temperature": 0}
-        with httpx.stream("POST", url + "/v1/completions", json=body, timeout=60) as response:
-            first = next(response.iter_lines())
-            assert first.startswith("data: {") and app.state.admission.in_flight == 1
+        slow_lm.runtime.session.hold_after(1)  # the prefill makes the first token; the next step waits
+        try:
+            with httpx.stream("POST", url + "/v1/completions", json=body, timeout=60) as response:
+                first = next(response.iter_lines())
+                assert first.startswith("data: {") and app.state.admission.in_flight == 1
+        finally:
+            slow_lm.runtime.session.release()
         deadline = time.monotonic() + 10  # the client hung up after one chunk: its place is given back
         while app.state.admission.in_flight and time.monotonic() < deadline:
             time.sleep(0.05)
