@@ -113,6 +113,9 @@ def orchestrate(args, names, settings) -> int:
              "threads": args.threads, "cpu_bf16": cpu_bf16_support()}
     print(f"matmul peak at {args.threads} threads: fp32 {peaks['fp32_gflops']:.0f} GFLOP/s, bf16 "
           f"{peaks['bf16_gflops']:.1f} GFLOP/s ({peaks['cpu_bf16']})", flush=True)
+    peaks.update(attention_floor(settings, peaks))
+    print(f"fused causal attention, forward + backward, all layers: {peaks['attention_s_per_token'] * 1e6:.1f} µs a "
+          f"token in {peaks['attention_dtype']}", flush=True)
     if args.variants is None and peaks["bf16_gflops"] < peaks["fp32_gflops"]:
         # Emulated bf16 (1/100 of fp32's speed on an AVX2-only CPU) would take hours and cannot be anyone's
         # fastest variant; name the variants in --variants to run them anyway.
@@ -139,6 +142,23 @@ def orchestrate(args, names, settings) -> int:
             break
     print(f"results in {folder} ({time.perf_counter() - started:.0f} s)")
     return 0
+
+
+def attention_floor(settings, peaks: dict) -> dict:
+    """The attention kernels' time per token for the benchmark's model, in the faster matmul precision, at the
+    `Trainer` variants' batch: the part of a step the ceiling cannot count at the matmul peak."""
+    import torch
+
+    from pocketlm.data.corpus import read_chunks_jsonl
+    from pocketlm.training.throughput import VARIANTS_BY_NAME, attention_seconds_per_token
+
+    bf16 = peaks["bf16_gflops"] > peaks["fp32_gflops"]
+    model = settings.model
+    seq_len = len(read_chunks_jsonl(settings.data_dir / "validation.jsonl")[0]["input_ids"])
+    per_token = attention_seconds_per_token(VARIANTS_BY_NAME["trainer_fp32"].batch_size, seq_len, model["n_heads"],
+                                            model["d_model"] // model["n_heads"], model["n_layers"],
+                                            torch.bfloat16 if bf16 else torch.float32)
+    return {"attention_s_per_token": per_token, "attention_dtype": "bf16" if bf16 else "fp32"}
 
 
 def write_results(args, rows, peaks, rounds_done) -> Path:
@@ -181,7 +201,8 @@ def target_verdict(rows: list[dict], peaks: dict | None = None) -> str:
     """The target: the best pocketlm variant at ≥ 1.5× the tokens/s of the fastest `Trainer` variant measured
     (the `Trainer` at its best: fp32, bf16 autocast or compiled, whichever this host runs fastest). With the
     run's matmul `peaks`, also the ceiling: how far above the fastest Trainer the same model FLOPs could go if a
-    step did nothing but matmuls at the faster precision's peak."""
+    step did nothing but matmuls at the faster precision's peak — and, where the run timed the attention kernels,
+    a step of the weight matmuls at that peak plus attention at its measured speed, with nothing else."""
     ours = [r for r in rows if r["loop"] == "pocketlm"]
     trainers = [r for r in rows if r["loop"] == "trainer"]
     if not ours or not trainers:
@@ -196,6 +217,12 @@ def target_verdict(rows: list[dict], peaks: dict | None = None) -> str:
         precision, peak = max((("fp32", peaks["fp32_gflops"]), ("bf16", peaks["bf16_gflops"])), key=lambda p: p[1])
         text += (f" Ceiling: that Trainer computes {reference['model_gflops']:.0f} model GFLOP/s; at the {precision} "
                  f"matmul peak ({peak:.0f} GFLOP/s) a step of only matmuls would be {peak / reference['model_gflops']:.2f}× it.")
+        if "attention_s_per_token" in peaks and "matmul_flops_per_token" in reference:
+            floor_s = reference["matmul_flops_per_token"] / (peak * 1e9) + peaks["attention_s_per_token"]
+            text += (f" With attention timed as it runs (the fused kernels, forward and backward: "
+                     f"{peaks['attention_s_per_token'] * 1e6:.1f} µs a token), the weight matmuls at the peak and "
+                     f"nothing else — no norms, activations, embedding or optimizer — would be "
+                     f"{1 / floor_s / reference['tokens_per_second']:.2f}× it.")
     return text
 
 

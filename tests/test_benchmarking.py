@@ -90,7 +90,29 @@ def test_the_throughput_target_compares_the_loop_with_the_fastest_trainer_varian
     assert target_verdict(short, {"fp32_gflops": 100.0, "bf16_gflops": 2.0}).endswith(
         "Ceiling: that Trainer computes 4 model GFLOP/s; at the fp32 matmul peak (100 GFLOP/s) a step of only "
         "matmuls would be 25.00× it.")
+    # With the attention kernels timed too: the weight matmuls (0.9 of the model FLOPs here) at the peak take 9 µs a
+    # token, attention 4 µs, so at best 1 / 13 µs = 76,923 tokens/s, 19.23× the Trainer's 4,000.
+    for row in short:
+        row["matmul_flops_per_token"] = 0.9e6
+    assert target_verdict(short, {"fp32_gflops": 100.0, "bf16_gflops": 2.0, "attention_s_per_token": 4e-6}).endswith(
+        "matmuls would be 25.00× it. With attention timed as it runs (the fused kernels, forward and backward: 4.0 µs "
+        "a token), the weight matmuls at the peak and nothing else — no norms, activations, embedding or optimizer — "
+        "would be 19.23× it.")
     assert target_verdict(short[:2]) == "target not evaluated (needs a Trainer and a pocketlm variant)"
+
+
+def test_the_attention_floor_times_the_fused_kernels_forward_and_backward():
+    import torch
+
+    from pocketlm.models.transformer_lm import TransformerLMConfig
+    from pocketlm.training.throughput import attention_seconds_per_token, flops_per_token, matmul_flops_per_token
+
+    one_layer = attention_seconds_per_token(2, 64, 2, 16, n_layers=1, repeats=2)
+    assert 0 < one_layer < 0.01  # a tiny shape: microseconds a token, measured, not assumed
+    assert 0 < attention_seconds_per_token(2, 64, 2, 16, n_layers=1, dtype=torch.bfloat16, repeats=1) < 0.1
+    config = TransformerLMConfig(vocab_size=100, d_model=32, n_layers=2, n_heads=2, d_ff=64)
+    assert matmul_flops_per_token(config) == 6 * (2 * (4 * 32 * 32 + 3 * 32 * 64) + 32 * 100)
+    assert flops_per_token(config, 64) - matmul_flops_per_token(config) == 6 * 2 * 64 * 32
 
 
 def test_steal_share_is_the_hypervisors_part_of_the_cpu_time_between_two_readings():

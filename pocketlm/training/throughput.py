@@ -82,16 +82,43 @@ def median_round(rounds: list[dict]) -> dict:
     return {**ordered[(len(ordered) - 1) // 2], "rounds_tokens_per_second": [r["tokens_per_second"] for r in rounds]}
 
 
-def flops_per_token(config, seq_len: int) -> float:
-    """Training FLOPs per token: 6 × matmul parameters (forward 2, backward 4) + causal attention scores.
+def matmul_flops_per_token(config) -> float:
+    """Training FLOPs per token of the weight matmuls: 6 × matmul parameters (forward 2, backward 4).
 
     Matmul parameters are every linear layer including the output projection (tied or not: the product is
-    computed either way), not the embedding lookup. Attention adds QKᵀ and AV: 2 × 2 × T × d per token per
-    layer forward, halved by causality, tripled for forward + backward → 6 × T × d per layer.
+    computed either way), not the embedding lookup.
     """
     per_layer = 4 * config.d_model * config.d_model + 3 * config.d_model * config.d_ff
-    matmul_params = config.n_layers * per_layer + config.d_model * config.vocab_size
-    return 6 * matmul_params + 6 * config.n_layers * seq_len * config.d_model
+    return 6 * (config.n_layers * per_layer + config.d_model * config.vocab_size)
+
+
+def flops_per_token(config, seq_len: int) -> float:
+    """Training FLOPs per token: the weight matmuls + causal attention scores. Attention adds QKᵀ and AV:
+    2 × 2 × T × d per token per layer forward, halved by causality, tripled for forward + backward → 6 × T × d
+    per layer."""
+    return matmul_flops_per_token(config) + 6 * config.n_layers * seq_len * config.d_model
+
+
+def attention_seconds_per_token(batch_size: int, seq_len: int, n_heads: int, head_dim: int, n_layers: int,
+                                dtype: torch.dtype = torch.float32, repeats: int = 5) -> float:
+    """The fused causal attention kernels' time per token, forward and backward over all layers (the fastest of
+    `repeats` at the current thread count).
+
+    The matmul peak does not bound this part of a step: attention's products have an inner dimension of one
+    head (64), which CPUs run far below the square-matmul peak, so the ceiling adds this measured time instead.
+    """
+    import torch.nn.functional as F
+
+    generator = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(batch_size, n_heads, seq_len, head_dim, generator=generator, dtype=dtype, requires_grad=True)
+               for _ in range(3))
+    grad = torch.randn(batch_size, n_heads, seq_len, head_dim, generator=generator, dtype=dtype)
+    timings = []
+    for _ in range(repeats + 1):  # the first call warms the kernel up
+        started = time.perf_counter()
+        F.scaled_dot_product_attention(q, k, v, is_causal=True).backward(grad)
+        timings.append(time.perf_counter() - started)
+    return min(timings[1:]) * n_layers / (batch_size * seq_len)
 
 
 def step_timer():
@@ -176,7 +203,8 @@ def run_variant(variant: Variant, settings: BenchSettings) -> dict:
         "seconds_per_step": summarize(step_seconds)["median"], "step_seconds": step_seconds,
         "first_steps_seconds": timer.times[settings.warmup_steps - 1] - started, "wall_seconds": wall,
         "final_loss": sum(losses[-5:]) / len(losses[-5:]), "losses": losses,
-        "flops_per_token": flops_per_token(config, seq_len), "threads": settings.threads,
+        "flops_per_token": flops_per_token(config, seq_len), "matmul_flops_per_token": matmul_flops_per_token(config),
+        "threads": settings.threads,
     }
 
 
