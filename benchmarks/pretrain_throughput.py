@@ -149,16 +149,16 @@ def attention_floor(settings, peaks: dict) -> dict:
     `Trainer` variants' batch: the part of a step the ceiling cannot count at the matmul peak."""
     import torch
 
-    from pocketlm.data.corpus import read_chunks_jsonl
-    from pocketlm.training.throughput import VARIANTS_BY_NAME, attention_seconds_per_token
+    from pocketlm.training.throughput import (
+        VARIANTS_BY_NAME, attention_seconds_per_token, chunk_length, faster_matmul_precision,
+    )
 
-    bf16 = peaks["bf16_gflops"] > peaks["fp32_gflops"]
+    precision, _ = faster_matmul_precision(peaks)
     model = settings.model
-    seq_len = len(read_chunks_jsonl(settings.data_dir / "validation.jsonl")[0]["input_ids"])
-    per_token = attention_seconds_per_token(VARIANTS_BY_NAME["trainer_fp32"].batch_size, seq_len, model["n_heads"],
-                                            model["d_model"] // model["n_heads"], model["n_layers"],
-                                            torch.bfloat16 if bf16 else torch.float32)
-    return {"attention_s_per_token": per_token, "attention_dtype": "bf16" if bf16 else "fp32"}
+    per_token = attention_seconds_per_token(VARIANTS_BY_NAME["trainer_fp32"].batch_size, chunk_length(settings.data_dir),
+                                            model["n_heads"], model["d_model"] // model["n_heads"], model["n_layers"],
+                                            {"fp32": torch.float32, "bf16": torch.bfloat16}[precision])
+    return {"attention_s_per_token": per_token, "attention_dtype": precision}
 
 
 def write_results(args, rows, peaks, rounds_done) -> Path:
@@ -203,6 +203,8 @@ def target_verdict(rows: list[dict], peaks: dict | None = None) -> str:
     run's matmul `peaks`, also the ceiling: how far above the fastest Trainer the same model FLOPs could go if a
     step did nothing but matmuls at the faster precision's peak — and, where the run timed the attention kernels,
     a step of the weight matmuls at that peak plus attention at its measured speed, with nothing else."""
+    from pocketlm.training.throughput import faster_matmul_precision
+
     ours = [r for r in rows if r["loop"] == "pocketlm"]
     trainers = [r for r in rows if r["loop"] == "trainer"]
     if not ours or not trainers:
@@ -214,7 +216,7 @@ def target_verdict(rows: list[dict], peaks: dict | None = None) -> str:
             f"{best['tokens_per_second']:,.0f} tokens/s = {ratio:.2f}× '{reference['label']}' "
             f"({reference['tokens_per_second']:,.0f} tokens/s).")
     if peaks and reference.get("model_gflops"):
-        precision, peak = max((("fp32", peaks["fp32_gflops"]), ("bf16", peaks["bf16_gflops"])), key=lambda p: p[1])
+        precision, peak = faster_matmul_precision(peaks)
         text += (f" Ceiling: that Trainer computes {reference['model_gflops']:.0f} model GFLOP/s; at the {precision} "
                  f"matmul peak ({peak:.0f} GFLOP/s) a step of only matmuls would be {peak / reference['model_gflops']:.2f}× it.")
         if "attention_s_per_token" in peaks and "matmul_flops_per_token" in reference:

@@ -82,6 +82,16 @@ def median_round(rounds: list[dict]) -> dict:
     return {**ordered[(len(ordered) - 1) // 2], "rounds_tokens_per_second": [r["tokens_per_second"] for r in rounds]}
 
 
+def chunk_length(data_dir: Path) -> int:
+    """Tokens per chunk of a prepared corpus (every chunk has the same length): read off its first validation chunk."""
+    return len(read_chunks_jsonl(data_dir / "validation.jsonl")[0]["input_ids"])
+
+
+def faster_matmul_precision(peaks: dict) -> tuple[str, float]:
+    """("fp32" or "bf16", its GFLOP/s): the precision whose measured matmul peak is higher on this host."""
+    return max((("fp32", peaks["fp32_gflops"]), ("bf16", peaks["bf16_gflops"])), key=lambda p: p[1])
+
+
 def matmul_flops_per_token(config) -> float:
     """Training FLOPs per token of the weight matmuls: 6 × matmul parameters (forward 2, backward 4).
 
@@ -177,7 +187,7 @@ def run_variant(variant: Variant, settings: BenchSettings) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(data / "tokenizer")
     init = initial_weights(settings, len(tokenizer), tokenizer)
     config = TransformerLMConfig.from_llama_dict(json.loads((init / "config.json").read_text()))
-    seq_len = len(read_chunks_jsonl(data / "validation.jsonl")[0]["input_ids"])
+    seq_len = chunk_length(data)
     timer = step_timer()
     context = torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.MATH) if variant.sdpa_math else nullcontext()
     started = time.perf_counter()
