@@ -270,3 +270,41 @@ def test_best_checkpoint_keeps_the_better_model_when_a_later_evaluation_is_worse
     assert better["step"] == 3 and same(better["saved"], 3)
     assert (state.best_metric, state.best_global_step) == (40.0, 3)
     assert (tmp_path / "best" / "tokenizer.json").is_file() and not list(tmp_path.glob(".*staging"))
+
+
+@pytest.mark.slow
+def test_torch_compile_compiles_the_decoder_layers_and_trains_as_eager_does(prepared_corpus, tmp_path):
+    """--torch_compile compiles each decoder layer in place (regional compilation): the same losses as eager to
+    float tolerance, evaluation and sampling run eager, and the best checkpoint is a plain Llama folder."""
+    from torch._dynamo.utils import counters
+    from transformers import AutoModelForCausalLM, TrainerCallback
+
+    from pocketlm.training.pretrain import train
+
+    class Losses(TrainerCallback):
+        def __init__(self):
+            self.losses = []
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and "loss" in logs:
+                self.losses.append(logs["loss"])
+
+    results = {}
+    counters.clear()
+    for compiled in (False, True):
+        losses = Losses()
+        args = PretrainArguments(
+            data_dir=str(prepared_corpus), output_dir=str(tmp_path / f"run-{compiled}"), d_model=32, n_layers=2,
+            n_heads=2, d_ff=64, max_steps=3, per_device_train_batch_size=4, eval_max_chunks=4, logging_steps=1,
+            save_steps=1000, warmup_steps=1, mixed_precision="no", generation_prompts=1, generation_tokens=4,
+            publish=False, torch_compile=compiled,
+        )
+        results[compiled] = (train(args, callbacks=[losses], log=lambda message: None), losses.losses)
+    graphs = counters["stats"]["unique_graphs"]
+    (eager, eager_losses), (compiled, compiled_losses) = results[False], results[True]
+    assert len(compiled_losses) == len(eager_losses) == 3
+    assert compiled_losses == pytest.approx(eager_losses, rel=1e-4)
+    assert compiled.summary["best_eval_ppl"] == pytest.approx(eager.summary["best_eval_ppl"], rel=1e-4)
+    assert graphs > 0  # dynamo did compile
+    model = AutoModelForCausalLM.from_pretrained(compiled.best_dir)  # no "_orig_mod." prefixes
+    assert model.config.num_hidden_layers == 2

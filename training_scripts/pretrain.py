@@ -48,4 +48,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run(main)
+    run(main, tcmalloc=True)

@@ -33,4 +33,4 @@ def main(args: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    run(main)
+    run(main, tcmalloc=True)

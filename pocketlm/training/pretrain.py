@@ -33,6 +33,7 @@ from pathlib import Path
 import torch
 
 from pocketlm import TINY_LM
+from pocketlm.allocator import loaded_allocator
 from pocketlm.data.collator import MODES, CustomDataCollator
 from pocketlm.data.corpus import default_prepared_dir, read_chunks_jsonl
 from pocketlm.errors import ConfigError, PocketLMError
@@ -86,7 +87,7 @@ class PretrainArguments:
         default="auto",
         metadata={"help": "no | bf16 | fp16 | auto (the accelerate config's setting; on CPU, bf16 only where timed faster)"},
     )
-    torch_compile: bool = field(default=False, metadata={"help": "torch.compile the model for training and evaluation"})
+    torch_compile: bool = field(default=False, metadata={"help": "torch.compile the decoder layers for training (evaluation runs eager)"})
     fused_optimizer: bool = field(default=True, metadata={"help": "fused AdamW kernel (one pass over all parameters)"})
     fused_loss: bool = field(
         default=True, metadata={"help": "output projection and loss in one chunked pass, without the logits tensor"}
@@ -399,8 +400,13 @@ class PretrainRun:
         self.model, self.optimizer, self.train_loader, self.eval_loader = accelerator.prepare(
             model, optimizer, train_loader, eval_loader
         )
-        self.step_model = torch.compile(self.model) if args.torch_compile else self.model
         self.unwrapped = accelerator.unwrap_model(self.model)
+        if args.torch_compile:
+            # Regional compilation (PyTorch's recipe): the decoder layers, in place. They are identical, so one
+            # graph serves them all and compiling takes seconds; the fused loss's autograd Function would break a
+            # whole-model graph, and that ran slower than eager on the 2-core CPU (benchmarks/pretrain_throughput.py).
+            for layer in self.unwrapped.model.layers:
+                layer.compile()
 
         self.token_bytes = token_byte_lengths(tokenizer)
         self.chunk_length = len(train_rows[0]["input_ids"])
@@ -455,7 +461,8 @@ class PretrainRun:
             write_json(self.output_dir / "pretrain_args.json", without_secrets(asdict(args)))
             self.log(f"{self.unwrapped.num_parameters():,} parameters | {self.train_chunks:,} train chunks of "
                      f"{self.chunk_length} | {self.total_steps} steps of {self.tokens_per_step:,} tokens | precision "
-                     f"{self.progress['precision']} | {accelerator.num_processes} process(es) on {accelerator.device}")
+                     f"{self.progress['precision']} | {accelerator.num_processes} process(es) on {accelerator.device} | "
+                     f"malloc {loaded_allocator()}")
         self.control = self.callbacks.on_train_begin(args, self.state, self.control)
         self.bar = tqdm(total=self.total_steps, initial=self.state.global_step, desc="pretraining", unit="step",
                         disable=not accelerator.is_local_main_process, dynamic_ncols=True)
@@ -493,7 +500,7 @@ class PretrainRun:
         batch = without_full_attention_mask(batch)
         with self.accelerator.accumulate(self.model):
             # Only the loss is needed: with --fused_loss the model computes it without the (B, T, vocab) logits.
-            loss = self.step_model(**batch, return_logits=not self.args.fused_loss)["loss"]
+            loss = self.model(**batch, return_logits=not self.args.fused_loss)["loss"]
             self.accelerator.backward(loss)
             if self.accelerator.sync_gradients and self.args.max_grad_norm > 0:
                 self.accelerator.clip_grad_norm_(self.model.parameters(), self.args.max_grad_norm)
@@ -545,11 +552,13 @@ class PretrainRun:
         evaluation: one log record, then `on_evaluate`."""
         args, state = self.args, self.state
         self.close_window()
-        # The uncompiled model evaluates: a compiled one would recompile for no_grad and for the short last batch.
-        eval_metrics = (evaluate(self.model, self.eval_loader, self.accelerator, self.token_bytes)
-                        if len(self.eval_loader) else {})
-        prompts = GENERATION_PROMPTS[: args.generation_prompts]
-        samples = sample_texts(self.unwrapped, self.tokenizer, prompts, args.generation_tokens, seed=args.seed) if prompts else []
+        # Evaluation runs eager: compiled layers would compile again for no_grad and for every new length.
+        with torch.compiler.set_stance("force_eager"):
+            eval_metrics = (evaluate(self.model, self.eval_loader, self.accelerator, self.token_bytes)
+                            if len(self.eval_loader) else {})
+            prompts = GENERATION_PROMPTS[: args.generation_prompts]
+            samples = (sample_texts(self.unwrapped, self.tokenizer, prompts, args.generation_tokens, seed=args.seed)
+                       if prompts else [])
         record = {
             "step": state.global_step, "epoch": round(state.epoch, 4),
             "train_loss": (sum(self.losses_since_evaluation) / len(self.losses_since_evaluation)

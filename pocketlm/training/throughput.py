@@ -12,6 +12,7 @@ measured in the same run for the variant's precision.
 from __future__ import annotations
 
 import json
+import resource
 import shutil
 import time
 from contextlib import nullcontext
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from pocketlm.allocator import loaded_allocator
 from pocketlm.data.corpus import read_chunks_jsonl, write_chunks_jsonl
 from pocketlm.training.lm_metrics import summarize
 
@@ -38,20 +40,30 @@ class Variant:
     fused_loss: bool = True
     """pocketlm's loop only: output projection and loss fused, chunk by chunk (`--fused_loss`); off, it builds the
     full logits tensor as the `Trainer` does."""
+    allocator: str = "tcmalloc"
+    """The malloc the variant's process runs on: "tcmalloc" (where installed, as the training scripts choose;
+    `pocketlm.allocator`) or "system", to measure what the allocator gives."""
     default: bool = True
     """Part of the default run (which has to fit about 10 minutes of the shared 2-core machine)."""
 
 
 VARIANTS = [
-    Variant("trainer_fp32", "trainer", "Trainer fp32"),
-    Variant("trainer_fp32_compile", "trainer", "Trainer fp32 + torch.compile", torch_compile=True),
-    Variant("trainer_bf16", "trainer", "Trainer bf16 autocast", bf16=True),
-    Variant("trainer_bf16_compile", "trainer", "Trainer bf16 autocast + torch.compile", bf16=True, torch_compile=True),
+    # The Trainer with its default optimizer (fused AdamW, "adamw_torch_fused"), as its users get it.
+    Variant("trainer_fp32", "trainer", "Trainer fp32", fused_optimizer=True),
+    Variant("trainer_fp32_compile", "trainer", "Trainer fp32 + torch.compile", fused_optimizer=True, torch_compile=True),
+    Variant("trainer_bf16", "trainer", "Trainer bf16 autocast", bf16=True, fused_optimizer=True),
+    Variant("trainer_bf16_compile", "trainer", "Trainer bf16 autocast + torch.compile", bf16=True, fused_optimizer=True,
+            torch_compile=True),
+    # What tcmalloc gives each loop: the fastest fp32 variants again on the C library's malloc.
+    Variant("trainer_fp32_compile_system_malloc", "trainer", "Trainer fp32 + torch.compile, system malloc",
+            fused_optimizer=True, torch_compile=True, allocator="system"),
     Variant("ours_sdpa_math", "pocketlm", "ours, math attention (no fused SDPA)", sdpa_math=True, default=False),
     Variant("ours_base", "pocketlm", "ours fp32, plain AdamW", default=False),
     Variant("ours_full_logits", "pocketlm", "ours fp32 + fused AdamW, unfused loss (full logits)", fused_optimizer=True,
             fused_loss=False),
     Variant("ours_fused", "pocketlm", "ours fp32 + fused AdamW", fused_optimizer=True),
+    Variant("ours_fused_system_malloc", "pocketlm", "ours fp32 + fused AdamW, system malloc", fused_optimizer=True,
+            allocator="system"),
     Variant("ours_bf16", "pocketlm", "ours bf16 autocast + fused AdamW", bf16=True, fused_optimizer=True),
     Variant("ours_compile", "pocketlm", "ours fp32 + fused AdamW + torch.compile", fused_optimizer=True, torch_compile=True),
     Variant("ours_bf16_compile", "pocketlm", "ours bf16 autocast + fused AdamW + torch.compile", bf16=True,
@@ -214,7 +226,9 @@ def run_variant(variant: Variant, settings: BenchSettings) -> dict:
         "first_steps_seconds": timer.times[settings.warmup_steps - 1] - started, "wall_seconds": wall,
         "final_loss": sum(losses[-5:]) / len(losses[-5:]), "losses": losses,
         "flops_per_token": flops_per_token(config, seq_len), "matmul_flops_per_token": matmul_flops_per_token(config),
-        "threads": settings.threads,
+        "threads": settings.threads, "allocator": loaded_allocator(),
+        # the process's peak resident memory: what tcmalloc's keeping of freed memory costs (Linux reports kB)
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
 
 
@@ -237,12 +251,13 @@ def _train_with_trainer(variant, settings, data, init, tokenizer, timer) -> None
 
 
 def _train_with_pocketlm(variant, settings, data, init, timer) -> None:
+    # min_lr_ratio 0: the cosine ends at 0, as the Trainer's does, so the final losses compare too.
     from pocketlm.training.pretrain import PretrainArguments, train
 
     args = PretrainArguments(
         data_dir=str(data), output_dir=str(settings.work_dir / f"out-{variant.name}"), resume=False, publish=False,
         max_steps=settings.steps, per_device_train_batch_size=variant.batch_size, learning_rate=settings.learning_rate,
-        warmup_steps=5, masking="none", mixed_precision="bf16" if variant.bf16 else "no",
+        warmup_steps=5, min_lr_ratio=0.0, masking="none", mixed_precision="bf16" if variant.bf16 else "no",
         fused_optimizer=variant.fused_optimizer, fused_loss=variant.fused_loss, torch_compile=variant.torch_compile,
         logging_steps=1,
         save_steps=10**9, generation_prompts=0, seed=settings.seed, init_from=str(init), **settings.model,
