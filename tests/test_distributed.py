@@ -21,53 +21,12 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from pocketlm.data import corpus_folder
-
-REPO = Path(__file__).resolve().parents[1]
-CPU2 = "accelerate_configs/cpu_multiprocess.yaml"
-DRIVER = "tests/distributed_pretrain_driver.py"
-# Small enough for seconds per run, big enough that steps move the loss: 8 steps, eval on 7 chunks in batches of 2
-# (uneven over 2 processes: 4 batches, the last one holding a single chunk).
-PRETRAIN = ["--d_model", "32", "--n_layers", "2", "--n_heads", "2", "--d_ff", "64", "--max_steps", "8",
-            "--learning_rate", "3e-3", "--warmup_steps", "2", "--logging_steps", "1", "--save_steps", "4",
-            "--eval_max_chunks", "7", "--per_device_eval_batch_size", "2", "--generation_prompts", "0",
-            "--mixed_precision", "no", "--masking", "none", "--seed", "7"]
-
-
-def _env(tmp_path: Path) -> dict:
-    return {**os.environ, "PYTHONPATH": str(REPO), "POCKETLM_HUB_DIR": str(tmp_path / "hub"),
-            "POCKETLM_RUNS_DIR": str(tmp_path / "runs"), "OMP_NUM_THREADS": "1"}
-
-
-def _launch(args: list[str], env: dict, config: str | None = CPU2, check: bool = True, timeout: int = 300):
-    launcher = [sys.executable, "-m", "accelerate.commands.launch"] + (["--config_file", config] if config else [])
-    result = subprocess.run(launcher + args, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
-    if check:
-        assert result.returncode == 0, f"{args}\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
-    return result
+from launching import CPU2, DRIVER, REPO, launch, launch_env, prepare_small_corpus, pretrain_args, recorded_losses
 
 
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
-    """The real preparation on 12 WikiText-2 articles: a 320-token BPE vocabulary, 64-token chunks."""
-    from pocketlm.data.corpus import prepare_corpus, read_text_folder
-
-    texts = tmp_path_factory.mktemp("texts")
-    for path in sorted(corpus_folder().glob("*.txt"))[:12]:
-        (texts / path.name).write_text(path.read_text(encoding="utf-8"), encoding="utf-8")
-    out = tmp_path_factory.mktemp("corpus")
-    prepare_corpus(read_text_folder(texts), out, vocab_size=320, chunk_length=64, validation_ratio=0.1)
-    return out
-
-
-def _pretrain_args(corpus: Path, output_dir: Path, batch: int) -> list[str]:
-    return [*PRETRAIN, "--data_dir", str(corpus), "--output_dir", str(output_dir),
-            "--per_device_train_batch_size", str(batch)]
-
-
-def _losses(record_dir: Path) -> dict[int, float]:
-    return {int(k): v for k, v in json.loads((record_dir / "losses.json").read_text())["losses"].items()}
+    return prepare_small_corpus(tmp_path_factory.mktemp("texts"), tmp_path_factory.mktemp("corpus"))
 
 
 @pytest.fixture(scope="module")
@@ -76,10 +35,10 @@ def one_process_reference(corpus, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ref")
     record = tmp / "record"
     record.mkdir()
-    args = [sys.executable, DRIVER, "--record_dir", str(record), *_pretrain_args(corpus, tmp / "out", 4), "--publish", "false"]
-    result = subprocess.run(args, cwd=REPO, env=_env(tmp), capture_output=True, text=True, timeout=300)
+    args = [sys.executable, DRIVER, "--record_dir", str(record), *pretrain_args(corpus, tmp / "out", 4), "--publish", "false"]
+    result = subprocess.run(args, cwd=REPO, env=launch_env(tmp), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-4000:]
-    return _losses(record)
+    return recorded_losses(record)
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +47,7 @@ def ddp_run(corpus, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ddp")
     record = tmp / "record"
     record.mkdir()
-    result = _launch([DRIVER, "--record_dir", str(record), *_pretrain_args(corpus, tmp / "out", 2)], _env(tmp))
+    result = launch([DRIVER, "--record_dir", str(record), *pretrain_args(corpus, tmp / "out", 2)], launch_env(tmp))
     return {"tmp": tmp, "record": record, "out": tmp / "out", "hub": tmp / "hub" / "pocketlm" / "tiny-lm", "result": result}
 
 
@@ -99,7 +58,7 @@ def test_ddp_two_processes_follow_the_one_process_loss_trajectory(ddp_run, one_p
     half-batch gradients where one process sums the whole batch); measured: 1.8e-7 relative at most over the 8
     steps. 1e-5 leaves ~50× room for other CPUs' kernels, and is far below what a real fault moves (a process
     training alone on its half-batch, or summed instead of averaged gradients, is a different optimisation)."""
-    ddp = _losses(ddp_run["record"])
+    ddp = recorded_losses(ddp_run["record"])
     assert sorted(ddp) == sorted(one_process_reference) == list(range(1, 9))
     for step, loss in one_process_reference.items():
         assert ddp[step] == pytest.approx(loss, rel=1e-5), (step, ddp, one_process_reference)
@@ -159,35 +118,35 @@ def test_only_the_main_process_writes(ddp_run):
 
 
 @pytest.mark.slow
-def test_ddp_checkpoint_resumes_to_the_uninterrupted_losses(ddp_run, corpus, tmp_path):
+def test_ddp_checkpoint_resumes_to_the_uninterruptedrecorded_losses(ddp_run, corpus, tmp_path):
     """Stop both processes right after the step-4 checkpoint, launch again: steps 5-8 give the uninterrupted run's
     losses (model, optimizer, sampler position and each process's RNG come back from `last/`)."""
     record = tmp_path / "record"
     record.mkdir()
-    args = [DRIVER, "--record_dir", str(record), *_pretrain_args(corpus, tmp_path / "out", 2), "--publish", "false"]
-    _launch([*args, "--stop_after_step", "4"], _env(tmp_path))
+    args = [DRIVER, "--record_dir", str(record), *pretrain_args(corpus, tmp_path / "out", 2), "--publish", "false"]
+    launch([*args, "--stop_after_step", "4"], launch_env(tmp_path))
     progress = json.loads((tmp_path / "out" / "last" / "progress.json").read_text())
     assert progress["batches_done"] == 4 and not progress["done"]
-    _launch(args, _env(tmp_path))
-    resumed, uninterrupted = _losses(record), _losses(ddp_run["record"])
+    launch(args, launch_env(tmp_path))
+    resumed, uninterrupted = recorded_losses(record), recorded_losses(ddp_run["record"])
     assert sorted(resumed) == [5, 6, 7, 8]
     for step, loss in resumed.items():
         assert loss == pytest.approx(uninterrupted[step], rel=1e-6), (step, resumed, uninterrupted)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("launch,message", [
+@pytest.mark.parametrize("flags,message", [
     (["--multi_gpu", "--num_processes", "2"], "2 processes were started for GPUs (--multi_gpu / multi_gpu_ddp.yaml), "
                                               "but this machine has none"),
     (["--cpu", "--num_processes", "2"], "accelerate launch was asked for 2 processes but started one"),
     (["--config_file", "accelerate_configs/fsdp.yaml"], "FSDP was asked for 2 processes on the CPU, but accelerate "
                                                         "shards only on GPUs"),
 ])
-def test_launches_that_would_not_distribute_are_refused(launch, message, tmp_path):
+def test_launches_that_would_not_distribute_are_refused(flags, message, tmp_path):
     """Without the check: `--multi_gpu` gives 2 independent 1-process runs, `--cpu` one process, and FSDP on the CPU
     plain DDP (accelerate 1.15 enters FSDP only from a GPU distributed type). Each now stops with one line."""
-    result = _launch([*launch, "--main_process_port", "0", "-m", "pocketlm.training.distributed"], _env(tmp_path),
-                     config=None, check=False)
+    result = launch([*flags, "--main_process_port", "0", "-m", "pocketlm.training.distributed"], launch_env(tmp_path),
+                    config=None, check=False)
     assert result.returncode != 0
     assert f"error: {message}" in result.stderr and "accelerate_configs/cpu_multiprocess.yaml" in result.stderr
     assert "Traceback" not in result.stderr.split("error:")[0][-200:]
@@ -195,7 +154,7 @@ def test_launches_that_would_not_distribute_are_refused(launch, message, tmp_pat
 
 @pytest.mark.slow
 def test_cpu_multiprocess_config_forms_one_gloo_group(tmp_path):
-    result = _launch(["-m", "pocketlm.training.distributed"], _env(tmp_path))
+    result = launch(["-m", "pocketlm.training.distributed"], launch_env(tmp_path))
     lines = sorted(line for line in result.stdout.splitlines() if line.startswith("process "))
     assert lines == [f"process {i}/2: MULTI_CPU on cpu:0, backend gloo, all-reduce of ones = 2" for i in range(2)], result.stdout
 
@@ -220,7 +179,7 @@ def test_a_second_pretraining_run_on_a_busy_folder_stops_in_one_line(corpus, tmp
 
     with OutputDirLock(tmp_path / "out"):
         result = subprocess.run([sys.executable, "training_scripts/pretrain.py", "--preset", "smoke", "--data_dir", str(corpus),
-                                 "--output_dir", str(tmp_path / "out")], cwd=REPO, env=_env(tmp_path),
+                                 "--output_dir", str(tmp_path / "out")], cwd=REPO, env=launch_env(tmp_path),
                                 capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
@@ -259,8 +218,8 @@ def test_qa_trainer_script_runs_on_two_processes(tmp_path):
     folder loads with plain transformers."""
     from transformers import AutoModelForQuestionAnswering
 
-    result = _launch(["training_scripts/finetune_qa.py", "--preset", "smoke", "--output_dir", str(tmp_path / "qa"),
-                      "--output_repo", "pocketlm/qa-2proc"], _env(tmp_path))
+    result = launch(["training_scripts/finetune_qa.py", "--preset", "smoke", "--output_dir", str(tmp_path / "qa"),
+                      "--output_repo", "pocketlm/qa-2proc"], launch_env(tmp_path))
     assert result.stdout.count("published pocketlm/qa-2proc") == 1 and result.stdout.count("'exact_match'") == 1
     state = json.loads((tmp_path / "qa" / "checkpoint-2" / "trainer_state.json").read_text())
     assert state["global_step"] == 2 and state["epoch"] == 0.5
@@ -284,10 +243,10 @@ def test_classifier_script_runs_on_two_processes(tmp_path):
     AutoModel.from_pretrained(resolve(BASE_ENCODER), num_hidden_layers=1).save_pretrained(encoder)
     AutoTokenizer.from_pretrained(resolve(BASE_ENCODER)).save_pretrained(encoder)
     out = tmp_path / "classifier"
-    result = _launch(["training_scripts/finetune_classifier.py", "--model_name_or_path", str(encoder), "--dataset", "sst2",
+    result = launch(["training_scripts/finetune_classifier.py", "--model_name_or_path", str(encoder), "--dataset", "sst2",
                       "--max_train_samples", "32", "--max_eval_samples", "25", "--num_train_epochs", "1",
                       "--per_device_train_batch_size", "8", "--per_device_eval_batch_size", "4", "--output_dir", str(out),
-                      "--repo_id", "pocketlm/sst2-2proc", "--disable_tqdm", "true"], _env(tmp_path))
+                      "--repo_id", "pocketlm/sst2-2proc", "--disable_tqdm", "true"], launch_env(tmp_path))
     assert result.stdout.count("published pocketlm/sst2-2proc") == 1, result.stdout
     summary = json.loads((out / "summary.json").read_text())
     assert summary["global_steps"] == 2 and summary["awp_steps"] > 0
@@ -323,7 +282,7 @@ def test_generator_lora_script_runs_on_two_processes(tiny_lm_repo, tmp_path):
 
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}  # the session's test hub holds the base
     out = tmp_path / "lora"
-    result = _launch(["training_scripts/run_lora_finetune.py", "--preset", "smoke", "--output_dir", str(out),
+    result = launch(["training_scripts/run_lora_finetune.py", "--preset", "smoke", "--output_dir", str(out),
                       "--repo_id", "pocketlm/rag-lora-2proc"], env)
     assert result.stdout.count("before fine-tuning: ROUGE-L") == 1 and result.stdout.count("seed 0: ROUGE-L") == 1
     state = json.loads((out / "seed-0" / "checkpoint-3" / "trainer_state.json").read_text())
@@ -355,7 +314,7 @@ def test_query_adapter_script_on_two_processes_follows_one_process(tmp_path):
     one = subprocess.run([sys.executable, *args, "--output_dir", str(tmp_path / "one")], cwd=REPO, env=env,
                          capture_output=True, text=True, timeout=600)
     assert one.returncode == 0, one.stderr[-3000:]
-    two = _launch([*args, "--output_dir", str(tmp_path / "two")], env)
+    two = launch([*args, "--output_dir", str(tmp_path / "two")], env)
     assert two.stdout.count("best held-out epoch") == 1
 
     histories = [json.loads((tmp_path / run / "metrics.json").read_text()) for run in ("one", "two")]
