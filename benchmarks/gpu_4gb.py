@@ -3,11 +3,12 @@
     python benchmarks/gpu_4gb.py                      # needs one CUDA GPU; writes benchmarks/results/gpu_4gb/gpu_4gb.{json,md}
 
 Runs the real scripts under `accelerate_configs/single_gpu_4gb.yaml` (fp16 mixed precision) with the batch ×
-accumulation docs/scaling.md recommends: pretraining (a short time budget) and the PEFT classifier (its `quick`
-preset). Peak memory is what `nvidia-smi` shows the GPU using above its idle level, sampled every 100 ms —
-the whole process, CUDA context and allocator cache included, i.e. what must fit on a 4 GB card, not only
-`torch.cuda.max_memory_allocated`. Then CUDA inference latency (batch 1, median of `--repeats`) of the QA
-encoder and of greedy generation with the tiny LM.
+accumulation docs/scaling.md recommends: pretraining on the prepared corpus (a short time budget) and the PEFT
+classifier (its `quick` preset) on the real MiniLM weights. Peak memory is what `nvidia-smi` shows the GPU
+using above its idle level, sampled every 100 ms — the whole process, CUDA context and allocator cache included,
+i.e. what must fit on a 4 GB card, not only `torch.cuda.max_memory_allocated`. Then CUDA inference latency
+(batch 1, median of `--repeats`) of the QA encoder (the MiniLM) and of greedy generation with the LM that the
+pretraining run just wrote (or `--lm`).
 """
 
 from __future__ import annotations
@@ -92,7 +93,8 @@ def inference_latency(qa_model: str, lm_model: str, repeats: int) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--encoder", default=BASE_ENCODER, help="classifier / QA base (default: %(default)s)")
-    parser.add_argument("--lm", default=TINY_LM, help="causal LM for the latency part (default: %(default)s)")
+    parser.add_argument("--lm", default=None, help=f"causal LM for the latency part, e.g. {TINY_LM} (default: the "
+                        "best checkpoint of this run's pretraining)")
     parser.add_argument("--pretrain_minutes", type=float, default=2.0, help="pretraining time budget (default: %(default)s)")
     parser.add_argument("--repeats", type=int, default=50, help="timed inference calls (default: %(default)s)")
     parser.add_argument("--output_dir", type=Path, default=REPO_ROOT / "benchmarks" / "results" / "gpu_4gb")
@@ -119,8 +121,10 @@ def main(argv: list[str] | None = None) -> int:
     summary = json.loads((work / "finetune" / "summary.json").read_text())
     finetune.update({"train_runtime_s": summary["train_runtime_s"], "validation_f1_macro": summary["validation"].get("f1_macro")})
 
+    lm = args.lm or str(work / "pretrain" / "best")
     results = {"pretrain_fp16_batch8_accum4": pretrain, "finetune_fp16_batch16_accum2": finetune,
-               "inference": inference_latency(args.encoder, args.lm, args.repeats),
+               "encoder": args.encoder, "lm": args.lm or "this run's pretrained checkpoint",
+               "inference": inference_latency(args.encoder, lm, args.repeats),
                "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
     markdown = render_markdown(results)
     write_results("gpu_4gb", results, markdown, figures=figures(results), output_dir=args.output_dir)

@@ -1,7 +1,8 @@
 """Test driver: pretraining as `training_scripts/pretrain.py` runs it, plus what the distributed tests need to see.
 
 Launched by tests/test_distributed.py with `accelerate launch --config_file accelerate_configs/cpu_multiprocess.yaml`
-(or in-process for the one-process reference). It records, in `--record_dir`:
+(or in-process for the one-process reference), and by tests/test_gpu.py with the GPU configs. It records, in
+`--record_dir`:
 
 * `losses.json`: the loss of every optimizer step (the loop logs every step here, averaged over processes);
 * `logits.pt`-free `logits.json`: the in-memory model's logits on fixed inputs at the end of training;
@@ -42,9 +43,10 @@ class Recorder(TrainerCallback):
     def on_train_end(self, args, state, control, model=None, **kwargs):
         import torch
 
+        device = next(model.parameters()).device  # the GPU in tests/test_gpu.py
         with torch.no_grad():
-            logits = model(torch.tensor(self.probe_ids))["logits"]
-        self._dump(logits=logits.tolist())
+            logits = model(torch.tensor(self.probe_ids, device=device))["logits"]
+        self._dump(logits=logits.float().cpu().tolist())
 
     def _dump(self, **extra):
         if self.is_main:

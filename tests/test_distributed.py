@@ -199,13 +199,20 @@ def test_launch_check_rules():
     cpu2 = request("--config_file", CPU2)
     assert (cpu2.num_processes, cpu2.use_cpu, cpu2.multi_gpu) == (2, True, True)
     environ = {"WORLD_SIZE": "2"}
-    assert check_launch(cpu2, environ, has_gpu=False) == 2 and environ["ACCELERATE_USE_CPU"] == "true"
+    assert check_launch(cpu2, environ, gpus=0) == 2 and environ["ACCELERATE_USE_CPU"] == "true"
     gpu2 = request("--config_file", "accelerate_configs/multi_gpu_ddp.yaml")
-    assert check_launch(gpu2, {"WORLD_SIZE": "2"}, has_gpu=True) == 2
+    assert check_launch(gpu2, {"WORLD_SIZE": "2"}, gpus=2) == 2
     with pytest.raises(LaunchError, match="this machine has none"):
-        check_launch(gpu2, {"WORLD_SIZE": "2"}, has_gpu=False)
-    assert check_launch(request("--config_file", "accelerate_configs/cpu.yaml"), {}, has_gpu=False) == 1
-    assert check_launch(None, {}, has_gpu=False) == 1  # started by python, not by accelerate launch
+        check_launch(gpu2, {"WORLD_SIZE": "2"}, gpus=0)
+    with pytest.raises(LaunchError, match=r"2 processes were started on this machine, but it has 1 GPU\(s\): .+ "
+                                          r"Launch with --num_processes 1, or with --config_file "):
+        check_launch(gpu2, {"WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2"}, gpus=1)
+    # two machines of one GPU each: 2 processes in all, one on each
+    assert check_launch(gpu2, {"WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "1"}, gpus=1) == 2
+    fsdp1 = request("--config_file", "accelerate_configs/fsdp.yaml", "--num_processes", "1")
+    assert check_launch(fsdp1, {"WORLD_SIZE": "1"}, gpus=1) == 1  # FSDP on one GPU: no sharding, but it runs
+    assert check_launch(request("--config_file", "accelerate_configs/cpu.yaml"), {}, gpus=0) == 1
+    assert check_launch(None, {}, gpus=0) == 1  # started by python, not by accelerate launch
     assert parse_launch_command(["python", "train.py"]) is None
     assert parse_launch_command([sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "3", "--multi_gpu",
                                  "x.py"]).num_processes == 3

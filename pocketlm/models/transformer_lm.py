@@ -268,7 +268,19 @@ class TransformerLM(nn.Module):
         for name, param in self.named_parameters():
             if name.endswith(("o_proj.weight", "down_proj.weight")):
                 nn.init.normal_(param, mean=0.0, std=cfg.init_std / math.sqrt(2 * cfg.n_layers))
-        if cfg.tie_embeddings:
+        self.tie_weights()
+
+    # transformers' names for the embeddings and their tying, which accelerate's FSDP2 preparation calls: it moves
+    # the model to the meta device (a copy per module, so the tie breaks) and ties again; without them lm_head
+    # would train apart from the embedding it should share, and the optimizer would step only one of the two.
+    def get_input_embeddings(self) -> nn.Embedding:
+        return self.model.embed_tokens
+
+    def get_output_embeddings(self) -> nn.Linear:
+        return self.lm_head
+
+    def tie_weights(self) -> None:
+        if self.config.tie_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
 
     def _init_weights(self, module: nn.Module) -> None:
@@ -354,13 +366,16 @@ class TransformerLM(nn.Module):
                 break
         return input_ids
 
-    def save_pretrained(self, folder: str | Path) -> None:
-        """Write `config.json` (a Llama config) and `model.safetensors`, each via a temp file + rename."""
+    def save_pretrained(self, folder: str | Path, state_dict: dict[str, torch.Tensor] | None = None) -> None:
+        """Write `config.json` (a Llama config) and `model.safetensors`, each via a temp file + rename.
+
+        `state_dict` replaces the module's own, as in transformers: under FSDP the full weights gathered from the
+        shards (the module itself then holds only this process's shard)."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().contiguous() for k, v in self.state_dict().items()}
+        state = {k: v.detach().contiguous() for k, v in (self.state_dict() if state_dict is None else state_dict).items()}
         if self.config.tie_embeddings:
-            state.pop("lm_head.weight")  # transformers re-ties it from embed_tokens on load
+            state.pop("lm_head.weight", None)  # transformers re-ties it from embed_tokens on load
         atomic_write(folder / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata={"format": "pt"}))
         write_json(folder / CONFIG_NAME, self.config.to_llama_dict())
 

@@ -109,18 +109,20 @@ def launching_command() -> list[str]:
         return []
 
 
-def _has_gpu() -> bool:
+def _gpu_count() -> int:
     import torch
 
-    return torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available())
+    if torch.cuda.is_available():
+        return torch.cuda.device_count()
+    return torch.xpu.device_count() if hasattr(torch, "xpu") and torch.xpu.is_available() else 0
 
 
-def check_launch(request: LaunchRequest | None = None, environ=None, has_gpu: bool | None = None) -> int:
+def check_launch(request: LaunchRequest | None = None, environ=None, gpus: int | None = None) -> int:
     """Refuse a launch that would not distribute as asked; returns the number of processes that will train.
 
     Call it first thing in a training script, before any `Accelerator`, `PartialState` or
     `TrainingArguments` device setup. `request` defaults to the launching `accelerate launch` command
-    (None when started otherwise, e.g. by `python` or `torchrun`).
+    (None when started otherwise, e.g. by `python` or `torchrun`); `gpus` to the GPUs this process sees.
     """
     environ = os.environ if environ is None else environ
     if request is None:
@@ -135,10 +137,10 @@ def check_launch(request: LaunchRequest | None = None, environ=None, has_gpu: bo
         )
     if world == 1:
         return 1
-    has_gpu = _has_gpu() if has_gpu is None else has_gpu
+    gpus = _gpu_count() if gpus is None else gpus
     fsdp = environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" or bool(request and request.use_fsdp)
     cpu = environ.get("ACCELERATE_USE_CPU", "false").lower() in ("1", "true", "yes") or bool(request and request.use_cpu)
-    if fsdp and (cpu or not has_gpu):
+    if fsdp and (cpu or not gpus):
         raise LaunchError(
             f"FSDP was asked for {world} processes on the CPU, but accelerate shards only on GPUs: on the CPU the "
             f"processes would run plain data parallelism instead. Use --config_file {CPU_MULTIPROCESS_CONFIG} "
@@ -148,11 +150,20 @@ def check_launch(request: LaunchRequest | None = None, environ=None, has_gpu: bo
         # The launcher does not pass `use_cpu` to torchrun's processes; without this they would not join one group.
         environ["ACCELERATE_USE_CPU"] = "true"
         return world
-    if not has_gpu:
+    if not gpus:
         raise LaunchError(
             f"{world} processes were started for GPUs (--multi_gpu / {Path(GPU_DDP_CONFIG).name}), but this machine "
             f"has none: each process would train alone on the CPU and all would write one output folder. For "
             f"{world} processes on the CPU, launch with --config_file {CPU_MULTIPROCESS_CONFIG} --num_processes {world}"
+        )
+    local = int(environ.get("LOCAL_WORLD_SIZE", world))
+    if local > gpus:
+        # accelerate puts process i on GPU i: the extra processes would fail on a device that does not exist, and
+        # NCCL refuses two processes on one GPU anyway (docs/scaling.md quotes its error).
+        raise LaunchError(
+            f"{local} processes were started on this machine, but it has {gpus} GPU(s): data parallelism over NCCL "
+            f"runs one process per GPU. Launch with --num_processes {gpus}, or with --config_file "
+            f"{CPU_MULTIPROCESS_CONFIG} for {local} processes on the CPU"
         )
     return world
 

@@ -375,6 +375,7 @@ class PretrainRun:
 
     def __init__(self, args: PretrainArguments, accelerator, model, tokenizer, train_rows, validation_rows,
                  callbacks, log, run_info: dict):
+        from accelerate.utils import DistributedType
         from torch.utils.data import DataLoader
         from transformers import TrainerControl
 
@@ -418,8 +419,11 @@ class PretrainRun:
                                 * accelerator.num_processes)
         self.state, self.progress = self._start_or_resume(steps_per_epoch, run_info)
         self.control = TrainerControl()
+        # Under FSDP the best checkpoint is gathered from every process's shard (a collective: all of them call it).
+        sharded = accelerator.distributed_type == DistributedType.FSDP
+        full_state_dict = (lambda: accelerator.get_state_dict(self.model)) if sharded else None
         self.callbacks = callback_handler(
-            [BestCheckpointCallback(self.output_dir / BEST_CHECKPOINT),
+            [BestCheckpointCallback(self.output_dir / BEST_CHECKPOINT, full_state_dict=full_state_dict),
              MetricsWriterCallback(self.output_dir, title="pretraining"), *callbacks],
             self.unwrapped, tokenizer, self.optimizer,
         )
