@@ -25,7 +25,7 @@ from pocketlm.benchmarking import markdown_table, write_results
 from pocketlm.cli import parse_args_with_presets, run
 from pocketlm.rag.evaluate_loop import LoopEvalConfig, evaluate_loop
 from pocketlm.rag.lora_finetune import LoraExperimentConfig, run_experiment
-from pocketlm.settings import REPO_ROOT, data_dir, runs_dir
+from pocketlm.settings import data_dir, runs_dir
 
 DEV = data_dir() / "squad-rag-dev"  # $POCKETLM_DATA_DIR, else the data mirror beside the repository
 PRESETS = {
