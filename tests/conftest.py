@@ -163,6 +163,14 @@ def rag_files(tmp_path_factory) -> tuple[Path, Path]:
 
 
 @pytest.fixture(scope="session")
+def launch_corpus(tmp_path_factory) -> Path:
+    """A small real prepared corpus for the multi-process launches (tests/launching.py)."""
+    from launching import prepare_small_corpus
+
+    return prepare_small_corpus(tmp_path_factory.mktemp("texts"), tmp_path_factory.mktemp("corpus"))
+
+
+@pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory) -> str:
     """A 1-layer, 32-wide random BERT with MiniLM's real tokenizer: QA and classifier fine-tuning in seconds."""
     import torch

@@ -21,33 +21,28 @@ import sys
 from pathlib import Path
 
 import pytest
-from launching import CPU2, DRIVER, REPO, launch, launch_env, prepare_small_corpus, pretrain_args, recorded_losses
+from launching import CPU2, DRIVER, REPO, launch, launch_env, pretrain_args, recorded_losses
 
 
 @pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> Path:
-    return prepare_small_corpus(tmp_path_factory.mktemp("texts"), tmp_path_factory.mktemp("corpus"))
-
-
-@pytest.fixture(scope="module")
-def one_process_reference(corpus, tmp_path_factory):
+def one_process_reference(launch_corpus, tmp_path_factory):
     """1 process × batch 4, in a subprocess (plain python: no launcher)."""
     tmp = tmp_path_factory.mktemp("ref")
     record = tmp / "record"
     record.mkdir()
-    args = [sys.executable, DRIVER, "--record_dir", str(record), *pretrain_args(corpus, tmp / "out", 4), "--publish", "false"]
+    args = [sys.executable, DRIVER, "--record_dir", str(record), *pretrain_args(launch_corpus, tmp / "out", 4), "--publish", "false"]
     result = subprocess.run(args, cwd=REPO, env=launch_env(tmp), capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-4000:]
     return recorded_losses(record)
 
 
 @pytest.fixture(scope="module")
-def ddp_run(corpus, tmp_path_factory):
+def ddp_run(launch_corpus, tmp_path_factory):
     """2 processes × batch 2 (the same 4 chunks per step), launched with the CPU multi-process config; publishes."""
     tmp = tmp_path_factory.mktemp("ddp")
     record = tmp / "record"
     record.mkdir()
-    result = launch([DRIVER, "--record_dir", str(record), *pretrain_args(corpus, tmp / "out", 2)], launch_env(tmp))
+    result = launch([DRIVER, "--record_dir", str(record), *pretrain_args(launch_corpus, tmp / "out", 2)], launch_env(tmp))
     return {"tmp": tmp, "record": record, "out": tmp / "out", "hub": tmp / "hub" / "pocketlm" / "tiny-lm", "result": result}
 
 
@@ -69,7 +64,7 @@ def test_ddp_two_processes_follow_the_one_process_loss_trajectory(ddp_run, one_p
 
 
 @pytest.mark.slow
-def test_ddp_evaluation_counts_every_validation_chunk_once(ddp_run, corpus):
+def test_ddp_evaluation_counts_every_validation_chunk_once(ddp_run, launch_corpus):
     """7 validation chunks in batches of 2 over 2 processes: accelerate pads the last round with a repeated chunk,
     `gather_for_metrics` drops it. The token count is exact and the loss equals a one-process recomputation
     from the published weights (plain transformers) on the same 7 chunks."""
@@ -78,7 +73,7 @@ def test_ddp_evaluation_counts_every_validation_chunk_once(ddp_run, corpus):
 
     best = json.loads((ddp_run["out"] / "best" / "best_metrics.json").read_text())
     assert best["validation_tokens"] == 7 * 63  # 63 predicted tokens per 64-token chunk
-    rows = [json.loads(line)["input_ids"] for line in (corpus / "validation.jsonl").read_text().splitlines()[:7]]
+    rows = [json.loads(line)["input_ids"] for line in (launch_corpus / "validation.jsonl").read_text().splitlines()[:7]]
     model = AutoModelForCausalLM.from_pretrained(ddp_run["hub"]).eval()
     ids = torch.tensor(rows)
     with torch.no_grad():
@@ -88,14 +83,14 @@ def test_ddp_evaluation_counts_every_validation_chunk_once(ddp_run, corpus):
 
 
 @pytest.mark.slow
-def test_ddp_artifact_loads_with_transformers_and_matches_the_in_memory_model(ddp_run, corpus):
+def test_ddp_artifact_loads_with_transformers_and_matches_the_in_memory_model(ddp_run, launch_corpus):
     """The best checkpoint and the published folder of the 2-process run, loaded by plain transformers, give the
     logits the in-memory model gave at the end of training (the run ends on its best step)."""
     import torch
     from transformers import AutoModelForCausalLM
 
     recorded = torch.tensor(json.loads((ddp_run["record"] / "losses.json").read_text())["logits"])
-    probe = json.loads((corpus / "validation.jsonl").read_text().splitlines()[0])["input_ids"]
+    probe = json.loads((launch_corpus / "validation.jsonl").read_text().splitlines()[0])["input_ids"]
     for folder in (ddp_run["out"] / "best", ddp_run["hub"]):
         model = AutoModelForCausalLM.from_pretrained(folder).eval()
         assert type(model).__name__ == "LlamaForCausalLM"
@@ -118,12 +113,12 @@ def test_only_the_main_process_writes(ddp_run):
 
 
 @pytest.mark.slow
-def test_ddp_checkpoint_resumes_to_the_uninterruptedrecorded_losses(ddp_run, corpus, tmp_path):
+def test_ddp_checkpoint_resumes_to_the_uninterrupted_losses(ddp_run, launch_corpus, tmp_path):
     """Stop both processes right after the step-4 checkpoint, launch again: steps 5-8 give the uninterrupted run's
     losses (model, optimizer, sampler position and each process's RNG come back from `last/`)."""
     record = tmp_path / "record"
     record.mkdir()
-    args = [DRIVER, "--record_dir", str(record), *pretrain_args(corpus, tmp_path / "out", 2), "--publish", "false"]
+    args = [DRIVER, "--record_dir", str(record), *pretrain_args(launch_corpus, tmp_path / "out", 2), "--publish", "false"]
     launch([*args, "--stop_after_step", "4"], launch_env(tmp_path))
     progress = json.loads((tmp_path / "out" / "last" / "progress.json").read_text())
     assert progress["batches_done"] == 4 and not progress["done"]
@@ -174,11 +169,11 @@ def test_one_output_folder_holds_one_run(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_second_pretraining_run_on_a_busy_folder_stops_in_one_line(corpus, tmp_path):
+def test_a_second_pretraining_run_on_a_busy_folder_stops_in_one_line(launch_corpus, tmp_path):
     from pocketlm.training.distributed import OutputDirLock
 
     with OutputDirLock(tmp_path / "out"):
-        result = subprocess.run([sys.executable, "training_scripts/pretrain.py", "--preset", "smoke", "--data_dir", str(corpus),
+        result = subprocess.run([sys.executable, "training_scripts/pretrain.py", "--preset", "smoke", "--data_dir", str(launch_corpus),
                                  "--output_dir", str(tmp_path / "out")], cwd=REPO, env=launch_env(tmp_path),
                                 capture_output=True, text=True, timeout=120)
     assert result.returncode == 2

@@ -20,18 +20,13 @@ from pathlib import Path
 
 import pytest
 import torch
-from launching import DRIVER, REPO, launch, launch_env, prepare_small_corpus, pretrain_args, recorded_losses
+from launching import DRIVER, REPO, launch, launch_env, pretrain_args, recorded_losses
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
 DDP = "accelerate_configs/multi_gpu_ddp.yaml"
 FSDP = "accelerate_configs/fsdp.yaml"
 ONE_GPU = ["--num_processes", "1"]
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory) -> Path:
-    return prepare_small_corpus(tmp_path_factory.mktemp("texts"), tmp_path_factory.mktemp("corpus"))
 
 
 def _run(config: str, corpus: Path, tmp: Path, *extra: str) -> dict:
@@ -45,13 +40,13 @@ def _run(config: str, corpus: Path, tmp: Path, *extra: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def ddp_run(corpus, tmp_path_factory):
-    return _run(DDP, corpus, tmp_path_factory.mktemp("ddp"))
+def ddp_run(launch_corpus, tmp_path_factory):
+    return _run(DDP, launch_corpus, tmp_path_factory.mktemp("ddp"))
 
 
 @pytest.fixture(scope="module")
-def fsdp_run(corpus, tmp_path_factory):
-    return _run(FSDP, corpus, tmp_path_factory.mktemp("fsdp"))
+def fsdp_run(launch_corpus, tmp_path_factory):
+    return _run(FSDP, launch_corpus, tmp_path_factory.mktemp("fsdp"))
 
 
 def test_the_ddp_config_forms_an_nccl_group_on_the_gpu(tmp_path):
@@ -111,14 +106,14 @@ def test_fsdp_on_one_gpu_follows_the_ddp_run(ddp_run, fsdp_run):
 
 
 @pytest.mark.parametrize("which", ["ddp", "fsdp"])
-def test_gpu_artifacts_load_with_transformers_and_match_the_in_memory_model(which, ddp_run, fsdp_run, corpus):
+def test_gpu_artifacts_load_with_transformers_and_match_the_in_memory_model(which, ddp_run, fsdp_run, launch_corpus):
     """The best checkpoint and the published folder (under FSDP gathered from the shards into one safetensors file)
     load with plain transformers and give the logits the in-memory model gave at the end of training."""
     from transformers import AutoModelForCausalLM
 
     run = {"ddp": ddp_run, "fsdp": fsdp_run}[which]
     recorded = torch.tensor(json.loads((run["record"] / "losses.json").read_text())["logits"])
-    probe = json.loads((corpus / "validation.jsonl").read_text().splitlines()[0])["input_ids"]
+    probe = json.loads((launch_corpus / "validation.jsonl").read_text().splitlines()[0])["input_ids"]
     for folder in (run["out"] / "best", run["hub"]):
         assert (folder / "model.safetensors").is_file()
         model = AutoModelForCausalLM.from_pretrained(folder).cuda().eval()
@@ -128,14 +123,14 @@ def test_gpu_artifacts_load_with_transformers_and_match_the_in_memory_model(whic
 
 
 @pytest.mark.parametrize("config", [DDP, FSDP])
-def test_a_gpu_checkpoint_resumes_to_the_uninterrupted_losses(config, ddp_run, fsdp_run, corpus, tmp_path):
+def test_a_gpu_checkpoint_resumes_to_the_uninterrupted_losses(config, ddp_run, fsdp_run, launch_corpus, tmp_path):
     """Stop right after the step-4 checkpoint (under FSDP: the full state dict, gathered), launch again: steps 5-8
     give the uninterrupted run's losses (GPU kernels are not bit-reproducible run to run: 1e-5 relative)."""
     uninterrupted = recorded_losses((ddp_run if config == DDP else fsdp_run)["record"])
-    first = _run(config, corpus, tmp_path, "--publish", "false", "--stop_after_step", "4")
+    first = _run(config, launch_corpus, tmp_path, "--publish", "false", "--stop_after_step", "4")
     progress = json.loads((first["out"] / "last" / "progress.json").read_text())
     assert progress["batches_done"] == 4 and not progress["done"]
-    _run(config, corpus, tmp_path, "--publish", "false")
+    _run(config, launch_corpus, tmp_path, "--publish", "false")
     resumed = recorded_losses(tmp_path / "record")
     assert sorted(resumed) == [5, 6, 7, 8]
     for step, loss in resumed.items():
