@@ -50,32 +50,36 @@ def server_sent_events(response) -> Iterator[tuple[str, str, float]]:
 
 class SlowSession:
     """Test double for the LM's ONNX Runtime session: each graph call first sleeps `delay_s`, so a generation
-    lasts long enough for a test to act on it midway. `hold_after(n)` lets n more calls through and holds the
-    rest until `release()`: a generation that is certainly still running, however slow the host."""
+    lasts long enough for a test to act on it midway. `hold_after_prefill()` lets calls through until the next
+    prefill (a call over more than one position) has run, then holds every call after it until `release()`:
+    the request that prefill began is certainly still running, however slow the host.
+
+    (Anchored on the prefill rather than on a count of calls: the continuous batch may still be running a
+    decoding step for a request whose client has just read its last token, and a count would be spent on it.)"""
 
     def __init__(self, real, delay_s: float, log: list | None = None):
         self._real, self.delay_s, self.log = real, delay_s, log
-        self._open_calls: int | None = None
+        self._hold = "off"  # "off" -> "until prefill" -> "holding" -> ("off" on release)
         self._released = threading.Event()
 
     def __getattr__(self, name):
         return getattr(self._real, name)
 
-    def hold_after(self, calls: int) -> None:
+    def hold_after_prefill(self) -> None:
         self._released.clear()
-        self._open_calls = calls
+        self._hold = "until prefill"
 
     def release(self) -> None:
-        self._open_calls = None
+        self._hold = "off"
         self._released.set()
 
     def run(self, output_names, feed):
         if self.log is not None:
             self.log.append("step")
-        if self._open_calls == 0:
+        if self._hold == "holding":
             assert self._released.wait(30), "a held graph call was never released"
-        elif self._open_calls is not None:
-            self._open_calls -= 1
+        elif self._hold == "until prefill" and feed["input_ids"].shape[1] > 1:
+            self._hold = "holding"
         time.sleep(self.delay_s)
         return self._real.run(output_names, feed)
 

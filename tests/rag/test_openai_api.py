@@ -5,6 +5,7 @@ behind `/v1/chat/completions`."""
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 
 import openai
 import pytest
@@ -247,10 +248,11 @@ def test_completions_run_on_either_scheduler_and_a_client_that_leaves_frees_its_
     from pocketlm.serving.models import ServingModels
 
     slow_lm = slowed(lm, 0.005)
-    app = create_app(ServingModels(lm=slow_lm), LIMITS, scheduler)
+    limits = replace(LIMITS, max_compute_s=60.0)  # the held stream below must not reach its time limit
+    app = create_app(ServingModels(lm=slow_lm), limits, scheduler)
     expected, finish = greedy(lm, PROMPT, 16)
     stop = expected[8:11]
-    with serving(app, LIMITS) as url:
+    with serving(app, limits) as url:
         remote = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=120)
         whole = remote.completions.create(model=lm.id, prompt=PROMPT, max_tokens=16, temperature=0)
         assert (whole.choices[0].text, whole.choices[0].finish_reason) == (expected, finish)
@@ -259,11 +261,15 @@ def test_completions_run_on_either_scheduler_and_a_client_that_leaves_frees_its_
 
         body = {"model": lm.id, "prompt": PROMPT, "max_tokens": 256 - len(lm.runtime.encode(PROMPT)), "stream": True,
                 "temperature": 0}
-        slow_lm.runtime.session.hold_after(1)  # the prefill makes the first token; the next step waits
+        slow_lm.runtime.session.hold_after_prefill()  # the prefill makes the first token; the next step waits
         try:
             with httpx.stream("POST", url + "/v1/completions", json=body, timeout=60) as response:
-                first = next(response.iter_lines())
-                assert first.startswith("data: {") and app.state.admission.in_flight == 1
+                lines = response.iter_lines()
+                first, in_flight = next(lines), app.state.admission.in_flight
+                if in_flight != 1:  # the stream is over already: how it ended says why
+                    slow_lm.runtime.session.release()
+                    pytest.fail(f"in flight: {in_flight} after {first!r}; the rest: {[line for line in lines if line][-3:]}")
+                assert first.startswith("data: {")
         finally:
             slow_lm.runtime.session.release()
         deadline = time.monotonic() + 10  # the client hung up after one chunk: its place is given back
