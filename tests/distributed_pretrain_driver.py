@@ -10,6 +10,8 @@ Launched by tests/test_distributed.py with `accelerate launch --config_file acce
   (an audit hook on `open`), to show that only the main process writes.
 
 `--stop_after_step K` ends every process right after step K's checkpoint, as a kill would.
+`--delay_other_ranks_save_s S` makes every process but the main one write its part of a checkpoint S seconds late,
+as a loaded host may: the main process must not swap the checkpoint in before they are done.
 """
 
 from __future__ import annotations
@@ -69,6 +71,21 @@ def audit_writes(roots: list[Path], log: list[str]):
     sys.addaudithook(hook)
 
 
+def delay_other_ranks_save(seconds: float) -> None:
+    """Wrap accelerate's writing of one process's checkpoint files (after `save_state` made the folder) in a delay."""
+    import time
+
+    import accelerate.accelerator
+
+    write = accelerate.accelerator.save_accelerator_state
+
+    def late_write(*args, **kwargs):
+        time.sleep(seconds)
+        return write(*args, **kwargs)
+
+    accelerate.accelerator.save_accelerator_state = late_write
+
+
 def run(argv: list[str]) -> None:
     import argparse
 
@@ -78,6 +95,7 @@ def run(argv: list[str]) -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--record_dir", required=True)
     parser.add_argument("--stop_after_step", type=int, default=0)
+    parser.add_argument("--delay_other_ranks_save_s", type=float, default=0.0)
     own, rest = parser.parse_known_args(argv)
     record_dir = Path(own.record_dir)
     check_launch()
@@ -85,6 +103,8 @@ def run(argv: list[str]) -> None:
 
     (args,) = HfArgumentParser([PretrainArguments]).parse_args_into_dataclasses(rest)
     rank = int(os.environ.get("RANK", "0"))
+    if own.delay_other_ranks_save_s and rank != 0:
+        delay_other_ranks_save(own.delay_other_ranks_save_s)
     writes: list[str] = []
     audit_writes([args.output_path, Path(os.environ["POCKETLM_HUB_DIR"])], writes)
     probe = json.loads((args.data_path / "validation.jsonl").read_text().splitlines()[0])["input_ids"]

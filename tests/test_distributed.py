@@ -115,10 +115,12 @@ def test_only_the_main_process_writes(ddp_run):
 @pytest.mark.slow
 def test_ddp_checkpoint_resumes_to_the_uninterrupted_losses(ddp_run, launch_corpus, tmp_path):
     """Stop both processes right after the step-4 checkpoint, launch again: steps 5-8 give the uninterrupted run's
-    losses (model, optimizer, sampler position and each process's RNG come back from `last/`)."""
+    losses (model, optimizer, sampler position and each process's RNG come back from `last/`). Rank 1 writes its
+    part of each checkpoint a second late: the checkpoint is swapped in only once every process has written it."""
     record = tmp_path / "record"
     record.mkdir()
-    args = [DRIVER, "--record_dir", str(record), *pretrain_args(launch_corpus, tmp_path / "out", 2), "--publish", "false"]
+    args = [DRIVER, "--record_dir", str(record), *pretrain_args(launch_corpus, tmp_path / "out", 2), "--publish", "false",
+            "--delay_other_ranks_save_s", "1"]
     launch([*args, "--stop_after_step", "4"], launch_env(tmp_path))
     progress = json.loads((tmp_path / "out" / "last" / "progress.json").read_text())
     assert progress["batches_done"] == 4 and not progress["done"]

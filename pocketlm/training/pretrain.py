@@ -259,6 +259,8 @@ def save_checkpoint(accelerator, output_dir: Path, state, progress: dict) -> Non
         shutil.rmtree(staging, ignore_errors=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(staging), safe_serialization=True)
+    # every process writes into `staging` (its own RNG state at least): all must be done before it is swapped in
+    accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         state.save_to_json(str(staging / STATE_FILE))
         write_json(staging / PROGRESS_FILE, progress)
